@@ -1,0 +1,109 @@
+"""Mapping exceptions to responses: a JSON body and the right status, never a bare 500 or a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.exceptions
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from services.api.schemas import ErrorBody, FieldError, InvalidRequest
+from services.api.signup import InjectedRollback, Taken, VerifyEmailExpired, VerifyEmailNotFound
+from shared.logging import get_logger
+
+log = get_logger()
+
+RETRY_AFTER_S = "2"
+
+# A backing service is down or unreachable: the client may retry (503 + Retry-After), nothing is lost.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    PoolTimeout,
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def _trace_id(request: Request[Any, Any, Any]) -> str | None:
+    trace_id = request.scope.get("state", {}).get("trace_id")
+    return trace_id if isinstance(trace_id, str) else None
+
+
+def _json(
+    request: Request[Any, Any, Any], status: int, body: ErrorBody, **headers: str
+) -> Response[ErrorBody]:
+    body.trace_id = _trace_id(request)
+    return Response(body, status_code=status, headers=headers or None)
+
+
+def invalid_request(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, InvalidRequest)
+    return _json(request, 400, ErrorBody(error="invalid request", fields=exc.errors))
+
+
+def litestar_validation(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    """Litestar's own validation (query parameters): the same shape as ours."""
+    assert isinstance(exc, ValidationException)
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    fields = [
+        FieldError(field=str(item.get("key", "?")), message=str(item.get("message", ""))) for item in extra
+    ]
+    return _json(request, 400, ErrorBody(error="invalid request", fields=fields))
+
+
+def taken(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, Taken)
+    field = FieldError(field=exc.field, message=f"{exc.field} is already taken")
+    return _json(request, 409, ErrorBody(error=f"{exc.field} is already taken", fields=[field]))
+
+
+def not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    return _json(request, 404, ErrorBody(error="unknown verification link"))
+
+
+def expired(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    return _json(request, 410, ErrorBody(error="verification link expired; sign in to get a new one"))
+
+
+def unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.warning("backing service unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+    body = ErrorBody(error="service temporarily unavailable, retry later")
+    return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
+
+
+def injected_rollback(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.info("signup rolled back by fault injection")
+    body = ErrorBody(error="signup rolled back (FAULT_ROLLBACK_RATIO)")
+    return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
+
+
+def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, HTTPException)
+    return _json(request, exc.status_code, ErrorBody(error=exc.detail), **(exc.headers or {}))
+
+
+def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if isinstance(exc, UNAVAILABLE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return unavailable(request, exc)
+    log.exception("unhandled error", path=request.url.path)
+    return _json(request, 500, ErrorBody(error="internal error; quote the trace id when reporting it"))
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    InvalidRequest: invalid_request,
+    ValidationException: litestar_validation,
+    Taken: taken,
+    VerifyEmailNotFound: not_found,
+    VerifyEmailExpired: expired,
+    InjectedRollback: injected_rollback,
+    HTTPException: http_error,
+    Exception: unexpected,
+}

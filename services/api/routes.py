@@ -1,0 +1,76 @@
+"""HTTP routes (DESIGN §6): each parses its input, calls one use case and lets errors.py map failures."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+from prometheus_client import Counter
+
+from services.api.openapi import body_operation
+from services.api.schemas import CreateUserRequest, CreateUserResponse, VerifyEmailResponse, parse_create_user
+from services.api.signup import sign_up, verify_email
+
+SIGNUPS = Counter("signup_api_signups_total", "Signups that committed")
+
+
+@post(
+    "/v1/create_user",
+    status_code=200,
+    operation_class=body_operation(CreateUserRequest),
+    summary="Create a user; the verification email follows the commit",
+    raises=[],
+)
+async def create_user(request: Request[Any, Any, Any], state: State) -> CreateUserResponse:
+    body = await request.body()
+    user = await sign_up(
+        state.sessions,
+        request=parse_create_user(body),
+        dispatcher=state.dispatcher,
+        faults=state.faults,
+        trace_id=request.scope["state"].get("trace_id"),
+    )
+    SIGNUPS.inc()
+    return CreateUserResponse(user=user)
+
+
+@get("/v1/verify_email", summary="Follow the link from the verification email")
+async def verify_email_route(
+    state: State,
+    email_id: Annotated[int, Parameter(ge=1)],
+    secret_code: Annotated[str, Parameter(min_length=1, max_length=128)],
+) -> VerifyEmailResponse:
+    await verify_email(state.sessions, email_id=email_id, secret_code=secret_code)
+    return VerifyEmailResponse(is_verified=True)
+
+
+@get("/healthz", summary="Alive: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Ready: the database (and Redis, where the strategy needs it) answer")
+async def readyz(state: State) -> Response[dict[str, str]]:
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            async with state.engine.connect() as connection:
+                await connection.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    if state.redis is not None:
+        try:
+            async with asyncio.timeout(2):
+                await state.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unavailable: {type(exc).__name__}"
+    ready = all(value == "ok" for value in checks.values())
+    return Response(
+        checks, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "2"}
+    )

@@ -1,0 +1,131 @@
+"""The two use cases behind the HTTP API: sign a user up, and verify their email address."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.api.passwords import hash_password
+from services.api.schemas import CreateUserRequest, User
+from shared.database import EMAIL_TAKEN_CONSTRAINT, users, verify_emails
+from shared.dispatch import Dispatcher
+from shared.logging import get_logger
+
+log = get_logger()
+
+_UNIQUE_VIOLATION = "23505"
+
+
+class Taken(Exception):
+    """The username or the email belongs to another user already."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} is taken")
+        self.field = field
+
+
+class InjectedRollback(Exception):
+    """``FAULT_ROLLBACK_RATIO`` chose this signup's transaction to roll back (an experiment, not a bug)."""
+
+
+class Faults:
+    """The fault-injection points of DESIGN §5, both off by default."""
+
+    def __init__(self, *, commit_delay_ms: int = 0, rollback_ratio: float = 0.0) -> None:
+        self.commit_delay_ms = commit_delay_ms
+        self.rollback_ratio = rollback_ratio
+
+    async def before_commit(self) -> None:
+        if self.commit_delay_ms:
+            await asyncio.sleep(self.commit_delay_ms / 1000)
+        if self.rollback_ratio and random.random() < self.rollback_ratio:
+            raise InjectedRollback("injected rollback after dispatch")
+
+
+async def sign_up(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    request: CreateUserRequest,
+    dispatcher: Dispatcher,
+    faults: Faults,
+    trace_id: str | None,
+) -> User:
+    """Create the user and dispatch its verification email in ONE transaction.
+
+    Raises ``Taken`` when the username or email is in use, ``InjectedRollback`` when a fault was injected;
+    database errors propagate. Nothing is written unless everything is.
+    """
+    hashed = await hash_password(request.password)
+    try:
+        async with sessions() as session, session.begin():
+            row = (
+                await session.execute(
+                    users.insert()
+                    .values(
+                        username=request.username,
+                        hashed_password=hashed,
+                        full_name=request.full_name,
+                        email=request.email,
+                    )
+                    .returning(users.c.password_changed_at, users.c.created_at)
+                )
+            ).one()
+            await dispatcher.dispatch(session, username=request.username, trace_id=trace_id)
+            await faults.before_commit()
+    except IntegrityError as exc:
+        cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper
+        if getattr(cause, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise
+        constraint = getattr(cause, "constraint_name", None)
+        raise Taken("email" if constraint == EMAIL_TAKEN_CONSTRAINT else "username") from None
+    log.info("user signed up", username=request.username)
+    return User(
+        username=request.username,
+        full_name=request.full_name,
+        email=request.email,
+        password_changed_at=row.password_changed_at,
+        created_at=row.created_at,
+    )
+
+
+class VerifyEmailNotFound(Exception):
+    """No verification email has this id, or its code is not this one."""
+
+
+class VerifyEmailExpired(Exception):
+    """The link was right but came too late."""
+
+
+async def verify_email(
+    sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str
+) -> None:
+    """Mark the code used and the user's email verified. A second use of a valid link succeeds again.
+
+    Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailExpired`` after expiry.
+    """
+    async with sessions() as session, session.begin():
+        row = (
+            await session.execute(
+                sa.select(verify_emails).where(verify_emails.c.id == email_id).with_for_update()
+            )
+        ).one_or_none()
+        # compare_digest: the time taken must not tell an attacker how much of a guessed code was right.
+        if row is None or not hmac.compare_digest(row.secret_code.encode(), secret_code.encode()):
+            raise VerifyEmailNotFound
+        if row.is_used:
+            return
+        if row.expired_at <= datetime.now(UTC):
+            raise VerifyEmailExpired
+        await session.execute(
+            verify_emails.update().where(verify_emails.c.id == email_id).values(is_used=True)
+        )
+        await session.execute(
+            users.update().where(users.c.username == row.username).values(is_email_verified=True)
+        )
+    log.info("email verified", username=row.username, verify_email_id=email_id)

@@ -1,0 +1,71 @@
+"""Trace ids: one per request, taken from the caller or made here, bound to every log line (DESIGN §6, §9)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.logging import get_logger
+
+REQUEST_ID_HEADER = "x-request-id"
+# Accept a caller's id only if it is short and plain: it lands in logs, headers and the database.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# W3C traceparent: version-traceid-parentid-flags; the 32-hex trace id is the part we keep.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+log = get_logger()
+
+
+def trace_id_from_headers(headers: dict[str, str]) -> str:
+    """``X-Request-ID`` if it is safe, else the ``traceparent`` trace id, else a new random id."""
+    request_id = headers.get(REQUEST_ID_HEADER, "")
+    if _SAFE_ID.match(request_id):
+        return request_id
+    if match := _TRACEPARENT.match(headers.get("traceparent", "").strip().lower()):
+        return match.group(1)
+    return uuid.uuid4().hex
+
+
+def tracing_middleware(app: ASGIApp) -> ASGIApp:
+    """Bind ``trace_id`` for the request, echo it in ``X-Request-ID`` and log one line per request.
+
+    The line has the path but not the query string: the verification link carries its secret there.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        trace_id = trace_id_from_headers(headers)
+        scope.setdefault("state", {})["trace_id"] = trace_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", trace_id.encode())]
+            await send(message)
+
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(trace_id=trace_id)
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "request",
+                method=scope.get("method"),
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            structlog.contextvars.clear_contextvars()
+
+    return middleware

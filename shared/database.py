@@ -1,0 +1,95 @@
+"""The database: table definitions (the migrations are the source of truth for DDL) and engine factories."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("username", sa.String(100), primary_key=True),
+    sa.Column("hashed_password", sa.Text, nullable=False),
+    sa.Column("full_name", sa.String(100), nullable=False),
+    sa.Column("email", sa.String(200), nullable=False),
+    sa.Column("is_email_verified", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column(
+        "password_changed_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.text("'0001-01-01 00:00:00+00'"),
+    ),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("queue", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("trace_id", sa.Text),
+    sa.Column("available_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("published_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+)
+
+verify_emails = sa.Table(
+    "verify_emails",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "username", sa.String(100), sa.ForeignKey("users.username", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("email", sa.String(200), nullable=False),
+    sa.Column("secret_code", sa.Text, nullable=False),
+    sa.Column("is_used", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("expired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+)
+
+# Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).
+USERNAME_TAKEN_CONSTRAINT = "users_pkey"
+EMAIL_TAKEN_CONSTRAINT = "users_email_lower_key"
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The URL as plain asyncpg wants it: ``postgresql://…``."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql://" + database_url.removeprefix(prefix)
+    return database_url
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """The URL as SQLAlchemy's asyncio engine wants it: ``postgresql+asyncpg://…``."""
+    return asyncpg_dsn(database_url).replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def create_engine(database_url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0) -> AsyncEngine:
+    """An asyncio engine; it connects lazily, on first use.
+
+    ``pool_pre_ping`` lets a process survive a PostgreSQL restart: a dead pooled connection is replaced
+    instead of failing the next request.
+    """
+    return create_async_engine(
+        sqlalchemy_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=connect_timeout_s,
+        connect_args={"timeout": connect_timeout_s},
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

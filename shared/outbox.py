@@ -1,0 +1,39 @@
+"""Writing to the transactional outbox: one row per event, in the caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.database import outbox
+
+
+async def add_outbox_event(
+    session: AsyncSession,
+    *,
+    actor: str,
+    queue: str,
+    payload: msgspec.Struct,
+    trace_id: str | None,
+    available_at: datetime | None = None,
+) -> uuid.UUID:
+    """Insert one outbox row in ``session``'s open transaction and return its ``event_id``.
+
+    The row commits or rolls back with whatever else the transaction wrote: that is the whole point.
+    ``available_at`` (default: now, by the database's clock) delays publication.
+    """
+    event_id = uuid.uuid4()
+    values = {
+        "event_id": event_id,
+        "actor": actor,
+        "queue": queue,
+        "payload": msgspec.to_builtins(payload),
+        "trace_id": trace_id,
+    }
+    if available_at is not None:
+        values["available_at"] = available_at
+    await session.execute(outbox.insert().values(**values))
+    return event_id

@@ -1,0 +1,121 @@
+"""Settings for every process, read once from the environment (DESIGN §7).
+
+Each field is named as its environment variable, lower-cased. ``load_settings()`` validates all of them at
+start and raises ``SettingsError`` with one line naming the variable and what it expected, so that a typo in
+a deployment stops the process before it opens a single connection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
+DispatchStrategy = Literal["outbox", "fixed_delay", "immediate", "none"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting of every process, with the defaults a local checkout needs."""
+
+    database_url: str = "postgresql://postgres@localhost:5432/signup"
+    """PostgreSQL; ``postgresql://`` and ``postgresql+asyncpg://`` are both accepted."""
+    redis_url: str = "redis://localhost:6379/0"
+    """Redis, the Dramatiq broker."""
+
+    smtp_host: str = "localhost"
+    smtp_port: Port = 1025
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_timeout_ms: PositiveInt = 10_000
+    """How long the worker waits on the SMTP server before it gives up and retries."""
+    mail_from: str = "Signup <no-reply@signup.local>"
+    public_base_url: str = "http://localhost:8080"
+    """Base of the verification link in the email."""
+
+    api_host: str = "0.0.0.0"  # noqa: S104 - the API is meant to be reachable in a container
+    api_port: Port = 8080
+    api_max_body_bytes: PositiveInt = 16_384
+    """Larger request bodies are refused with 413 before they are parsed."""
+
+    dispatch_strategy: DispatchStrategy = "outbox"
+    """``outbox`` (the design); ``fixed_delay``, ``immediate`` (the course's); ``none`` (bench only)."""
+    task_process_in_ms: NonNegativeInt = 10_000
+    """The course's ``ProcessIn`` delay, used by ``fixed_delay``."""
+    fault_commit_delay_ms: NonNegativeInt = 0
+    """Sleep after dispatch, before the commit (the course's slow-commit demonstration)."""
+    fault_rollback_ratio: Ratio = 0.0
+    """Share of signups whose transaction is rolled back after dispatch."""
+
+    relay_batch_size: PositiveInt = 500
+    relay_poll_interval_ms: PositiveInt = 1000
+    relay_lookahead_ms: NonNegativeInt = 10_000
+    relay_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
+    """0 turns the relay's metrics endpoint off."""
+    outbox_retention_hours: PositiveInt = 168
+
+    worker_max_retries: NonNegativeInt = 10
+    worker_min_backoff_ms: NonNegativeInt = 1000
+    worker_max_backoff_ms: NonNegativeInt = 300_000
+    worker_processes: PositiveInt = 1
+    worker_threads: PositiveInt = 8
+    worker_skip_retry_missing_user: bool = False
+    """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
+    worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
+    verify_email_ttl_minutes: PositiveInt = 15
+
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug logs: never print the SMTP password or URL credentials.
+        shown = {name: getattr(self, name) for name in self.__struct_fields__}
+        shown["smtp_password"] = "***" if self.smtp_password else ""
+        return f"Settings({shown!r})"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value that cannot be used."""
+
+
+def setting_names() -> tuple[str, ...]:
+    """The environment variable of every setting, in declaration order."""
+    return tuple(name.upper() for name in Settings.__struct_fields__)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``), then apply keyword ``overrides``.
+
+    Raises ``SettingsError`` naming the first variable whose value is invalid.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        raw = env.get(field.name.upper())
+        if raw is None or (raw == "" and field.type is not str):
+            continue
+        try:
+            values[field.name] = msgspec.convert(raw, field.type, strict=False)
+        except msgspec.ValidationError as exc:
+            message = str(exc).split(" - at ")[0]
+            raise SettingsError(f"{field.name.upper()}={raw!r} is invalid: {message}") from None
+    values.update(overrides)
+    settings = Settings(**values)
+    _check_urls(settings)
+    return settings
+
+
+def _check_urls(settings: Settings) -> None:
+    if not settings.database_url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+        raise SettingsError(f"DATABASE_URL={settings.database_url!r} is invalid: expected postgresql://…")
+    if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"REDIS_URL={settings.redis_url!r} is invalid: expected redis://…")
+    if not settings.public_base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"PUBLIC_BASE_URL={settings.public_base_url!r} is invalid: expected http(s)://…")

@@ -1,0 +1,85 @@
+"""``signup``: the one console script (DESIGN §8). Each subcommand loads the settings once, then runs.
+
+A subcommand's code is imported only when it runs, so ``signup migrate`` does not import Dramatiq and a
+bad setting stops every command with the same one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from shared.settings import Settings, SettingsError, load_settings
+
+# subcommand → "module:function"; the function takes (settings, args) and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "migrate": ("signup_cli.commands:migrate", "create the database if missing and upgrade it to head"),
+    "api": ("services.api.server:run", "serve the HTTP API"),
+    "relay": ("services.relay.main:run", "move committed outbox rows to Redis"),
+    "worker": ("services.worker.main:run", "send verification emails (Dramatiq worker)"),
+    "mailsink": ("services.worker.mailsink:run", "a development SMTP server that prints and stores mail"),
+    "dev": ("signup_cli.dev:run", "migrate, then api + relay + worker + mailsink in the foreground"),
+    "lab": ("lab.run:run", "compare the course's strategies with the outbox under faults"),
+    "bench": ("lab.bench:run", "benchmarks: latency, API cost, relay drain, claim cost, worker throughput"),
+    "dlq": ("services.worker.dlq:run", "list or replay dead-lettered messages"),
+    "trace": ("signup_cli.trace:run", "a signup's timeline from the database"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signup", description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {name: commands.add_parser(name, help=help_) for name, (_, help_) in COMMANDS.items()}
+
+    parsers["migrate"].add_argument("--revision", default="head", help="target revision (default: head)")
+    parsers["migrate"].add_argument("--downgrade", action="store_true", help="downgrade to --revision")
+
+    parsers["mailsink"].add_argument("--host", default="127.0.0.1")
+    parsers["mailsink"].add_argument("--port", type=int, default=None, help="default: SMTP_PORT")
+    parsers["mailsink"].add_argument("--out-dir", default="var/mail", help="where .eml files are stored")
+
+    for name in ("lab", "bench"):
+        parsers[name].add_argument("--quick", action="store_true", help="a short run (under 2 minutes)")
+        parsers[name].add_argument("--out-dir", default="docs", help="where reports are written")
+
+    dlq = parsers["dlq"].add_subparsers(dest="dlq_command", required=True)
+    dlq.add_parser("list", help="list dead-lettered messages")
+    replay = dlq.add_parser("replay", help="requeue dead-lettered messages to their original queue")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("message_id", nargs="?", help="the message id to replay")
+    which.add_argument("--all", action="store_true", help="replay every dead-lettered message")
+
+    parsers["trace"].add_argument("username")
+    return parser
+
+
+def _resolve(target: str) -> Callable[[Settings, argparse.Namespace], int] | None:
+    module_name, function_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            return None  # the subcommand is not built yet
+        raise
+    command: Callable[[Settings, argparse.Namespace], int] = getattr(module, function_name)
+    return command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"signup: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    command = _resolve(COMMANDS[args.command][0])
+    if command is None:
+        print(f"signup {args.command}: not yet available", file=sys.stderr)
+        return 2
+    return command(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Fixtures for every test layer.
+
+Integration and e2e tests run against real servers: a fresh PostgreSQL database per test session, built by
+running the Alembic migrations (so the migrations are tested too), a private redis-server on a free port
+(so that tests can stop it, and parallel runs do not share queues), and an aiosmtpd server in-process.
+Without a server they skip on a laptop and fail when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TextIO, cast
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.database import create_engine
+from shared.logging import configure_logging
+from shared.migrate import migrate
+from shared.settings import Settings, load_settings
+from tests.support import RedisServer, SmtpSink, missing_service
+
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class LogTee(io.TextIOBase):
+    """Everything the processes in this test session log, kept for the tests that read it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.extend(line for line in text.splitlines() if line)
+        return len(text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def log_tee() -> LogTee:
+    """Route every in-process log line of the session into memory, in production's JSON format."""
+    tee = LogTee()
+    configure_logging(service="api", log_format="json", log_level="debug", stream=cast(TextIO, tee))
+    return tee
+
+
+@pytest.fixture
+def sensitive() -> list[str]:
+    """Values a test used that must never be logged (passwords, hashes, codes, raw emails)."""
+    return []
+
+
+@pytest.fixture(autouse=True)
+def no_sensitive_values_in_logs(log_tee: LogTee, sensitive: list[str]) -> Iterator[None]:
+    """After each test, fail it if any value it registered in ``sensitive`` reached a log line."""
+    start = len(log_tee.lines)
+    yield
+    leaked = [
+        (value, line) for line in log_tee.lines[start:] for value in sensitive if value and value in line
+    ]
+    assert not leaked, f"sensitive values reached the logs: {leaked[:3]}"
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A new database, migrated to head, dropped at the end of the session."""
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        missing_service(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    name = f"signup_test_{uuid.uuid4().hex[:10]}"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        await migrate(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    if not RedisServer.available():
+        missing_service("redis-server is not installed")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def sink(smtp_sink: SmtpSink) -> SmtpSink:
+    """The session's SMTP sink, emptied for this test."""
+    smtp_sink.clear()
+    return smtp_sink
+
+
+@pytest.fixture
+def settings(database_url: str, redis_server: RedisServer, smtp_sink: SmtpSink) -> Settings:
+    """Settings for the real test servers; tests derive variants with ``msgspec.structs.replace``."""
+    return load_settings(
+        {},
+        database_url=database_url,
+        redis_url=redis_server.url,
+        smtp_host=smtp_sink.host,
+        smtp_port=smtp_sink.port,
+        relay_metrics_port=0,
+        worker_metrics_port=0,
+        log_level="debug",
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine, redis_server: RedisServer) -> AsyncEngine:
+    """An empty database and an empty Redis for this test."""
+    async with engine.begin() as connection:
+        await connection.execute(sa.text("TRUNCATE users, outbox, verify_emails RESTART IDENTITY CASCADE"))
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    await client.aclose()
+    return engine

@@ -1,0 +1,186 @@
+"""Helpers shared by the integration and e2e tests: real servers on free ports, polling with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiosmtpd.controller import Controller
+
+T = TypeVar("T")
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def missing_service(reason: str) -> None:
+    """Skip on a laptop without the service; fail in CI, where a skipped test would hide a broken set-up."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], *, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+def wait_until(
+    probe: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """The synchronous twin of ``wait_for``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {result!r})")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, which a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.mkdtemp(prefix="signup-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("redis-server") is not None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(self.port), timeout=10, what=f"redis-server on {self.port}")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@dataclass
+class ReceivedMail:
+    envelope_to: list[str]
+    message: Message
+    received_at: float
+
+    @property
+    def message_id(self) -> str:
+        return str(self.message["Message-ID"])
+
+
+@dataclass
+class SmtpSink:
+    """An aiosmtpd server in the test process that records what it accepts.
+
+    ``script`` holds SMTP replies to give instead of accepting, one per attempt ("451 …", "550 …");
+    ``fail_ratio`` answers a random share of attempts with 451.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    received: list[ReceivedMail] = field(default_factory=list)
+    attempts: list[float] = field(default_factory=list)
+    script: list[str] = field(default_factory=list)
+    fail_ratio: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _controller: Controller | None = None
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        import random
+
+        with self._lock:
+            self.attempts.append(time.monotonic())
+            if self.script:
+                return self.script.pop(0)
+            if self.fail_ratio and random.random() < self.fail_ratio:
+                return "451 4.3.0 injected temporary failure"
+            self.received.append(
+                ReceivedMail(list(envelope.rcpt_tos), message_from_bytes(envelope.content), time.monotonic())
+            )
+        return "250 OK"
+
+    def start(self) -> None:
+        self._controller = Controller(self, hostname=self.host, port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def clear(self) -> None:
+        with self._lock:
+            self.received.clear()
+            self.attempts.clear()
+            self.script.clear()
+            self.fail_ratio = 0.0
+
+    def messages_to(self, address: str) -> list[ReceivedMail]:
+        with self._lock:
+            return [
+                mail for mail in self.received if address.lower() in (a.lower() for a in mail.envelope_to)
+            ]
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
