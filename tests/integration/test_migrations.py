@@ -1,0 +1,59 @@
+"""`signup migrate` creates the database, is idempotent, safe from several processes at once, and reversible."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+
+from tests.conftest import PG_ADMIN_URL
+
+
+def run_migrate(url: str, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DATABASE_URL": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "signup_cli.main", "migrate", *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+async def tables(url: str) -> set[str]:
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row["tablename"] for row in rows}
+    finally:
+        await connection.close()
+
+
+async def test_concurrent_migrations_then_downgrade_and_upgrade_again(database_url: str) -> None:
+    name = f"signup_migrate_{uuid.uuid4().hex[:8]}"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        # Four migrators race on a database that does not exist yet.
+        processes = [run_migrate(url) for _ in range(4)]
+        outputs = await asyncio.gather(*(asyncio.to_thread(p.communicate, timeout=120) for p in processes))
+        assert [p.returncode for p in processes] == [0] * 4, [out for out, _ in outputs]
+        assert {"users", "outbox", "verify_emails", "alembic_version"} <= await tables(url)
+
+        again = run_migrate(url)
+        assert again.wait(timeout=60) == 0
+
+        down = run_migrate(url, "--downgrade", "--revision", "base")
+        assert down.wait(timeout=60) == 0
+        assert await tables(url) == {"alembic_version"}
+
+        up = run_migrate(url)
+        assert up.wait(timeout=60) == 0
+        assert {"users", "outbox", "verify_emails"} <= await tables(url)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
