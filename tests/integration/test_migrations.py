@@ -1,4 +1,4 @@
-"""`signup migrate` creates the database, is idempotent, safe from several processes at once, and reversible."""
+"""`signup migrate`: creates the database, is idempotent, safe from concurrent processes, reversible."""
 
 from __future__ import annotations
 
