@@ -220,7 +220,8 @@ def queued_messages(
     try:
 
         def read(key: str) -> list[Any]:
-            return [dramatiq.Message.decode(body) for body in client.hvals(key)]
+            bodies: list[bytes] = client.hvals(key)  # type: ignore[assignment]
+            return [dramatiq.Message.decode(body) for body in bodies]
 
         return QueuedMessages(
             ready=read(f"{namespace}:{queue_name}.msgs"), delayed=read(f"{namespace}:{queue_name}.DQ.msgs")
