@@ -7,6 +7,7 @@ shows each step of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -73,16 +74,17 @@ class Services:
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def stop(self) -> None:
+        # SIGTERM to each main process only: Dramatiq's forwards it to its worker processes.
         for process in self.processes.values():
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
+            process.send_signal(signal.SIGTERM)
         for process in self.processes.values():
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                pass  # killed below
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
 
 
