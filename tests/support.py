@@ -184,3 +184,41 @@ class SmtpSink:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def _proc_stats() -> list[tuple[int, int, int, str]]:
+    """(pid, ppid, pgid, state) of every process, read from /proc."""
+    stats = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
+        fields = text[text.rindex(")") + 2 :].split()
+        stats.append((int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
+    return stats
+
+
+def process_tree(pid: int) -> set[int]:
+    """The process groups of ``pid`` and of all its live descendants (Linux /proc)."""
+    stats = _proc_stats()
+    tree, groups = {pid}, set()
+    changed = True
+    while changed:
+        changed = False
+        for child, parent, _, _ in stats:
+            if parent in tree and child not in tree:
+                tree.add(child)
+                changed = True
+    for process, _, pgid, _ in stats:
+        if process in tree:
+            groups.add(pgid)
+    return groups
+
+
+def running_in_groups(groups: set[int]) -> list[int]:
+    """Pids of processes in ``groups`` that are still running (zombies waiting to be reaped do not count)."""
+    return [pid for pid, _, pgid, state in _proc_stats() if pgid in groups and state != "Z"]
