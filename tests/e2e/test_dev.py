@@ -55,9 +55,9 @@ class Dev:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def kill(self) -> None:
+    def kill(self, groups: set[int]) -> None:
         """Last resort after a failed test: nothing of this run may outlive it."""
-        for group in process_tree(self.process.pid):
+        for group in groups | process_tree(self.process.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
         self.process.wait(timeout=10)
@@ -138,4 +138,4 @@ def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
         assert running_in_groups(groups) == []
     finally:
         if dev.process.poll() is None or running_in_groups(groups):
-            dev.kill()
+            dev.kill(groups)
