@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from shared.settings import Settings
 from signup_cli.supervise import Child, LogStream
 
-SERVICES = ("api", "relay", "worker", "mailsink")
+# The mailsink first, so that the worker's first email does not meet a closed port and wait for a retry.
+SERVICES = ("mailsink", "api", "relay", "worker")
 STOP_TIMEOUT_S = 10.0
 # An idle Dramatiq consumer sleeps up to this many ms between polls: 1000 by default, which would
 # dominate signup → email latency (DESIGN §4).
