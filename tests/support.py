@@ -202,21 +202,20 @@ def _proc_stats() -> list[tuple[int, int, int, str]]:
     return stats
 
 
-def process_tree(pid: int) -> set[int]:
-    """The process groups of ``pid`` and of all its live descendants (Linux /proc)."""
-    stats = _proc_stats()
-    tree, groups = {pid}, set()
-    changed = True
-    while changed:
-        changed = False
-        for child, parent, _, _ in stats:
-            if parent in tree and child not in tree:
-                tree.add(child)
-                changed = True
-    for process, _, pgid, _ in stats:
-        if process in tree:
-            groups.add(pgid)
-    return groups
+def processes_marked(marker: str) -> list[int]:
+    """Pids of running processes whose environment holds the variable ``marker`` (children inherit it)."""
+    needle = f"{marker}=".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()  # empty for a zombie
+        except OSError:
+            continue  # exited while we looked
+        if any(item.startswith(needle) for item in environ.split(b"\0")):
+            found.append(int(entry.name))
+    return found
 
 
 def running_in_groups(groups: set[int]) -> list[int]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,10 +24,12 @@ from tests.conftest import PG_ADMIN_URL
 from tests.support import (
     RedisServer,
     free_port,
-    process_tree,
-    running_in_groups,
+    processes_marked,
     wait_until,
 )
+
+# Set in the environment of every process a test run starts, to find them all again in /proc.
+MARKER = "SIGNUP_DEV_TEST_RUN"
 
 
 class Dev:
@@ -55,20 +58,21 @@ class Dev:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def kill(self, groups: set[int]) -> None:
+    def left_behind(self) -> list[int]:
+        """Every process of this run still running: dev and whatever it started, at any depth."""
+        return processes_marked(MARKER)
+
+    def kill(self) -> None:
         """Last resort after a failed test: nothing of this run may outlive it."""
-        for group in groups | process_tree(self.process.pid):
+        for pid in self.left_behind():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
 
 @pytest.fixture
 def dev_env(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, str]]:
     """The environment of one run: free ports, a database of its own (dropped after), the private Redis."""
-    missing = [name for name in SERVICES if _resolve(COMMANDS[name][0]) is None]
-    if missing:
-        pytest.skip(f"signup {', '.join(missing)} not built yet on this branch")
     name = f"signup_dev_{uuid.uuid4().hex[:10]}"
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield {
@@ -82,6 +86,7 @@ def dev_env(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, str
         "RELAY_METRICS_PORT": "0",
         "WORKER_METRICS_PORT": "0",
         "LOG_FORMAT": "json",
+        MARKER: uuid.uuid4().hex,
     }
 
     async def drop() -> None:
@@ -102,8 +107,10 @@ def mail_for(address: str, *, out_dir: Path, dev: Dev) -> bool:
 def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
     dev_env: dict[str, str], tmp_path: Path
 ) -> None:
+    missing = [name for name in SERVICES if _resolve(COMMANDS[name][0]) is None]
+    if missing:
+        pytest.skip(f"signup {', '.join(missing)} not built yet on this branch")
     dev = Dev(env=dev_env, cwd=tmp_path)
-    groups: set[int] = set()
     try:
         api = f"http://127.0.0.1:{dev_env['API_PORT']}"
 
@@ -131,11 +138,23 @@ def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
         for name in ("migrate", "api", "relay", "worker", "mailsink"):
             assert any(line.startswith(f"{name:<8} |") for line in dev.lines), name
 
-        groups = process_tree(dev.process.pid)
-        assert len(groups) >= 5  # dev itself and one group per service
+        assert len(dev.left_behind()) >= 5  # dev itself and its four services
         dev.process.send_signal(signal.SIGINT)
         assert dev.process.wait(timeout=30) == 0, dev.output()[-3000:]
-        assert running_in_groups(groups) == []
+        assert dev.left_behind() == []
     finally:
-        if dev.process.poll() is None or running_in_groups(groups):
-            dev.kill(groups)
+        dev.kill()
+
+
+def test_dev_stops_everything_and_fails_when_a_service_dies(dev_env: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(dev_env["API_PORT"])))
+        taken.listen()
+        # The API cannot bind its port (a relay or worker not built yet on this branch dies as well).
+        dev = Dev(env=dev_env, cwd=tmp_path)
+        try:
+            assert dev.process.wait(timeout=90) != 0
+            assert "exited unexpectedly" in dev.output()
+            assert dev.left_behind() == []
+        finally:
+            dev.kill()
