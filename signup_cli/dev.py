@@ -1,9 +1,10 @@
 """``signup dev``: migrate, then api + relay + worker + mailsink in the foreground (DESIGN §8).
 
 Each service is a child process in its own process group (the Dramatiq CLI forks worker processes of its
-own, so signals go to the whole group). Their output is merged into one stream, each line prefixed with
-the service's name. Ctrl-C or SIGTERM stops them all: SIGTERM first, SIGKILL after ``STOP_TIMEOUT_S``.
-A child that exits on its own stops the rest, and ``signup dev`` exits non-zero.
+own, and none of them may outlive ``signup dev``). Their output is merged into one stream, each line
+prefixed with the service's name. Ctrl-C or SIGTERM stops them all: SIGTERM to each service, SIGKILL to
+each whole process group after ``STOP_TIMEOUT_S``. A child that exits on its own stops the rest, and
+``signup dev`` exits non-zero.
 """
 
 from __future__ import annotations
@@ -101,11 +102,19 @@ def supervise(
 
 
 def stop_all(children: Sequence[Child], *, stream: LogStream, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM every child's process group, wait up to ``timeout`` seconds, then SIGKILL what is left."""
+    """SIGTERM every child, wait up to ``timeout`` seconds, then SIGKILL every process group still there.
+
+    SIGTERM goes to the leader only: Dramatiq's main process forwards it to its worker processes, which
+    take a second SIGTERM as "exit now" and would drop the messages they hold. What is left in a group
+    after its leader has exited has nobody to stop it, so it is killed at once.
+    """
     for child in children:
-        child.signal(signal.SIGTERM)
+        child.terminate()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(child.alive() for child in children):
+        for child in children:
+            if child.poll() is not None:
+                child.signal(signal.SIGKILL)  # orphans of an exited leader
         time.sleep(0.05)
     for child in children:
         if child.alive():

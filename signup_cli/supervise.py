@@ -83,6 +83,11 @@ class Child:
             return False
         return True
 
+    def terminate(self) -> None:
+        """Ask the leader to stop (SIGTERM); it stops the processes it started itself."""
+        if self.process.poll() is None:
+            self.process.terminate()
+
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the whole process group; a group that is already gone is ignored."""
         with contextlib.suppress(ProcessLookupError):

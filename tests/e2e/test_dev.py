@@ -142,6 +142,7 @@ def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
         dev.process.send_signal(signal.SIGINT)
         assert dev.process.wait(timeout=30) == 0, dev.output()[-3000:]
         assert dev.left_behind() == []
+        assert "did not stop" not in dev.output()  # every service stopped on SIGTERM, none was killed
     finally:
         dev.kill()
 
