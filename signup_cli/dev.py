@@ -23,9 +23,6 @@ from signup_cli.supervise import Child, LogStream
 # The mailsink first, so that the worker's first email does not meet a closed port and wait for a retry.
 SERVICES = ("mailsink", "api", "relay", "worker")
 STOP_TIMEOUT_S = 10.0
-# An idle Dramatiq consumer sleeps up to this many ms between polls: 1000 by default, which would
-# dominate signup → email latency (DESIGN §4).
-DEV_WORKER_TIMEOUT_MS = "50"
 
 
 def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
@@ -65,7 +62,6 @@ def child_environment(environ: Mapping[str, str], *, tty: bool) -> dict[str, str
     """The children's environment: ours, unbuffered, with development defaults the caller did not set."""
     env = dict(environ)
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the merged stream as they are written
-    env.setdefault("dramatiq_worker_timeout", DEV_WORKER_TIMEOUT_MS)
     if tty:
         env.setdefault("LOG_FORMAT", "console")  # a person is watching
     return env
