@@ -186,6 +186,43 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def _proc_stats() -> list[tuple[int, int, int, str]]:
+    """(pid, ppid, pgid, state) of every process, read from /proc."""
+    stats = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
+        fields = text[text.rindex(")") + 2 :].split()
+        stats.append((int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
+    return stats
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Pids of running processes whose environment holds the variable ``marker`` (children inherit it)."""
+    needle = f"{marker}=".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()  # empty for a zombie
+        except OSError:
+            continue  # exited while we looked
+        if any(item.startswith(needle) for item in environ.split(b"\0")):
+            found.append(int(entry.name))
+    return found
+
+
+def running_in_groups(groups: set[int]) -> list[int]:
+    """Pids of processes in ``groups`` that are still running (zombies waiting to be reaped do not count)."""
+    return [pid for pid, _, pgid, state in _proc_stats() if pgid in groups and state != "Z"]
+
+
 @dataclass
 class QueuedMessages:
     """The Dramatiq messages held in Redis for one queue: ``ready`` ones and ``delayed`` (``.DQ``) ones."""

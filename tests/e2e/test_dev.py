@@ -1,0 +1,161 @@
+"""``signup dev`` end to end: the real processes, a signup over HTTP, the email in the mailsink, Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from signup_cli.dev import SERVICES
+from signup_cli.main import COMMANDS, _resolve
+from tests.conftest import PG_ADMIN_URL
+from tests.support import (
+    RedisServer,
+    free_port,
+    processes_marked,
+    wait_until,
+)
+
+# Set in the environment of every process a test run starts, to find them all again in /proc.
+MARKER = "SIGNUP_DEV_TEST_RUN"
+
+
+class Dev:
+    """``signup dev`` in a session of its own, its output collected line by line."""
+
+    def __init__(self, *, env: dict[str, str], cwd: Path) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "signup_cli.main", "dev"],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def left_behind(self) -> list[int]:
+        """Every process of this run still running: dev and whatever it started, at any depth."""
+        return processes_marked(MARKER)
+
+    def kill(self) -> None:
+        """Last resort after a failed test: nothing of this run may outlive it."""
+        for pid in self.left_behind():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def dev_env(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, str]]:
+    """The environment of one run: free ports, a database of its own (dropped after), the private Redis."""
+    name = f"signup_dev_{uuid.uuid4().hex[:10]}"
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield {
+        **os.environ,
+        "DATABASE_URL": f"{base}/{name}",
+        "REDIS_URL": redis_server.url,
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(free_port()),
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(free_port()),
+        "RELAY_METRICS_PORT": "0",
+        "WORKER_METRICS_PORT": "0",
+        "LOG_FORMAT": "json",
+        MARKER: uuid.uuid4().hex,
+    }
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    asyncio.run(drop())
+
+
+def mail_for(address: str, *, out_dir: Path, dev: Dev) -> bool:
+    """Whether the mailsink stored (``--out-dir``) or printed a message to ``address``."""
+    stored = any(address in path.read_text(errors="replace") for path in out_dir.rglob("*") if path.is_file())
+    printed = any(line.startswith("mailsink") and address in line for line in dev.lines)
+    return stored or printed
+
+
+def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
+    dev_env: dict[str, str], tmp_path: Path
+) -> None:
+    missing = [name for name in SERVICES if _resolve(COMMANDS[name][0]) is None]
+    if missing:
+        pytest.skip(f"signup {', '.join(missing)} not built yet on this branch")
+    dev = Dev(env=dev_env, cwd=tmp_path)
+    try:
+        api = f"http://127.0.0.1:{dev_env['API_PORT']}"
+
+        def ready() -> bool:
+            assert dev.process.poll() is None, f"signup dev exited early:\n{dev.output()[-3000:]}"
+            try:
+                return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, timeout=60, interval=0.2, what="the API to be ready")
+        user = f"dev_{uuid.uuid4().hex[:8]}"
+        address = f"{user}@example.com"
+        response = httpx.post(
+            f"{api}/v1/create_user",
+            json={"username": user, "full_name": "Dev Person", "email": address, "password": "a long secret"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        wait_until(
+            lambda: mail_for(address, out_dir=tmp_path / "var" / "mail", dev=dev),
+            timeout=5,
+            what="the verification email in the mailsink",
+        )
+        for name in ("migrate", "api", "relay", "worker", "mailsink"):
+            assert any(line.startswith(f"{name:<8} |") for line in dev.lines), name
+
+        assert len(dev.left_behind()) >= 5  # dev itself and its four services
+        dev.process.send_signal(signal.SIGINT)
+        assert dev.process.wait(timeout=30) == 0, dev.output()[-3000:]
+        assert dev.left_behind() == []
+        assert "did not stop" not in dev.output()  # every service stopped on SIGTERM, none was killed
+    finally:
+        dev.kill()
+
+
+def test_dev_stops_everything_and_fails_when_a_service_dies(dev_env: dict[str, str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", int(dev_env["API_PORT"])))
+        taken.listen()
+        # The API cannot bind its port (a relay or worker not built yet on this branch dies as well).
+        dev = Dev(env=dev_env, cwd=tmp_path)
+        try:
+            assert dev.process.wait(timeout=90) != 0
+            assert "exited unexpectedly" in dev.output()
+            assert dev.left_behind() == []
+        finally:
+            dev.kill()

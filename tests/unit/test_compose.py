@@ -1,0 +1,93 @@
+"""docker-compose.yml runs real ``signup`` subcommands with known settings, and compose accepts it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.settings import setting_names
+from signup_cli.main import COMMANDS
+from tests.support import repo_root
+
+# Variables the compose file sets that are not signup settings, each with the reason it is there.
+NOT_SETTINGS = {
+    "dramatiq_worker_timeout",  # read by Dramatiq's Redis consumer itself (DESIGN §4)
+    "POSTGRES_USER",  # the postgres image
+    "POSTGRES_PASSWORD",  # the postgres image
+    "MP_SMTP_AUTH_ACCEPT_ANY",  # Mailpit: accept the worker's SMTP_USERNAME/PASSWORD if set
+    "MP_SMTP_AUTH_ALLOW_INSECURE",  # Mailpit: ... over plain SMTP
+    "TEST_PG_ADMIN_URL",  # tests/conftest.py: where the test fixtures create their databases
+    "CI",  # tests/support.py: a missing server fails instead of skipping
+}
+IMAGES_WITHOUT_SIGNUP = {"postgres", "redis", "mailpit"}
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    compose = yaml.safe_load((repo_root() / "docker-compose.yml").read_text())
+    found: dict[str, Any] = compose["services"]
+    return found
+
+
+def signup_services(services: dict[str, Any]) -> dict[str, Any]:
+    return {name: service for name, service in services.items() if name not in IMAGES_WITHOUT_SIGNUP}
+
+
+def test_the_stack_has_every_service(services: dict[str, Any]) -> None:
+    assert set(services) == {"postgres", "redis", "mailpit", "migrate", "api", "relay", "worker", "test"}
+
+
+def test_every_command_is_a_signup_subcommand_or_just_test(services: dict[str, Any]) -> None:
+    for name, service in signup_services(services).items():
+        command = service["command"]
+        assert command == ["just", "test"] or command[0] in COMMANDS, f"{name}: {command}"
+    assert [services[name]["command"][0] for name in ("migrate", "api", "relay", "worker")] == [
+        "migrate",
+        "api",
+        "relay",
+        "worker",
+    ]
+
+
+def test_every_variable_is_a_known_setting(services: dict[str, Any]) -> None:
+    known = set(setting_names()) | NOT_SETTINGS
+    for name, service in services.items():
+        unknown = set(service.get("environment", {})) - known
+        assert not unknown, f"{name} sets variables no process reads: {sorted(unknown)}"
+
+
+def test_every_setting_has_a_default_overridable_from_env(services: dict[str, Any]) -> None:
+    environment = services["api"]["environment"]
+    assert set(environment) == set(setting_names())
+    for variable, value in environment.items():
+        assert re.fullmatch(rf"\$\{{{variable}:-.*\}}", str(value)), f"{variable}: {value}"
+
+
+def test_dependencies_name_existing_services(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        missing = set(service.get("depends_on", {})) - set(services)
+        assert not missing, f"{name} depends on unknown services {missing}"
+
+
+def test_services_start_after_a_successful_migration(services: dict[str, Any]) -> None:
+    for name in ("api", "relay", "worker"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["migrate"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert services["worker"]["environment"]["dramatiq_worker_timeout"] == "${DRAMATIQ_WORKER_TIMEOUT:-50}"
+
+
+def test_compose_accepts_the_file() -> None:
+    client = shutil.which("docker-compose")
+    if client is None:
+        pytest.skip("no docker-compose client (.ci/run validates the file where one exists)")
+    for args in ([], ["--profile", "test"]):
+        result = subprocess.run(
+            [client, *args, "config", "-q"], cwd=repo_root(), capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr

@@ -1,0 +1,76 @@
+"""deploy/Dockerfile downloads only locked Python packages and Debian packages, and runs as non-root."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+
+from tests.support import repo_root
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = (repo_root() / "deploy" / "Dockerfile").read_text()
+    joined = re.sub(r"\\\n", " ", text)
+    return [
+        line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def stages(instructions: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in instructions:
+        if line.startswith("FROM "):
+            current = found.setdefault(line.split()[-1], [])
+        current.append(line)
+    return found
+
+
+def test_nothing_is_fetched_outside_the_lock_and_debian(instructions: list[str]) -> None:
+    for line in instructions:
+        assert not re.search(r"\b(curl|wget)\b|^ADD\s+https?://|--from=ghcr\.io|astral", line), line
+        if "pip install" in line:
+            assert re.search(r'pip install --no-cache-dir "uv==\$\{UV_VERSION\}"$', line), line
+        if re.search(r"\buv (sync|pip|add|lock)\b", line):
+            assert "uv sync --frozen" in line, line
+    assert any("uv sync --frozen --no-dev --no-editable" in line for line in instructions)
+
+
+def test_every_stage_builds_on_python_3_11_slim(instructions: list[str]) -> None:
+    assert any(line.startswith("ARG PYTHON_IMAGE=python:3.11-slim") for line in instructions)
+    assert all(
+        line.startswith("FROM ${PYTHON_IMAGE} AS ") for line in instructions if line.startswith("FROM")
+    )
+
+
+def test_the_runtime_stage_has_no_build_tools_and_runs_signup_as_non_root(instructions: list[str]) -> None:
+    runtime = stages(instructions)["runtime"]
+    assert not any(re.search(r"\b(pip|uv|apt-get|gcc)\b", line) for line in runtime if line.startswith("RUN"))
+    users = [line.split()[1] for line in runtime if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert 'ENTRYPOINT ["signup"]' in runtime
+
+
+def test_the_image_carries_the_whole_package_including_migrations(instructions: list[str]) -> None:
+    copied = {
+        source
+        for line in stages(instructions)["build"]
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    }
+    pyproject = tomllib.loads((repo_root() / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    assert "migrations" in packages
+    for needed in (*packages, "pyproject.toml", "uv.lock", "README.md"):
+        assert needed in copied, needed
+
+
+def test_the_test_stage_has_the_dev_dependencies_and_just(instructions: list[str]) -> None:
+    test = stages(instructions)["test"]
+    assert any("apt-get install" in line and " just " in f"{line} " for line in test)
+    assert any(line == "RUN uv sync --frozen" for line in test)
+    assert 'CMD ["just", "test"]' in test
