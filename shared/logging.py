@@ -28,6 +28,7 @@ def mask_email(email: str) -> str:
 
 
 def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    event_dict.pop("color_message", None)  # uvicorn's copy of the message with terminal colour codes
     for key in _SECRET_KEYS.intersection(event_dict):
         event_dict[key] = "***"
     if isinstance(email := event_dict.get("email"), str):

@@ -98,7 +98,10 @@ def parse_create_user(body: bytes) -> CreateUserRequest:
         try:
             value = msgspec.convert(raw[field.name], field.type)
         except msgspec.ValidationError as exc:
-            errors.append(FieldError(field=field.name, message=str(exc).split(" - at ")[0]))
+            message = str(exc).split(" - at ")[0]
+            if "matching regex" in message:
+                message = _PATTERN_HINTS[field.name]
+            errors.append(FieldError(field=field.name, message=message))
             continue
         # Python's `$` also matches before a final newline, so the patterns alone would let "alice\n"
         # through; no field has a use for control characters, and they are how headers get injected.
@@ -117,3 +120,8 @@ def parse_create_user(body: bytes) -> CreateUserRequest:
 
 
 _FIELDS = frozenset(CreateUserRequest.__struct_fields__)
+# A regex is no answer for a person filling in a form.
+_PATTERN_HINTS = {
+    "username": "may contain only lowercase letters, digits and _",
+    "full_name": "may contain only letters and single spaces between words",
+}
