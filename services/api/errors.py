@@ -30,7 +30,7 @@ UNAVAILABLE = (
     InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
-    dramatiq.errors.ConnectionError,  # the broker may wrap a redis error in its own
+    dramatiq.errors.BrokerConnectionError,  # the broker may wrap a redis error in its own
 )
 
 
