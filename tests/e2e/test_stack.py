@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import aiosmtplib
 import asyncpg
 import pytest
 
+from lab.processes import free_port
+from lab.sink import MailSink
 from lab.stack import Stack, generate_load
 from shared.database import asyncpg_dsn
 from tests.support import RedisServer, missing_service
@@ -52,31 +55,24 @@ async def test_stack_runs_kills_restarts_and_cleans_up(tmp_path: Path, database_
 
 
 async def test_sink_refuses_the_injected_share_and_records_the_rest() -> None:
-    import aiosmtplib
-
-    from lab.processes import free_port
-    from lab.sink import MailSink
-
     sink = MailSink(port=free_port(), fail_ratio=1.0)
-    sink.start()
-    try:
-        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
-            await aiosmtplib.send(
-                "Message-ID: <x@lab>\r\n\r\nhi",
-                sender="a@lab.example",
-                recipients=["b@lab.example"],
-                hostname=sink.host,
-                port=sink.port,
-            )
-        assert refused.value.code == 451
-        sink.fail_ratio = 0.0
+
+    async def send(message_id: str) -> None:
         await aiosmtplib.send(
-            "Message-ID: <y@lab>\r\n\r\nhi",
+            f"Message-ID: {message_id}\r\n\r\nhi",
             sender="a@lab.example",
             recipients=["B@lab.example"],
             hostname=sink.host,
             port=sink.port,
         )
+
+    sink.start()
+    try:
+        with pytest.raises(aiosmtplib.SMTPResponseException) as refused:
+            await send("<x@lab>")
+        assert refused.value.code == 451
+        sink.fail_ratio = 0.0
+        await send("<y@lab>")
     finally:
         sink.stop()
     [delivery] = sink.snapshot()
