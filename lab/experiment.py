@@ -26,6 +26,8 @@ GRACE_S = 3.0
 REDELIVERY_S = 30.0
 """After a SIGKILL: how long a dead worker's unacked messages may take to come back (DESIGN §4)."""
 
+PROGRESS_EVERY_S = 10.0
+
 Progress = Callable[[str], None]
 
 
@@ -58,7 +60,7 @@ async def run_cell(
         signups, fault_ended = await asyncio.gather(load, _inject(cell, stack, plan, progress))
         accepted = sum(1 for signup in signups if signup.accepted)
         progress(f"{cell.key}: {len(signups)} sent, {accepted} accepted; waiting for emails")
-        settled = await _settle(stack, cell, plan, fault_ended=fault_ended)
+        settled = await _settle(stack, cell, plan, fault_ended=fault_ended, progress=progress)
         outcome = await _collect(stack, signups)
     progress(
         f"{cell.key}: done in {time.monotonic() - began:.0f} s: {outcome.delivered} emailed, "
@@ -91,7 +93,7 @@ async def _inject(cell: Cell, stack: Stack, plan: Plan, progress: Progress) -> f
     return time.monotonic()
 
 
-async def _settle(stack: Stack, cell: Cell, plan: Plan, *, fault_ended: float) -> bool:
+async def _settle(stack: Stack, cell: Cell, plan: Plan, *, fault_ended: float, progress: Progress) -> bool:
     """Wait until nothing is left to deliver (or the deadline); returns whether the system went quiet."""
     load_ended = time.monotonic()
     delay_s = (cell.strategy.delay_ms or 0) / 1000
@@ -100,9 +102,13 @@ async def _settle(stack: Stack, cell: Cell, plan: Plan, *, fault_ended: float) -
     if cell.scenario.kill_workers:
         earliest = max(earliest, fault_ended + REDELIVERY_S)
     deadline = max(load_ended + plan.settle_s, earliest)
+    next_report = load_ended + PROGRESS_EVERY_S
     while time.monotonic() < deadline:
         if time.monotonic() >= earliest and await _quiet(stack):
             return True
+        if time.monotonic() >= next_report:
+            next_report += PROGRESS_EVERY_S
+            progress(f"{cell.key}: {len(stack.sink.snapshot())} emails so far")
         await asyncio.sleep(0.25)
     return False
 
