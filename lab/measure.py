@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -42,6 +42,8 @@ class Outcome:
     offered: int
     accepted: int
     failed: int
+    statuses: dict[str, int]
+    """How many signups got each HTTP status ("0": no response)."""
     committed: int
     delivered: int
     """Committed users with at least one email."""
@@ -116,6 +118,7 @@ def measure(
         offered=len(signups),
         accepted=len(accepted),
         failed=len(signups) - len(accepted),
+        statuses={str(status): n for status, n in sorted(Counter(s.status for s in signups).items())},
         committed=len(committed),
         delivered=sum(1 for name in committed if name in message_ids),
         emails=len(deliveries),

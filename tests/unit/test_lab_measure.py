@@ -82,3 +82,11 @@ def test_plans_cover_what_the_lab_claims() -> None:
     assert "relay" not in STRATEGY["fixed_10s"].services
     assert STRATEGY["immediate_skip"].env() == {"WORKER_SKIP_RETRY_MISSING_USER": "true"}
     assert STRATEGY["fixed_10s"].env()["TASK_PROCESS_IN_MS"] == "10000"
+
+
+def test_statuses_are_counted() -> None:
+    signups = [signup("a"), signup("b", status=503), signup("c", status=503), signup("d", status=0)]
+    outcome = measure(
+        signups=signups, committed={"a"}, deliveries=[], worker_saw=set(), held_in_redis=set(), username_of={}
+    )
+    assert outcome.statuses == {"0": 1, "200": 1, "503": 2}
