@@ -96,5 +96,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     write_reports(results, meta, out_dir)
     print(f"wrote {out_dir / 'lab.md'}, {out_dir / 'lab.json'}, {out_dir / 'lab.png'}", file=sys.stderr)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    for cell_dir in work_dir.iterdir():
+        shutil.rmtree(cell_dir / "redis", ignore_errors=True)  # keep the service logs, not the queues
+    print(f"service logs kept in {work_dir}", file=sys.stderr)
     return 0
