@@ -62,7 +62,9 @@ def test_enqueue_before_a_slow_commit_loses_emails_with_skip_retry(lab_report) -
 
 
 def test_fixed_delay_makes_every_email_wait_and_the_outbox_does_not(lab_report) -> None:
-    assert cell(lab_report, "fixed_10s", "normal")["latency"]["p50"] >= 10.0
+    # The course's delay runs from the enqueue, which precedes the commit by the rest of the transaction:
+    # ~10.05 s on a quiet machine, 9.86 s measured with a load average of 30. Hence the margin.
+    assert cell(lab_report, "fixed_10s", "normal")["latency"]["p50"] >= 9.5
     assert cell(lab_report, "outbox", "normal")["latency"]["p50"] < 1.0
 
 
