@@ -21,7 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from lab.processes import free_port as free_port  # re-exported for the tests
-from lab.processes import port_open
+from lab.processes import port_open as port_open
 
 T = TypeVar("T")
 
