@@ -54,4 +54,3 @@ def create_broker(settings: Settings, *, extra_middleware: list[Middleware] | No
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         maintenance_chance=MAINTENANCE_CHANCE,
     )
-
