@@ -86,6 +86,8 @@ def create_engine(database_url: str, *, pool_size: int = 10, connect_timeout_s: 
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # Parameters hold password hashes and email addresses: keep them out of exception text (and logs).
+        hide_parameters=True,
         pool_timeout=connect_timeout_s,
         connect_args={"timeout": connect_timeout_s},
     )
