@@ -1,0 +1,95 @@
+"""docs/RELIABILITY.md: the figures of the last full soak and how they were obtained."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lab.soak_verdict import Verdict
+
+if TYPE_CHECKING:
+    from lab.soak import SoakPlan
+
+
+def write_report(verdict: Verdict, *, plan: SoakPlan, path: Path) -> None:
+    """Write the soak's figures as Markdown to ``path``."""
+    faults = "; ".join(f"{name}: {count}" for name, count in sorted(verdict.faults.items()))
+    answers = ", ".join(f"{status}: {count}" for status, count in sorted(verdict.api_answers.items()))
+    rows = [
+        ("signups sent", f"{verdict.signups_sent} at {plan.rate:g}/s"),
+        ("signups committed", str(verdict.committed)),
+        ("API answers", answers),
+        ("faults injected", faults),
+        ("SMTP attempts answered 451", f"{verdict.smtp_refused} of {verdict.smtp_attempts}"),
+        ("emails received (deliveries, redeliveries included)", str(verdict.deliveries)),
+        ("lost (committed user, no email)", str(len(verdict.lost))),
+        ("duplicates (user with > 1 distinct Message-ID)", str(len(verdict.duplicates))),
+        ("phantoms (email for no committed user)", str(len(verdict.phantoms))),
+        ("outbox rows left unpublished", str(verdict.unpublished)),
+        ("commit → email delay, p99 / worst", f"{verdict.p99_delay_s:.2f} s / {verdict.worst_delay_s:.2f} s"),
+        ("unhandled errors in logs", str(len(verdict.log_problems))),
+        ("services that exited by themselves", str(len(verdict.crashes))),
+        ("verdict", "promise kept" if verdict.ok else "FAILED: " + " | ".join(verdict.problems())),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        _TEMPLATE.format(
+            date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            table=table,
+            kill_every=f"{plan.kill_every_s[0]:g} to {plan.kill_every_s[1]:g} s",
+            down_for=f"{plan.down_for_s[0]:g} to {plan.down_for_s[1]:g} s",
+            ratio=f"{plan.smtp_fail_ratio:.0%}",
+            grace=f"{plan.outage_grace_s:g} s",
+            drain=f"{plan.drain_timeout_s:g} s",
+        )
+    )
+
+
+_TEMPLATE = """# Reliability: the soak
+
+The promise: **every committed signup gets exactly one email, and no one gets in where they should not.**
+`just soak` checks the first half under faults (the second is tests/integration/test_security.py and
+tests/integration/test_fuzz_api.py); this file is written by its last full run ({date}).
+
+## Figures
+
+| | |
+|---|---|
+{table}
+
+## How
+
+`python -m lab.soak` starts a private PostgreSQL cluster (`initdb` + `pg_ctl`, never the shared one), a
+private Redis with an append-only file (`appendfsync always`), an SMTP sink, and `signup api`, `signup relay`
+and `signup worker` as subprocesses. It then sends signups over HTTP at a steady rate, never waiting for
+answers, while it:
+
+- SIGKILLs the relay and the worker (each whole process group) after random pauses of {kill_every}, and
+  starts them again {down_for} later;
+- SIGKILLs Redis once, a third of the way through, and starts it again on its append-only file;
+- crashes PostgreSQL once, two thirds of the way through (`pg_ctl stop -m immediate`), and starts it again;
+- has the SMTP server answer `451` to {ratio} of delivery attempts, at random.
+
+When the load ends, every service is running again; the soak waits until each committed user has an email
+(at most {drain}), then judges from three sources that do not trust each other:
+
+- **the users table** (what committed) against **the SMTP sink** (what arrived): each committed user must
+  have exactly one distinct `Message-ID`; a redelivery of the same message (a worker killed between the
+  send and its commit) carries the same `Message-ID` and counts once; an email to an address no committed
+  user has is a phantom;
+- **the HTTP answers**: apart from `200`, only `503` with `Retry-After` is allowed, and only while PostgreSQL
+  is down (until {grace} after it is back). A signup answered `503` may still have committed (the crash
+  can hit between the commit and the answer); it is judged by the table, like every other;
+- **the services' logs**: no line at level error or critical, no unstructured traceback, no user's raw
+  email address.
+
+## What it relies on
+
+- Redis must persist its data (AOF). The relay marks a row published once Redis has accepted the message; a
+  Redis that restarts empty loses every message published and not yet consumed, and the outbox cannot
+  know. With `appendfsync everysec` a Redis *crash* may lose the last second.
+- A killed worker's unacknowledged message is redelivered only after Dramatiq's heartbeat timeout and a
+  maintenance pass (about 30 s with shared/broker.py's settings), which shows in the worst delay.
+"""
