@@ -41,6 +41,8 @@ class Verdict:
     bad_api_errors: list[str] = field(default_factory=list)
     log_problems: list[str] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
+    handled_errors: Counter[str] = field(default_factory=Counter)
+    """Error/critical log lines per service that named a failure which was then handled (retried)."""
     unpublished: int = 0
     worst_delay_s: float = 0.0
     p99_delay_s: float = 0.0
@@ -95,29 +97,45 @@ def judge_api(verdict: Verdict, answers: list[ApiAnswer], *, outage: tuple[float
 
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
-
-
+# How our code and Dramatiq's name an exception nobody handled: the API's "unhandled error", Dramatiq's
+# "Failed to process message … with unhandled exception", "Consumer encountered an unexpected error".
+_UNHANDLED = re.compile(r"unhandled|uncaught|unexpected error", re.IGNORECASE)
 _EMAIL_LIKE = re.compile(r"[\w.'%+-]+@[\w.-]+")
 
 
 def judge_logs(verdict: Verdict, logs: dict[str, list[str]], *, emails: set[str]) -> None:
-    """Flag unhandled exceptions (error/critical lines, raw tracebacks) and any user's raw email address."""
+    """Flag unhandled exceptions and any user's raw email address; count error lines that were handled.
+
+    A handled failure (a warning or error naming what failed, then a retry) is expected under faults:
+    Dramatiq itself logs a lost Redis connection at critical level and reconnects.
+    """
     for service, lines in logs.items():
         for line in lines:
-            problem = _log_problem(line)
+            problem, level = _log_problem(line)
             if problem is None and any(found.lower() in emails for found in _EMAIL_LIKE.findall(line)):
                 problem = "a raw email address"
             if problem:
                 verdict.log_problems.append(f"{service}: {problem}: {line[:300]}")
+            elif level in ("error", "critical"):
+                verdict.handled_errors[service] += 1
 
 
-def _log_problem(line: str) -> str | None:
+def _log_problem(line: str) -> tuple[str | None, str | None]:
     try:
         record = json.loads(line)
     except ValueError:
-        return "an unstructured traceback" if _TRACEBACK.search(line) else None
+        return ("an unstructured traceback" if _TRACEBACK.search(line) else None), None
     if not isinstance(record, dict):
-        return None
-    if record.get("level") in ("error", "critical", "exception"):
-        return f"level {record['level']}"
-    return None
+        return None, None
+    level = record.get("level")
+    if _UNHANDLED.search(str(record.get("event", ""))) and not _redis_connection_lost(record):
+        return "an unhandled exception", level
+    return None, level
+
+
+def _redis_connection_lost(record: dict[str, object]) -> bool:
+    """Dramatiq's consumer moves due delayed messages outside its connection-error handling, so a Redis
+    restart surfaces as "Consumer encountered an unexpected error." It then restarts the consumer, and the
+    message is still in Redis: that is handled, by the library."""
+    last_line = str(record.get("exception", "")).rstrip().rsplit("\n", 1)[-1]
+    return last_line.startswith(("redis.exceptions.ConnectionError", "redis.exceptions.TimeoutError"))
