@@ -3,8 +3,9 @@
 ``just soak`` (``python -m lab.soak``) runs 10,000 signups and writes docs/RELIABILITY.md; the e2e test
 runs a short one. It starts everything privately (a PostgreSQL cluster and a Redis of its own, an SMTP
 sink, ``signup api/relay/worker`` subprocesses), then: SIGKILLs the relay and the worker at random moments
-and restarts them, SIGKILLs Redis once, crashes PostgreSQL once (``pg_ctl -m immediate``), and has SMTP
-answer 451 to a random share of attempts. After a deadline it judges the run (see lab/soak_verdict.py).
+and restarts them, crashes PostgreSQL once (``pg_ctl -m immediate``), SIGKILLs Redis once after the last
+kill, and has SMTP answer 451 to a random share of attempts. After a deadline it judges the run (see
+lab/soak_verdict.py).
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ SERVICES = ("api", "relay", "worker")
 @dataclass(frozen=True, kw_only=True)
 class SoakPlan:
     signups: int = 10_000
-    rate: float = 20.0
-    """Signups started per second, whatever the answers."""
+    rate: float = 5.0
+    """Signups started per second, whatever the answers. Each costs an argon2id hash (64 MiB, ~0.1 to
+    0.5 s of CPU): on a 2-core machine the API sustains about 5 per second."""
     kill_every_s: tuple[float, float] = (5.0, 20.0)
     """The relay and the worker are each SIGKILLed after a random pause in this range, again and again."""
+    kills_until: float = 0.8
+    """Share of the load during which kills happen: the Redis restart comes later, so that no worker
+    restart can rescue a message a live worker stranded when Redis went away."""
+    postgres_at: float = 0.4
+    redis_at: float = 0.9
     down_for_s: tuple[float, float] = (0.2, 3.0)
     smtp_fail_ratio: float = 0.2
     redis_down_s: float = 2.0
@@ -153,14 +160,16 @@ class Soak:
             "email": f"soak.{self.run_id}.{i}@example.com",
             "password": secrets.token_urlsafe(12),
         }
+        sent = self.now()
         try:
             response = await client.post("/v1/create_user", json=body)
         except httpx.HTTPError as exc:
-            self.answers.append(ApiAnswer(at=self.now(), status=0, detail=repr(exc)))
+            self.answers.append(ApiAnswer(self.now(), 0, detail=repr(exc), latency_s=self.now() - sent))
             return
         retry_after = response.headers.get("retry-after")
         detail = "" if response.status_code == 200 else response.text
-        self.answers.append(ApiAnswer(self.now(), response.status_code, retry_after, detail))
+        answer = ApiAnswer(self.now(), response.status_code, retry_after, detail, self.now() - sent)
+        self.answers.append(answer)
 
     async def kill_repeatedly(self, name: str, until: asyncio.Event) -> None:
         """SIGKILL ``name`` after random pauses and start it again, until ``until`` is set."""
@@ -206,16 +215,17 @@ class Soak:
     async def run(self) -> Verdict:
         self.started = time.monotonic()
         duration = self.plan.signups / self.plan.rate
-        stop = asyncio.Event()
+        stop_killing = asyncio.Event()
         chaos = [
-            asyncio.create_task(self.kill_repeatedly("relay", stop)),
-            asyncio.create_task(self.kill_repeatedly("worker", stop)),
-            asyncio.create_task(self.restart_redis(at=duration / 3)),
-            asyncio.create_task(self.crash_postgres(at=duration * 2 / 3)),
+            asyncio.create_task(self.kill_repeatedly("relay", stop_killing)),
+            asyncio.create_task(self.kill_repeatedly("worker", stop_killing)),
+            asyncio.create_task(self.crash_postgres(at=duration * self.plan.postgres_at)),
+            asyncio.create_task(self.restart_redis(at=duration * self.plan.redis_at)),
         ]
-        await self.load()
-        stop.set()
-        await asyncio.gather(*chaos)
+        load = asyncio.create_task(self.load())
+        await asyncio.sleep(duration * self.plan.kills_until)
+        stop_killing.set()
+        await asyncio.gather(load, *chaos)
         for service in self.services.values():
             if not service.running:
                 service.start()
@@ -249,8 +259,8 @@ async def run_soak(plan: SoakPlan, *, work_dir: Path) -> Verdict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--signups", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=20.0, help="signups per second")
+    parser.add_argument("--signups", type=int, default=SoakPlan.signups)
+    parser.add_argument("--rate", type=float, default=SoakPlan.rate, help="signups per second")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", default="docs/RELIABILITY.md", help="the report ('' for none)")
     args = parser.parse_args(argv)

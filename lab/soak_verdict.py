@@ -22,6 +22,7 @@ class ApiAnswer:
     """The HTTP status, or 0 when no response came (connection refused, timeout)."""
     retry_after: str | None = None
     detail: str = ""
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Verdict:
     unpublished: int = 0
     worst_delay_s: float = 0.0
     p99_delay_s: float = 0.0
+    p99_api_latency_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -87,6 +89,9 @@ def judge_mail(verdict: Verdict, *, users: dict[str, tuple[str, datetime]], mail
 
 def judge_api(verdict: Verdict, answers: list[ApiAnswer], *, outage: tuple[float, float] | None) -> None:
     """Every answer but 200 must be a 503 with Retry-After while PostgreSQL was down (``outage``)."""
+    latencies = sorted(answer.latency_s for answer in answers)
+    if latencies:
+        verdict.p99_api_latency_s = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     for answer in answers:
         verdict.api_answers[str(answer.status or "no response")] += 1
         if answer.status == 200:
