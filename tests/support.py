@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -20,6 +19,9 @@ from typing import Any, TypeVar
 import pytest
 from aiosmtpd.controller import Controller
 
+from lab.processes import free_port as free_port  # re-exported for the tests
+from lab.processes import port_open
+
 T = TypeVar("T")
 
 IN_CI = bool(os.environ.get("CI"))
@@ -30,19 +32,6 @@ def missing_service(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
 
 
 async def wait_for(

@@ -6,6 +6,7 @@ import asyncio
 import re
 from typing import Any
 
+import dramatiq.errors
 import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -32,6 +33,7 @@ UNAVAILABLE = (
     InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    dramatiq.errors.BrokerConnectionError,  # the broker may wrap a redis error in its own
 )
 
 
