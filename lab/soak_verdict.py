@@ -12,17 +12,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from lab.soak_stack import Delivery
-
-
-@dataclass(frozen=True)
-class ApiAnswer:
-    at: float
-    status: int
-    """The HTTP status, or 0 when no response came (connection refused, timeout)."""
-    retry_after: str | None = None
-    detail: str = ""
-    latency_s: float = 0.0
+from lab.load import Signup
+from lab.sink import Delivery
 
 
 @dataclass
@@ -87,18 +78,21 @@ def judge_mail(verdict: Verdict, *, users: dict[str, tuple[str, datetime]], mail
         verdict.p99_delay_s = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
 
 
-def judge_api(verdict: Verdict, answers: list[ApiAnswer], *, outage: tuple[float, float] | None) -> None:
-    """Every answer but 200 must be a 503 with Retry-After while PostgreSQL was down (``outage``)."""
-    latencies = sorted(answer.latency_s for answer in answers)
+def judge_api(verdict: Verdict, signups: list[Signup], *, outage: tuple[float, float] | None) -> None:
+    """Every answer but 200 must be a 503 with Retry-After while PostgreSQL was down.
+
+    ``outage`` is the wall-clock window (``time.time()``) in which 503s are expected.
+    """
+    latencies = sorted(signup.committed_at - signup.sent_at for signup in signups)
     if latencies:
         verdict.p99_api_latency_s = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    for answer in answers:
-        verdict.api_answers[str(answer.status or "no response")] += 1
-        if answer.status == 200:
+    for signup in signups:
+        verdict.api_answers[str(signup.status or "no response")] += 1
+        if signup.status == 200:
             continue
-        in_outage = outage is not None and outage[0] <= answer.at <= outage[1]
-        if answer.status != 503 or not answer.retry_after or not in_outage:
-            verdict.bad_api_errors.append(f"{answer.status} at +{answer.at:.1f}s {answer.detail[:120]}")
+        in_outage = outage is not None and outage[0] <= signup.committed_at <= outage[1]
+        if signup.status != 503 or not signup.retry_after or not in_outage:
+            verdict.bad_api_errors.append(f"{signup.username}: {signup.status} at {signup.committed_at:.1f}")
 
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")

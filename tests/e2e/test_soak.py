@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.servers import PrivatePostgres
+from lab.postgres import PrivatePostgres
 from lab.soak import SoakPlan, run_soak
 from lab.soak_report import write_report
 from tests.support import missing_service

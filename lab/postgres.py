@@ -1,4 +1,4 @@
-"""Private PostgreSQL and Redis servers that an experiment may kill and start again.
+"""A private PostgreSQL cluster that an experiment may crash and start again.
 
 The machine's PostgreSQL is shared by everyone working on it, so a soak that restarts "the database" must
 bring its own: ``initdb`` into a temporary directory, ``pg_ctl`` on a free port, trust authentication on
@@ -10,11 +10,9 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 _BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
@@ -78,54 +76,3 @@ class PrivatePostgres:
     def close(self) -> None:
         self.stop(mode="immediate")
         shutil.rmtree(self._root, ignore_errors=True)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class PersistentRedis:
-    """A private ``redis-server`` with an append-only file fsynced on every write.
-
-    The broker's queues live in Redis: without persistence a Redis restart drops every message the relay
-    has already marked published, and those emails are lost for good. ``appendfsync always`` makes even a
-    SIGKILL lose nothing Redis has acknowledged.
-    """
-
-    def __init__(self, *, port: int | None = None) -> None:
-        self.port = port or _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = tempfile.mkdtemp(prefix="signup-redis-")
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start (or restart, replaying the append-only file) and wait until the port answers."""
-        self._process = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self._dir),
-                *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while not _port_open(self.port):
-            if time.monotonic() > deadline or self._process.poll() is not None:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to save anything beyond what the append-only file already holds."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait(timeout=10)
-            self._process = None
-
-    def close(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
-            self._process = None
-        shutil.rmtree(self._dir, ignore_errors=True)
