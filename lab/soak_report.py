@@ -66,7 +66,8 @@ _TEMPLATE = """# Reliability: the soak
 
 The promise: **every committed signup gets exactly one email, and no one gets in where they should not.**
 `just soak` checks the first half under faults (the second is tests/integration/test_security.py and
-tests/integration/test_fuzz_api.py); this file is written by its last full run ({date}).
+tests/integration/test_fuzz_api.py); this file was written by `python -m lab.soak` ({date}). A 60-second
+version (240 signups, the same faults) runs in `just test` as tests/e2e/test_soak.py.
 
 ## Figures
 
@@ -119,11 +120,11 @@ When the load ends, every service is running again; the soak waits until each co
   `maintenance_chance` counts per *million* commands, and shared/broker.py had set 50 (rarer than the
   default 1000) meaning "more often". It is 100,000 now: one requeue pass every ~10 broker commands.
 - Fixed (shared/broker.py, `SignupRedisBroker`; found with a stand-in worker on `dramatiq.Worker`, before
-  the real one existed): when Redis restarted under a live worker, Dramatiq's
-  consumer dropped the messages it held in memory (retries waiting out their backoff after a `451`) while
-  Redis still listed them as held by that live worker, and only a *dead* worker's messages are ever
-  requeued: with no worker kill after the Redis restart, a short soak lost 1 email of 114. If Redis also
-  refused the consumer's clean-up, the consumer thread died and the worker consumed nothing more from that
-  queue. Each consumer start now puts back what its broker still holds, and a failed clean-up is a
-  connection error the thread survives. That is why the soak now restarts Redis after the last kill.
+  the real one existed): when Redis restarted under a live worker, Dramatiq's consumer dropped the messages
+  it held in memory (retries waiting out their backoff after a `451`) while Redis still listed them as held
+  by that live worker, and only a *dead* worker's messages are ever requeued: with no worker kill after the
+  Redis restart, a short soak lost 1 email of 114. If Redis also refused the consumer's clean-up, the
+  consumer thread died and the worker consumed nothing more from that queue. Each consumer start now puts
+  back what its broker still holds, and a failed clean-up is a connection error the thread survives. That
+  is why the soak now restarts Redis after the last kill.
 """
