@@ -67,7 +67,7 @@ _TEMPLATE = """# Reliability: the soak
 The promise: **every committed signup gets exactly one email, and no one gets in where they should not.**
 `just soak` checks the first half under faults (the second is tests/integration/test_security.py and
 tests/integration/test_fuzz_api.py); this file was written by `python -m lab.soak` ({date}). A 60-second
-version (240 signups, the same faults) runs in `just test` as tests/e2e/test_soak.py.
+version (200 signups, the same faults) runs in `just test` as tests/e2e/test_soak.py.
 
 ## Figures
 

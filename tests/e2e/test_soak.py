@@ -1,6 +1,6 @@
 """A short soak (about 90 s): real processes, killed and restarted, and the promise still holds.
 
-The full run is ``just soak`` (10,000 signups, docs/RELIABILITY.md); this one sends 240 signups at 6/s
+The full run is ``just soak`` (10,000 signups, docs/RELIABILITY.md); this one sends 200 signups at 5/s
 while the relay and the worker are SIGKILLed every few seconds, Redis is SIGKILLed once, PostgreSQL
 crashes once and SMTP answers 451 to a fifth of the attempts.
 """
@@ -20,7 +20,7 @@ from tests.support import missing_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SHORT = SoakPlan(signups=240, rate=6, kill_every_s=(4.0, 8.0), drain_timeout_s=40.0, settle_s=2.0)
+SHORT = SoakPlan(signups=200, rate=5, kill_every_s=(4.0, 8.0), drain_timeout_s=40.0, settle_s=2.0)
 
 
 @pytest.fixture(autouse=True)
