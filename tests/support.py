@@ -20,7 +20,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from lab.processes import free_port as free_port  # re-exported for the tests
-from lab.processes import port_open
+from lab.processes import port_open as port_open  # re-exported for the tests
 
 T = TypeVar("T")
 

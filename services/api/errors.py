@@ -11,11 +11,12 @@ import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import InjectedRollback, Taken, VerifyEmailExpired, VerifyEmailNotFound
+from shared.database import database_unavailable
 from shared.logging import get_logger
 
 log = get_logger()
@@ -99,22 +100,8 @@ def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Erro
     return _json(request, exc.status_code, ErrorBody(error=exc.detail), **(exc.headers or {}))
 
 
-# SQLSTATE classes meaning "the database cannot serve now", not "this request is wrong": 08 connection
-# exception, 53 insufficient resources (too many connections), 57 operator intervention. The soak found
-# 57P03 ("the database system is not yet accepting connections", while PostgreSQL recovers from a crash):
-# asyncpg raises it as a plain DBAPIError, which was answered 500.
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
-
-
-def _database_unavailable(exc: Exception) -> bool:
-    if not isinstance(exc, DBAPIError):
-        return False
-    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-    return exc.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
-
-
 def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    if isinstance(exc, UNAVAILABLE) or _database_unavailable(exc):
+    if isinstance(exc, UNAVAILABLE) or database_unavailable(exc):
         return unavailable(request, exc)
     log.exception("unhandled error", path=request.url.path)
     return _json(request, 500, ErrorBody(error="internal error; quote the trace id when reporting it"))
