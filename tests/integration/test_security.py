@@ -1,7 +1,8 @@
 """Hostile input and the verification link: no one gets in where they should not, and nothing leaks.
 
-The worker creates the verify_emails rows in production; here they are inserted directly so that the API's
-side of the link (single use, expiry, constant-time comparison) is tested on its own.
+Most tests insert verify_emails rows directly, so that the API's side of the link (single use, expiry,
+constant-time comparison) is tested on its own; the worker's side (where codes come from, what reaches the
+email's headers) is tested through its use case with a mailer that records instead of sending.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +21,10 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.database import outbox, users, verify_emails
+from services.worker import verify as worker_verify
+from services.worker.mailer import build_verify_email
+from shared.database import create_sessionmaker, outbox, users, verify_emails
+from shared.messages import SendVerifyEmail
 from tests.integration.test_api_signup import count, signup_body
 
 
@@ -143,6 +149,70 @@ async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) ->
     assert calls == [(code.encode(), b"guess" * 8), (code.encode(), code.encode())]
 
 
+# --- the worker's side of the link --------------------------------------------------------------------
+
+
+class RecordingMailer:
+    def __init__(self) -> None:
+        self.sent: list[EmailMessage] = []
+
+    async def send(self, message: EmailMessage) -> None:
+        self.sent.append(message)
+
+
+async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> RecordingMailer:
+    """Run the worker's use case for one new message to ``username``, with a recording mailer."""
+    mailer = RecordingMailer()
+    sent = await worker_verify.send_verify_email(
+        create_sessionmaker(db),
+        mailer=mailer,
+        settings=settings,
+        command=SendVerifyEmail(username=username),
+        message_id=str(uuid.uuid4()),
+    )
+    assert sent and len(mailer.sent) == 1
+    return mailer
+
+
+async def test_the_worker_draws_codes_of_32_chars_or_more_from_secrets(
+    client, db, settings, monkeypatch, sensitive
+) -> None:
+    drawn: list[str] = []
+    original = secrets.token_urlsafe
+
+    def recording(nbytes: int | None = None) -> str:
+        drawn.append(original(nbytes))
+        return drawn[-1]
+
+    monkeypatch.setattr(secrets, "token_urlsafe", recording)
+    await add_user(client)
+    await worker_sends(db, settings)
+    await worker_sends(db, settings)
+
+    async with db.connect() as connection:
+        codes = (await connection.execute(sa.select(verify_emails.c.secret_code))).scalars().all()
+    sensitive.extend(codes)
+    assert sorted(codes) == sorted(drawn) and len(set(codes)) == 2
+    assert all(len(code) >= 32 for code in codes)
+
+
+async def test_a_code_the_worker_sent_verifies_once(client, db, settings, sensitive) -> None:
+    await add_user(client)
+    mailer = await worker_sends(db, settings)
+    text = mailer.sent[0].get_body(("plain",))
+    assert text is not None
+    link = next(word for word in text.get_content().split() if "/v1/verify_email?" in word)
+    query = link.split("?", 1)[1]
+    sensitive.append(query.split("secret_code=")[1])
+
+    first = await client.get(f"/v1/verify_email?{query}")
+    assert first.status_code == 200 and await verified(db)
+    async with db.begin() as connection:
+        await connection.execute(users.update().values(is_email_verified=False))
+    assert (await client.get(f"/v1/verify_email?{query}")).status_code == 200
+    assert not await verified(db)
+
+
 # --- header injection ---------------------------------------------------------------------------------
 
 # Each would add a header (or end the headers) if it reached the email's To or a header built from a name.
@@ -166,6 +236,37 @@ async def test_line_breaks_and_control_characters_are_refused(client, db, field,
     assert response.status_code == 400, response.text
     assert field in [entry["field"] for entry in response.json()["fields"]]
     assert await count(db, users) == 0 and await count(db, outbox) == 0
+
+
+@pytest.mark.parametrize("brk", BREAKS)
+def test_the_message_builder_refuses_a_line_break_in_the_recipient(settings, brk) -> None:
+    hostile = f"alice@example.com{brk}Bcc: evil@example.com"
+    try:
+        message = build_verify_email(
+            settings=settings, to=hostile, full_name="Alice", link="http://x/y", message_id=str(uuid.uuid4())
+        )
+    except ValueError:
+        return  # refused outright
+    # Accepted only if it cannot become a header of its own once on the wire.
+    parsed = message_from_bytes(message.as_bytes())
+    assert parsed.get_all("Bcc") is None and len(parsed.get_all("To") or []) == 1
+
+
+@pytest.mark.parametrize("brk", [brk for brk in BREAKS if brk != "\x00"])  # PostgreSQL text holds no NUL
+async def test_a_hostile_full_name_in_the_database_stays_in_the_body(client, db, settings, brk) -> None:
+    """Even a name that bypassed the API (an old row, a manual fix) cannot add a header to the email."""
+    await add_user(client)
+    async with db.begin() as connection:
+        await connection.execute(users.update().values(full_name=f"Alice{brk}Bcc: evil@example.com<b>"))
+    mailer = await worker_sends(db, settings)
+
+    parsed = message_from_bytes(mailer.sent[0].as_bytes())
+    assert parsed.get_all("Bcc") is None and parsed.get_all("To") == ["alice@example.com"]
+    assert sorted(parsed.keys()) == sorted(
+        ["From", "To", "Subject", "Message-ID", "MIME-Version", "Content-Type"]
+    )
+    html = mailer.sent[0].get_body(("html",))
+    assert html is not None and "<b>" not in html.get_content()
 
 
 # --- SQL metacharacters -------------------------------------------------------------------------------
