@@ -60,7 +60,7 @@ async def generate_load(
     rate: float,
     duration_s: float,
     prefix: str,
-    timeout_s: float = 30.0,
+    timeout_s: float = 60.0,
     on_result: Callable[[Signup], None] | None = None,
 ) -> list[Signup]:
     """Send ``rate`` signups per second for ``duration_s`` seconds, each as its own request, and wait for all.

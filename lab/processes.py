@@ -49,6 +49,10 @@ class Process:
         self.env = env
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        """Wall-clock time of the latest start."""
+        self.log_offset = 0
+        """Size of the log file at the latest start: what this run wrote begins there."""
         self.crashes: list[int] = []
         """Exit codes of runs that ended before we stopped or killed them."""
 
@@ -64,6 +68,8 @@ class Process:
         """Start the command (again); earlier runs' output stays at the top of the log."""
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
+        self.started_at = time.time()
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -74,17 +80,24 @@ class Process:
         self._signal(signal.SIGKILL)
 
     def stop(self, *, timeout: float = 15) -> None:
-        """SIGTERM the group and wait; SIGKILL what is left after ``timeout`` seconds."""
-        self._signal(signal.SIGTERM, timeout=timeout)
+        """SIGTERM the main process only and wait; SIGKILL the group after ``timeout`` seconds.
 
-    def _signal(self, signum: int, *, timeout: float = 10) -> None:
+        Only the main process: it stops its own children (Dramatiq's main process relays the signal to its
+        workers; a second SIGTERM sent to the whole group can leave a worker process hanging).
+        """
+        self._signal(signal.SIGTERM, timeout=timeout, group=False)
+
+    def _signal(self, signum: int, *, timeout: float = 10, group: bool = True) -> None:
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is not None:
             self.crashes.append(process.returncode)
         try:
-            os.killpg(process.pid, signum)
+            if group:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
             process.wait(timeout=timeout)
         except ProcessLookupError:
             process.wait(timeout=timeout)
@@ -96,9 +109,13 @@ class Process:
             os.killpg(process.pid, signal.SIGKILL)
 
     def log_lines(self) -> list[str]:
+        """Every line logged, across restarts."""
         if not self.log_path.exists():
             return []
         return self.log_path.read_text(errors="replace").splitlines()
+
+    def logged_since_start(self) -> bool:
+        return self.log_path.exists() and self.log_path.stat().st_size > self.log_offset
 
 
 def signup_process(command: str, *, env: dict[str, str], log_dir: Path) -> Process:

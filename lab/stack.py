@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,13 +33,13 @@ from lab.load import Signup, generate_load
 from lab.processes import Process, RedisProcess, free_port, signup_process
 from lab.sink import Delivery, MailSink
 from shared.database import asyncpg_dsn
-from shared.migrate import migrate
 from shared.settings import setting_names
 
 __all__ = ["Delivery", "MailSink", "Signup", "Stack", "generate_load"]
 
 PG_ADMIN_URL = os.environ.get("LAB_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICES = ("api", "relay", "worker")
+RELAY_SILENT_START_S = 3.0
 
 
 async def poll(probe: Callable[[], Awaitable[object]], *, within_s: float, what: str) -> None:
@@ -119,11 +120,22 @@ class Stack:
 
     async def start(self) -> None:
         """Database, Redis, sink, then every service; returns once each is ready. Raises ``TimeoutError``."""
-        await migrate(self.database_url)
-        self.redis.start()
+        await self._migrate()
+        await asyncio.to_thread(self.redis.start)
         self.sink.start()
         for name in self.services:
             await self.restart(name)
+
+    async def _migrate(self) -> None:
+        # A subprocess, not shared.migrate in this process: Alembic's context is process-global, so stacks
+        # started concurrently in one event loop would interleave their migrations on one connection.
+        log = self.work_dir / "migrate.log"
+        with log.open("ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "signup_cli.main", "migrate", env=self.env, stdout=out, stderr=out
+            )
+            if await process.wait() != 0:
+                raise RuntimeError(f"signup migrate failed for {self.db_name}; see {log}")
 
     async def restart(self, name: str, *, within_s: float = 60) -> None:
         """Start service ``name`` (again, after ``kill``/``stop``) and wait until it is ready."""
@@ -146,9 +158,10 @@ class Stack:
         if service.name == "api":
             return await self._api_ready()
         if service.name == "worker":
-            return await self._worker_polling()
-        # The relay has no endpoint of its own (RELAY_METRICS_PORT=0): it is ready once it has logged.
-        return bool(service.log_lines())
+            return await self._worker_polling(since=service.started_at)
+        # The relay has no endpoint of its own (RELAY_METRICS_PORT=0): ready once it has logged something,
+        # or has stayed up for a few seconds (a relay may start silently).
+        return service.logged_since_start() or time.time() - service.started_at > RELAY_SILENT_START_S
 
     async def _api_ready(self) -> bool:
         try:
@@ -157,11 +170,11 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    async def _worker_polling(self) -> bool:
-        # Every Dramatiq consumer poll records a heartbeat; the API and relay enqueue nothing before load.
+    async def _worker_polling(self, *, since: float) -> bool:
+        # Every Dramatiq broker command records a heartbeat; before the load only consumers issue any.
         client = redis.asyncio.Redis.from_url(self.redis.url)
         try:
-            return bool(await client.zcard("dramatiq:__heartbeats__"))
+            return bool(await client.zcount("dramatiq:__heartbeats__", int(since * 1000), "+inf"))
         except redis.RedisError:
             return False
         finally:
@@ -186,7 +199,22 @@ class Stack:
         return count
 
     async def close(self) -> None:
-        """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database."""
+        """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database.
+
+        A cancellation (Ctrl-C) does not cut the clean-up short: it is re-raised once nothing is left running.
+        """
+        cleanup = asyncio.ensure_future(self._close())
+        cancelled = False
+        while not cleanup.done():
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:
+                cancelled = True
+        cleanup.result()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _close(self) -> None:
         for service in self.services.values():
             await asyncio.to_thread(service.stop)
         self.sink.stop()
