@@ -61,6 +61,10 @@ lab *ARGS: sync
 bench *ARGS: sync
     uv run signup bench {{ARGS}}
 
+# 10,000 signups under faults (kills, Redis and PostgreSQL restarts, SMTP 451s); writes docs/RELIABILITY.md
+soak *ARGS: sync
+    uv run python -m lab.soak {{ARGS}}
+
 # A signup's timeline from the database
 trace USERNAME: sync
     uv run signup trace {{USERNAME}}

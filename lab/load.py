@@ -28,6 +28,8 @@ class Signup:
     sent_at: float
     committed_at: float
     """Wall-clock time the response arrived: for a 200, the signup had committed by then."""
+    retry_after: str | None = None
+    """The ``Retry-After`` header, which every 503 must carry."""
 
     @property
     def accepted(self) -> bool:
@@ -43,12 +45,13 @@ async def _one(client: httpx.AsyncClient, username: str) -> Signup:
     email = email_of(username)
     body = {"username": username, "full_name": "Lab User", "email": email, "password": PASSWORD}
     sent_at = time.time()
+    retry_after = None
     try:
         response = await client.post("/v1/create_user", json=body)
-        status = response.status_code
+        status, retry_after = response.status_code, response.headers.get("retry-after")
     except httpx.HTTPError:
         status = 0
-    return Signup(username, email, status, sent_at, time.time())
+    return Signup(username, email, status, sent_at, time.time(), retry_after)
 
 
 async def generate_load(

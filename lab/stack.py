@@ -189,6 +189,15 @@ class Stack:
             await connection.close()
         return {row["username"]: row["created_at"] for row in rows}
 
+    async def unpublished_rows(self) -> int:
+        """Outbox rows the relay has not published yet (0 once it has caught up)."""
+        connection = await asyncpg.connect(asyncpg_dsn(self.database_url), timeout=10)
+        try:
+            count: int = await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        finally:
+            await connection.close()
+        return count
+
     async def close(self) -> None:
         """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database.
 

@@ -6,7 +6,12 @@ as Dramatiq's global broker before any actor is declared (see services/worker).
 
 from __future__ import annotations
 
-from dramatiq.brokers.redis import RedisBroker
+from typing import Any
+
+import redis
+from dramatiq.broker import Consumer
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
     AsyncIO,
@@ -33,8 +38,49 @@ MAINTENANCE_CHANCE = 100_000
 MAX_AGE_MS = 7 * 24 * 3600 * 1000
 
 
+class _Consumer(_RedisConsumer):
+    def requeue(self, messages: Any) -> None:
+        # Dramatiq's consumer thread calls this while it closes after an error. A Redis that is still
+        # down made it raise a bare redis.ConnectionError there, which killed the thread for good: the
+        # worker process lived on and consumed nothing more from that queue (found by the soak).
+        try:
+            super().requeue(messages)  # type: ignore[no-untyped-call]
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+
+class SignupRedisBroker(RedisBroker):
+    """A ``RedisBroker`` that loses no message when Redis restarts under a live worker.
+
+    When its connection fails, Dramatiq's consumer drops the messages it holds in memory (prefetched, or
+    retries waiting out their backoff) while Redis still lists them as held by this broker; maintenance
+    only requeues what *dead* brokers held, so they waited for the worker to die. Each consumer start
+    therefore first puts back what this broker still holds on its queue. A message that a worker thread is
+    processing at that moment is then delivered twice, which the worker's idempotency absorbs (its
+    verify_emails row is locked FOR UPDATE and sent_at is checked), and Dramatiq's requeue skips messages
+    already acknowledged.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)  # type: ignore[no-untyped-call]
+
+    @property
+    def consumer_class(self) -> type[Consumer]:
+        return _Consumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        try:
+            held = self.client.smembers(f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}")
+            if held:
+                self.do_requeue(queue_name, *held)
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+        consumer: Consumer = super().consume(queue_name, prefetch, timeout)
+        return consumer
+
+
 def create_broker(settings: Settings, *, extra_middleware: list[Middleware] | None = None) -> RedisBroker:
-    """A ``RedisBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings."""
+    """A ``SignupRedisBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings."""
     middleware: list[Middleware] = [
         AgeLimit(max_age=MAX_AGE_MS),
         TimeLimit(time_limit=5 * 60 * 1000),
@@ -50,7 +96,7 @@ def create_broker(settings: Settings, *, extra_middleware: list[Middleware] | No
         AsyncIO(),
         *(extra_middleware or []),
     ]
-    return RedisBroker(
+    return SignupRedisBroker(
         url=settings.redis_url,
         middleware=middleware,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,

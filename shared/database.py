@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 metadata = sa.MetaData()
@@ -86,6 +88,8 @@ def create_engine(database_url: str, *, pool_size: int = 10, connect_timeout_s: 
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # Parameters hold password hashes and email addresses: keep them out of exception text (and logs).
+        hide_parameters=True,
         pool_timeout=connect_timeout_s,
         connect_args={"timeout": connect_timeout_s},
     )
@@ -93,3 +97,20 @@ def create_engine(database_url: str, *, pool_size: int = 10, connect_timeout_s: 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# SQLSTATE classes meaning "the database cannot serve now", not "the statement is wrong": 08 connection
+# exception, 53 insufficient resources (too many connections), 57 operator intervention. The soak found
+# 57P03 ("the database system is not yet accepting connections", while PostgreSQL recovers from a crash):
+# asyncpg raises it as a plain DBAPIError, which the API answered with a 500.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is down, restarting or out of connections (worth a retry)."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError | TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return exc.connection_invalidated or sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    return False

@@ -9,6 +9,7 @@ standard library's loggers (uvicorn, dramatiq, alembic) are routed through the s
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
@@ -33,6 +34,19 @@ def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         event_dict[key] = "***"
     if isinstance(email := event_dict.get("email"), str):
         event_dict["email"] = mask_email(email)
+    return event_dict
+
+
+# PostgreSQL puts row values in an error's DETAIL ("Failing row contains (alice, $argon2id$…, alice@x.org)",
+# "Key (lower(email))=(alice@x.org) already exists") and SQLAlchemy appends a statement's parameters, so a
+# logged database exception would carry hashes and addresses. Runs after exceptions are rendered to text.
+_DATABASE_DETAIL = re.compile(r"^(DETAIL:|\[parameters:).*$", re.MULTILINE)
+
+
+def _scrub_database_details(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    for key, value in event_dict.items():
+        if isinstance(value, str) and ("DETAIL:" in value or "[parameters:" in value):
+            event_dict[key] = _DATABASE_DETAIL.sub(r"\1 (redacted)", value)
     return event_dict
 
 
@@ -71,6 +85,7 @@ def configure_logging(
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            _scrub_database_details,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
@@ -84,6 +99,7 @@ def configure_logging(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                _scrub_database_details,
                 renderer,
             ],
         )

@@ -6,7 +6,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 from redis.asyncio import Redis
 
 from services.api import routes
@@ -16,10 +16,6 @@ from services.api.tracing import tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.dispatch import build_dispatcher
 from shared.settings import Settings
-
-
-class MetricsController(PrometheusController):
-    path = "/metrics"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -52,7 +48,7 @@ def create_app(settings: Settings) -> Litestar:
             routes.verify_email_route,
             routes.healthz,
             routes.readyz,
-            MetricsController,
+            routes.metrics,
         ],
         state=state,
         middleware=[tracing_middleware, PrometheusConfig(app_name="signup_api", group_path=True).middleware],

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from msgspec import Meta
 
 Username = Annotated[
@@ -19,15 +19,30 @@ FullName = Annotated[
     str,
     Meta(min_length=3, max_length=100, pattern=r"^[^\W\d_]+( [^\W\d_]+)*$", description="letters and spaces"),
 ]
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{char}{char.upper()}]" for char in word)
+
+
+# email_validator refuses special-use domains (RFC 6761: .test, .local, …): no mail can reach them. The
+# pattern only documents that in the OpenAPI (JSON Schema regexes have no flags, hence the [tT] classes);
+# validate_email in parse_create_user is what enforces it.
+_NO_SPECIAL_USE_DOMAIN = (
+    rf"^(?!.*[@.](?:{'|'.join(_any_case(name) for name in SPECIAL_USE_DOMAIN_NAMES)})\.?$)"
+)
 Email = Annotated[
     str,
     Meta(
         max_length=200,
-        description="an email address, at most 200 chars",
-        extra_json_schema={"format": "email"},
+        description="an email address, at most 200 chars; special-use domains (.test, .local, …) are refused",
+        extra_json_schema={"format": "email", "pattern": _NO_SPECIAL_USE_DOMAIN},
     ),
 ]
-Password = Annotated[str, Meta(min_length=8, max_length=100)]
+# Any characters but control characters (Unicode category Cc), which the parser rejects in every field.
+Password = Annotated[
+    str, Meta(min_length=8, max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$", description="8 to 100 chars")
+]
 
 
 class CreateUserRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -18,13 +18,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.errors import PermanentError
+from services.worker.errors import PermanentError, TransientError
 from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.metrics import WorkerMetrics
 from services.worker.middleware import FailureObserver, MessageContext
 from services.worker.verify import send_verify_email
 from shared.broker import create_broker
-from shared.database import create_engine, create_sessionmaker
+from shared.database import create_engine, create_sessionmaker, database_unavailable
 from shared.logging import configure_logging
 from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE, SendVerifyEmail
 from shared.settings import Settings, load_settings
@@ -66,13 +66,19 @@ def declare_actor(broker: Broker, context: WorkerContext) -> dramatiq.Actor[...,
         command = decode(args, kwargs)
         message = CurrentMessage.get_current_message()
         assert message is not None, "the CurrentMessage middleware is missing"
-        sent = await send_verify_email(
-            context.sessions,
-            mailer=context.mailer,
-            settings=context.settings,
-            command=command,
-            message_id=message.message_id,
-        )
+        try:
+            sent = await send_verify_email(
+                context.sessions,
+                mailer=context.mailer,
+                settings=context.settings,
+                command=command,
+                message_id=message.message_id,
+            )
+        except Exception as exc:
+            # A database that is down or restarting is a transient failure like an SMTP 4xx (DESIGN §4).
+            if database_unavailable(exc):
+                raise TransientError(f"database unavailable: {type(exc).__name__}") from None
+            raise
         if sent:
             context.metrics.emails_sent.inc()
 

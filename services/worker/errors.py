@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from dramatiq import Retry
 
-class TransientError(Exception):
-    """Worth retrying: the database or SMTP server is down, SMTP answered 4xx, the user is not visible yet."""
+
+class TransientError(Retry):
+    """Worth retrying: the database or SMTP server is down, SMTP answered 4xx, the user is not visible yet.
+
+    A ``dramatiq.Retry``: Dramatiq retries it with the same backoff and limit as any exception, but does
+    not log it as "Failed to process message … with unhandled exception" with a traceback, which it did for
+    every SMTP 451 (found by the soak); FailureObserver logs each failed attempt as a warning instead.
+    """
 
 
 class PermanentError(Exception):

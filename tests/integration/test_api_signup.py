@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from services.api.app import create_app
 from shared.database import outbox, users
-from shared.settings import Settings
 from tests.conftest import LogTee
 from tests.support import free_port
 
@@ -29,12 +27,6 @@ def signup_body(
         "password": "correct horse",
         **extra,
     }
-
-
-@pytest.fixture
-async def client(settings: Settings, db: AsyncEngine) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
-    async with AsyncTestClient(create_app(settings)) as client:
-        yield client
 
 
 async def count(engine: AsyncEngine, table: sa.Table) -> int:

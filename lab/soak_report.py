@@ -1,0 +1,130 @@
+"""docs/RELIABILITY.md: the figures of the last full soak and how they were obtained."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lab.soak_verdict import Verdict
+
+if TYPE_CHECKING:
+    from lab.soak import SoakPlan
+
+
+def write_report(verdict: Verdict | None, *, plan: SoakPlan, path: Path) -> None:
+    """Write the soak's figures (or, with no verdict, the method alone) as Markdown to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        _TEMPLATE.format(
+            date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            table=_table(verdict, plan=plan) if verdict else _PENDING,
+            kill_every=f"{plan.kill_every_s[0]:g} to {plan.kill_every_s[1]:g} s",
+            down_for=f"{plan.down_for_s[0]:g} to {plan.down_for_s[1]:g} s",
+            ratio=f"{plan.smtp_fail_ratio:.0%}",
+            kills_until=f"{plan.kills_until:.0%}",
+            postgres_at=f"{plan.postgres_at:.0%}",
+            redis_at=f"{plan.redis_at:.0%}",
+            grace=f"{plan.outage_grace_s:g} s",
+            drain=f"{plan.drain_timeout_s:g} s",
+        )
+    )
+
+
+def _table(verdict: Verdict, *, plan: SoakPlan) -> str:
+    faults = "; ".join(f"{name}: {count}" for name, count in sorted(verdict.faults.items()))
+    answers = ", ".join(f"{status}: {count}" for status, count in sorted(verdict.api_answers.items()))
+    handled = ", ".join(f"{name}: {count}" for name, count in sorted(verdict.handled_errors.items()))
+    rows = [
+        ("signups sent", f"{verdict.signups_sent} at {plan.rate:g}/s"),
+        ("signups committed", str(verdict.committed)),
+        ("API answers", answers),
+        ("API latency, p99", f"{verdict.p99_api_latency_s:.2f} s"),
+        ("faults injected", faults),
+        ("SMTP attempts answered 451", f"{verdict.smtp_refused} of {verdict.smtp_attempts}"),
+        ("emails received (redeliveries of one message included)", str(verdict.deliveries)),
+        ("lost (committed user, no email)", str(len(verdict.lost))),
+        ("duplicates (user with > 1 distinct Message-ID)", str(len(verdict.duplicates))),
+        ("phantoms (email for no committed user)", str(len(verdict.phantoms))),
+        ("outbox rows left unpublished", str(verdict.unpublished)),
+        ("commit → email delay, p99 / worst", f"{verdict.p99_delay_s:.2f} s / {verdict.worst_delay_s:.2f} s"),
+        ("unhandled exceptions or raw emails in logs", str(len(verdict.log_problems))),
+        ("handled error/critical log lines", handled or "0"),
+        ("services that exited by themselves", str(len(verdict.crashes))),
+        ("verdict", "promise kept" if verdict.ok else "FAILED: " + " | ".join(verdict.problems())),
+    ]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {name} | {value} |" for name, value in rows)
+
+
+_PENDING = (
+    "No full run yet: `signup relay` and `signup worker` were not on this branch when it was written. "
+    "Run `just soak` to fill this table."
+)
+
+
+_TEMPLATE = """# Reliability: the soak
+
+The promise: **every committed signup gets exactly one email, and no one gets in where they should not.**
+`just soak` checks the first half under faults (the second is tests/integration/test_security.py and
+tests/integration/test_fuzz_api.py); this file was written by `python -m lab.soak` ({date}). A 60-second
+version (200 signups, the same faults) runs in `just test` as tests/e2e/test_soak.py.
+
+## Figures
+
+{table}
+
+## How
+
+`python -m lab.soak` starts a private PostgreSQL cluster (`initdb` + `pg_ctl`, never the shared one), a
+private Redis with an append-only file (`appendfsync always`), an SMTP sink, and `signup api`, `signup relay`
+and `signup worker` as subprocesses. It then sends signups over HTTP at a steady rate, never waiting for
+answers, while it:
+
+- SIGKILLs the relay and the worker (each whole process group) after random pauses of {kill_every}, and
+  starts them again {down_for} later, for the first {kills_until} of the load;
+- crashes PostgreSQL once, {postgres_at} of the way through (`pg_ctl stop -m immediate`), and starts it
+  again;
+- SIGKILLs Redis once, {redis_at} of the way through, after the last kill (so that no worker restart can
+  rescue a message a live worker stranded), and starts it again on its append-only file;
+- has the SMTP server answer `451` to {ratio} of delivery attempts, at random.
+
+When the load ends, every service is running again; the soak waits until each committed user has an email
+(at most {drain}), then judges from three sources that do not trust each other:
+
+- **the users table** (what committed) against **the SMTP sink** (what arrived): each committed user must
+  have exactly one distinct `Message-ID`; a redelivery of the same message (a worker killed between the
+  send and its commit) carries the same `Message-ID` and counts once; an email to an address no committed
+  user has is a phantom;
+- **the HTTP answers**: apart from `200`, only `503` with `Retry-After` is allowed, and only while PostgreSQL
+  is down (until {grace} after it is back). A signup answered `503` may still have committed (the crash
+  can hit between the commit and the answer); it is judged by the table, like every other;
+- **the services' logs**: no unhandled exception (a raw traceback on stderr, the API's "unhandled error",
+  Dramatiq's "Failed to process message … with unhandled exception") and no user's raw email address.
+  Failures that were handled (logged with what failed, then retried) are counted, not failed: Dramatiq logs
+  a lost Redis connection at critical level and reconnects.
+
+## What it relies on
+
+- Redis must persist its data (AOF). The relay marks a row published once Redis has accepted the message; a
+  Redis that restarts empty loses every message published and not yet consumed, and the outbox cannot
+  know. With `appendfsync everysec` a Redis *crash* may lose the last second.
+- A killed worker's unacknowledged message is redelivered only after Dramatiq's heartbeat timeout and a
+  maintenance pass (about 30 s with shared/broker.py's settings), which shows in the worst delay.
+
+## What the soak found
+
+- Fixed: while PostgreSQL recovered from the crash, signups were answered `500`: asyncpg raises "the
+  database system is not yet accepting connections" (SQLSTATE 57P03) as a plain `DBAPIError`.
+  services/api/errors.py now answers `503` + `Retry-After` for SQLSTATE classes 08, 53 and 57.
+- Fixed: no message held by a SIGKILLed worker was redelivered before the deadline. Dramatiq's
+  `maintenance_chance` counts per *million* commands, and shared/broker.py had set 50 (rarer than the
+  default 1000) meaning "more often". It is 100,000 now: one requeue pass every ~10 broker commands.
+- Fixed (shared/broker.py, `SignupRedisBroker`; found with a stand-in worker on `dramatiq.Worker`, before
+  the real one existed): when Redis restarted under a live worker, Dramatiq's consumer dropped the messages
+  it held in memory (retries waiting out their backoff after a `451`) while Redis still listed them as held
+  by that live worker, and only a *dead* worker's messages are ever requeued: with no worker kill after the
+  Redis restart, a short soak lost 1 email of 114. If Redis also refused the consumer's clean-up, the
+  consumer thread died and the worker consumed nothing more from that queue. Each consumer start now puts
+  back what its broker still holds, and a failed clean-up is a connection error the thread survives. That
+  is why the soak now restarts Redis after the last kill.
+"""

@@ -1,0 +1,432 @@
+"""Hostile input and the verification link: no one gets in where they should not, and nothing leaks.
+
+Most tests insert verify_emails rows directly, so that the API's side of the link (single use, expiry,
+constant-time comparison) is tested on its own; the worker's side (where codes come from, what reaches the
+email's headers) is tested through its use case with a mailer that records instead of sending.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.message import EmailMessage
+
+import pytest
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.worker import verify as worker_verify
+from services.worker.mailer import build_verify_email
+from shared.database import create_sessionmaker, outbox, users, verify_emails
+from shared.messages import SendVerifyEmail
+from tests.integration.test_api_signup import count, signup_body
+
+
+async def add_user(client, *, username: str = "alice", email: str = "alice@example.com") -> None:
+    response = await client.post("/v1/create_user", json=signup_body(username=username, email=email))
+    assert response.status_code == 200, response.text
+
+
+async def add_code(
+    db: AsyncEngine, *, username: str = "alice", code: str, expires_in: timedelta = timedelta(minutes=15)
+) -> int:
+    """Insert a verify_emails row as the worker would, returning its id."""
+    async with db.begin() as connection:
+        email_id: int = (
+            await connection.execute(
+                verify_emails.insert()
+                .values(
+                    username=username,
+                    email=f"{username}@example.com",
+                    secret_code=code,
+                    event_id=uuid.uuid4(),
+                    expired_at=datetime.now(UTC) + expires_in,
+                )
+                .returning(verify_emails.c.id)
+            )
+        ).scalar_one()
+    return email_id
+
+
+async def verified(db: AsyncEngine, username: str = "alice") -> bool:
+    async with db.connect() as connection:
+        query = sa.select(users.c.is_email_verified).where(users.c.username == username)
+        return bool((await connection.execute(query)).scalar_one())
+
+
+async def click(client, email_id: int, code: str):
+    return await client.get("/v1/verify_email", params={"email_id": email_id, "secret_code": code})
+
+
+# --- the verification link ---------------------------------------------------------------------------
+
+
+async def test_the_database_refuses_a_secret_code_shorter_than_32_chars(client, db) -> None:
+    await add_user(client)
+    with pytest.raises(IntegrityError, match="verify_emails_secret_code_length"):
+        await add_code(db, code="x" * 31)
+
+
+async def test_a_code_verifies_once_and_a_second_click_changes_nothing(client, db, sensitive) -> None:
+    code = secrets.token_urlsafe(32)
+    sensitive.append(code)
+    await add_user(client)
+    email_id = await add_code(db, code=code)
+
+    first = await click(client, email_id, code)
+    assert (first.status_code, first.json()) == (200, {"is_verified": True})
+    assert await verified(db)
+    # Later the address is unverified again (say it changed): the old link must not verify it a second time.
+    async with db.begin() as connection:
+        await connection.execute(users.update().values(is_email_verified=False))
+    again = await click(client, email_id, code)
+    assert (again.status_code, again.json()) == (200, {"is_verified": True})
+    assert not await verified(db)
+
+
+async def test_a_wrong_code_and_an_unknown_id_answer_alike_and_verify_nothing(client, db) -> None:
+    code = secrets.token_urlsafe(32)
+    await add_user(client)
+    email_id = await add_code(db, code=code)
+
+    answers = [
+        await click(client, email_id, guess)
+        for guess in (code[:-1], code + "x", code[:16], code.upper(), " " + code, "%")
+    ]
+    unknown = await click(client, email_id + 1, code)
+    assert {(r.status_code, r.json()["error"]) for r in [*answers, unknown]} == {
+        (404, "unknown verification link")
+    }
+    assert not await verified(db)
+
+
+async def test_one_users_code_does_not_verify_another(client, db) -> None:
+    await add_user(client)
+    await add_user(client, username="bob", email="bob@example.com")
+    alice_code, bob_code = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    await add_code(db, code=alice_code)
+    bob_id = await add_code(db, username="bob", code=bob_code)
+
+    assert (await click(client, bob_id, alice_code)).status_code == 404
+    assert not await verified(db, "bob") and not await verified(db, "alice")
+
+
+async def test_an_expired_code_is_410_and_verifies_nothing(client, db) -> None:
+    code = secrets.token_urlsafe(32)
+    await add_user(client)
+    email_id = await add_code(db, code=code, expires_in=timedelta(seconds=-1))
+
+    response = await click(client, email_id, code)
+    assert response.status_code == 410 and "expired" in response.json()["error"]
+    # A guesser learns nothing from expiry: a wrong code for an expired link is still "unknown".
+    assert (await click(client, email_id, code[::-1])).status_code == 404
+    assert not await verified(db)
+    async with db.connect() as connection:
+        assert (await connection.execute(sa.select(verify_emails.c.is_used))).scalar_one() is False
+
+
+async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    original = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+    code = secrets.token_urlsafe(32)
+    await add_user(client)
+    email_id = await add_code(db, code=code)
+
+    assert (await click(client, email_id, "guess" * 8)).status_code == 404
+    assert (await click(client, email_id, code)).status_code == 200
+    assert calls == [(code.encode(), b"guess" * 8), (code.encode(), code.encode())]
+
+
+# --- the worker's side of the link --------------------------------------------------------------------
+
+
+class RecordingMailer:
+    def __init__(self) -> None:
+        self.sent: list[EmailMessage] = []
+
+    async def send(self, message: EmailMessage) -> None:
+        self.sent.append(message)
+
+
+async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> RecordingMailer:
+    """Run the worker's use case for one new message to ``username``, with a recording mailer."""
+    mailer = RecordingMailer()
+    sent = await worker_verify.send_verify_email(
+        create_sessionmaker(db),
+        mailer=mailer,
+        settings=settings,
+        command=SendVerifyEmail(username=username),
+        message_id=str(uuid.uuid4()),
+    )
+    assert sent and len(mailer.sent) == 1
+    return mailer
+
+
+async def test_the_worker_draws_codes_of_32_chars_or_more_from_secrets(
+    client, db, settings, monkeypatch, sensitive
+) -> None:
+    drawn: list[str] = []
+    original = secrets.token_urlsafe
+
+    def recording(nbytes: int | None = None) -> str:
+        drawn.append(original(nbytes))
+        return drawn[-1]
+
+    monkeypatch.setattr(secrets, "token_urlsafe", recording)
+    await add_user(client)
+    await worker_sends(db, settings)
+    await worker_sends(db, settings)
+
+    async with db.connect() as connection:
+        codes = (await connection.execute(sa.select(verify_emails.c.secret_code))).scalars().all()
+    sensitive.extend(codes)
+    assert sorted(codes) == sorted(drawn) and len(set(codes)) == 2
+    assert all(len(code) >= 32 for code in codes)
+
+
+async def test_a_code_the_worker_sent_verifies_once(client, db, settings, sensitive) -> None:
+    await add_user(client)
+    mailer = await worker_sends(db, settings)
+    text = mailer.sent[0].get_body(("plain",))
+    assert text is not None
+    link = next(word for word in text.get_content().split() if "/v1/verify_email?" in word)
+    query = link.split("?", 1)[1]
+    sensitive.append(query.split("secret_code=")[1])
+
+    first = await client.get(f"/v1/verify_email?{query}")
+    assert first.status_code == 200 and await verified(db)
+    async with db.begin() as connection:
+        await connection.execute(users.update().values(is_email_verified=False))
+    assert (await client.get(f"/v1/verify_email?{query}")).status_code == 200
+    assert not await verified(db)
+
+
+# --- header injection ---------------------------------------------------------------------------------
+
+# Each would add a header (or end the headers) if it reached the email's To or a header built from a name.
+BREAKS = ["\r\n", "\n", "\r", "\x00", "\x0b", "\x0c", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"]
+INJECTIONS = [
+    *[("full_name", f"Alice{brk}Bcc: evil@example.com") for brk in BREAKS],
+    *[("email", f"alice@example.com{brk}Bcc: evil@example.com") for brk in BREAKS],
+    ("email", "alice\r\n@example.com"),
+    ("email", '"alice\r\nBcc: evil"@example.com'),
+    ("email", "alice@example.com>\r\nBcc: <evil@example.com"),
+    ("email", "alice@example.com,evil@example.com"),
+    ("email", "Alice <alice@example.com>"),
+    ("username", "alice\r\nbcc"),
+    ("password", "correct\r\nhorse"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), INJECTIONS, ids=[repr(value) for _, value in INJECTIONS])
+async def test_line_breaks_and_control_characters_are_refused(client, db, field, value) -> None:
+    response = await client.post("/v1/create_user", json={**signup_body(), field: value})
+    assert response.status_code == 400, response.text
+    assert field in [entry["field"] for entry in response.json()["fields"]]
+    assert await count(db, users) == 0 and await count(db, outbox) == 0
+
+
+@pytest.mark.parametrize("brk", BREAKS)
+def test_the_message_builder_refuses_a_line_break_in_the_recipient(settings, brk) -> None:
+    hostile = f"alice@example.com{brk}Bcc: evil@example.com"
+    try:
+        message = build_verify_email(
+            settings=settings, to=hostile, full_name="Alice", link="http://x/y", message_id=str(uuid.uuid4())
+        )
+    except ValueError:
+        return  # refused outright
+    # Accepted only if it cannot become a header of its own once on the wire.
+    parsed = message_from_bytes(message.as_bytes())
+    assert parsed.get_all("Bcc") is None and len(parsed.get_all("To") or []) == 1
+
+
+@pytest.mark.parametrize("brk", [brk for brk in BREAKS if brk != "\x00"])  # PostgreSQL text holds no NUL
+async def test_a_hostile_full_name_in_the_database_stays_in_the_body(client, db, settings, brk) -> None:
+    """Even a name that bypassed the API (an old row, a manual fix) cannot add a header to the email."""
+    await add_user(client)
+    async with db.begin() as connection:
+        await connection.execute(users.update().values(full_name=f"Alice{brk}Bcc: evil@example.com<b>"))
+    mailer = await worker_sends(db, settings)
+
+    parsed = message_from_bytes(mailer.sent[0].as_bytes())
+    assert parsed.get_all("Bcc") is None and parsed.get_all("To") == ["alice@example.com"]
+    assert sorted(parsed.keys()) == sorted(
+        ["From", "To", "Subject", "Message-ID", "MIME-Version", "Content-Type"]
+    )
+    html = mailer.sent[0].get_body(("html",))
+    assert html is not None and "<b>" not in html.get_content()
+
+
+# --- SQL metacharacters -------------------------------------------------------------------------------
+
+META = ["'", '";--', "%", "_", "\\"]
+# What each field's rules allow: the rest must be a 400 for that field, never a 5xx.
+ACCEPTED = {("username", "_"), ("email", "'"), ("email", "%"), ("email", "_")} | {
+    ("password", meta) for meta in META
+}
+
+
+def with_meta(field: str, meta: str) -> dict[str, object]:
+    values = {
+        "username": f"bob{meta}x",
+        "full_name": f"Bob{meta}Smith",
+        "email": f"bob{meta}x@example.com",
+        "password": f"pass{meta}word",
+    }
+    return {**signup_body(username="bob", email="bob@example.com"), field: values[field]}
+
+
+@pytest.mark.parametrize("meta", META)
+@pytest.mark.parametrize("field", ["username", "full_name", "email", "password"])
+async def test_sql_metacharacters_are_stored_verbatim_or_refused(client, db, field, meta, sensitive) -> None:
+    body = with_meta(field, meta)
+    sensitive.append(str(body["password"]))
+    response = await client.post("/v1/create_user", json=body)
+
+    if (field, meta) not in ACCEPTED:
+        assert response.status_code == 400, response.text
+        assert [entry["field"] for entry in response.json()["fields"]] == [field]
+        assert await count(db, users) == 0
+        return
+    assert response.status_code == 200, response.text
+    async with db.connect() as connection:
+        row = (await connection.execute(sa.select(users))).one()
+    sensitive.append(row.hashed_password)
+    assert (row.username, row.full_name, row.email) == (body["username"], body["full_name"], body["email"])
+    assert PasswordHasher().verify(row.hashed_password, str(body["password"]))
+
+
+async def test_like_wildcards_match_only_themselves(client, db) -> None:
+    await add_user(client, username="a_c", email="x_y@example.com")
+    await add_user(client, username="abc", email="xay@example.com")
+    await add_user(client, username="a_cc", email="x%y@example.com")
+    assert await count(db, users) == 3
+
+
+@pytest.mark.parametrize("code", [*META, "' OR '1'='1", "x' UNION SELECT secret_code FROM verify_emails--"])
+async def test_sql_in_the_verification_link_is_just_a_wrong_code(client, db, code) -> None:
+    await add_user(client)
+    email_id = await add_code(db, code=secrets.token_urlsafe(32))
+    assert (await click(client, email_id, code)).status_code == 404
+    response = await client.get("/v1/verify_email", params={"email_id": "1 OR 1=1", "secret_code": code})
+    assert response.status_code == 400
+    assert not await verified(db)
+
+
+# --- oversized and deeply nested bodies ---------------------------------------------------------------
+
+
+async def test_a_chunked_body_over_the_limit_is_413_without_content_length(client, db, settings) -> None:
+    """Drive the ASGI app as a server does with ``Transfer-Encoding: chunked``: no length is announced."""
+    chunks = [
+        b'{"username": "alice", "full_name": "',
+        *[b"A" * 1024] * (settings.api_max_body_bytes // 1024 + 2),
+    ]
+    incoming = [{"type": "http.request", "body": chunk, "more_body": True} for chunk in chunks]
+    incoming.append({"type": "http.request", "body": b'"}', "more_body": False})
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/create_user",
+        "raw_path": b"/v1/create_user",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    await client.app(scope, receive, send)
+    assert sent[0]["status"] == 413
+    assert incoming, "the whole body was read before it was refused"
+    assert await count(db, users) == 0
+
+
+HOSTILE_BODIES = {
+    "nested arrays in a field": b'{"username": ' + b"[" * 7000 + b"]" * 7000 + b"}",
+    "nested objects": b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    "huge number": b'{"password": ' + b"9" * 15000 + b"}",
+    "huge exponent": b'{"password": 1e999999999}',
+    "a thousand unknown fields": json.dumps({f"f{i}": i for i in range(1000)}).encode(),
+    "field far over its limit": json.dumps({**signup_body(), "password": "p" * 15000}).encode(),
+    "lone surrogate": b'{"password": "\\ud800aaaaaaaa"}',
+    "NUL in a key": b'{"user\\u0000name": "alice"}',
+    "duplicate keys": b'{"username": "alice", "username": "Bad Name!"}',
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
+async def test_hostile_bodies_are_refused_without_a_5xx(client, db, body: bytes) -> None:
+    response = await client.post(
+        "/v1/create_user", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code in (400, 413), response.text
+    assert response.json()["error"] and "Traceback" not in response.text
+    assert await count(db, users) == 0
+
+
+# --- nothing secret in the logs -----------------------------------------------------------------------
+
+
+async def test_no_password_hash_code_or_email_in_any_log_line(client, db, log_tee, sensitive) -> None:
+    start = len(log_tee.lines)
+    sensitive += ["correct horse", "alice@example.com", "ALICE@example.com"]
+    await add_user(client)
+    conflict = await client.post(
+        "/v1/create_user", json=signup_body(username="bob", email="ALICE@example.com")
+    )
+    assert conflict.status_code == 409
+    invalid = await client.post("/v1/create_user", json=signup_body(email="alice@example.com\n"))
+    assert invalid.status_code == 400
+    code = secrets.token_urlsafe(32)
+    email_id = await add_code(db, code=code)
+    sensitive.append(code)
+    assert (await click(client, email_id, code[:-1] + "!")).status_code == 404
+    assert (await click(client, email_id, code)).status_code == 200
+    async with db.connect() as connection:
+        sensitive.append((await connection.execute(sa.select(users.c.hashed_password))).scalar_one())
+    # The autouse fixture fails the test on any of these values in a log line; make sure there were lines.
+    assert len(log_tee.lines) - start >= 5
+
+
+async def test_an_unexpected_database_error_logs_no_parameters(client, db, log_tee, sensitive) -> None:
+    """A 500 logs the exception; SQLAlchemy would put the statement's parameters (hash, email) in it."""
+    sensitive += ["correct horse", "mallory@example.com", "$argon2id$"]
+    async with db.begin() as connection:
+        await connection.execute(
+            sa.text("ALTER TABLE users ADD CONSTRAINT security_test CHECK (full_name <> 'Mallory Hostile')")
+        )
+    try:
+        body = {
+            **signup_body(username="mallory", email="mallory@example.com"),
+            "full_name": "Mallory Hostile",
+        }
+        response = await client.post("/v1/create_user", json=body)
+    finally:
+        async with db.begin() as connection:
+            await connection.execute(sa.text("ALTER TABLE users DROP CONSTRAINT security_test"))
+    assert response.status_code == 500 and "Traceback" not in response.text
+    assert any("unhandled error" in line for line in log_tee.lines[-20:])
