@@ -115,7 +115,7 @@ def parse_create_user(body: bytes) -> CreateUserRequest:
         except msgspec.ValidationError as exc:
             message = str(exc).split(" - at ")[0]
             if "matching regex" in message:
-                message = _PATTERN_HINTS[field.name]
+                message = _PATTERN_HINTS.get(field.name, message)
             errors.append(FieldError(field=field.name, message=message))
             continue
         # Python's `$` also matches before a final newline, so the patterns alone would let "alice\n"
@@ -139,4 +139,5 @@ _FIELDS = frozenset(CreateUserRequest.__struct_fields__)
 _PATTERN_HINTS = {
     "username": "may contain only lowercase letters, digits and _",
     "full_name": "may contain only letters and single spaces between words",
+    "password": "must not contain control characters",
 }
