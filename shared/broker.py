@@ -22,10 +22,12 @@ from dramatiq.middleware import (
 from shared.settings import Settings
 
 # Dramatiq requeues a dead worker's unacked messages once its heartbeat is older than this and a
-# maintenance pass runs. The defaults (60 s, and one pass per 1000 consumer polls) can take many minutes;
-# these redeliver a killed worker's message within ~30 s at the cost of slightly more Redis work.
+# maintenance pass runs. The chance is per million broker commands: the default (1000, one pass per 1000
+# polls) can take many minutes. 100_000 is a pass every ~10 polls, so a killed worker's message is
+# redelivered within ~30 s; a pass is one cheap Lua script. (It was 50, i.e. rarer than the default: the
+# soak lost every message a killed worker held.)
 HEARTBEAT_TIMEOUT_MS = 15_000
-MAINTENANCE_CHANCE = 50
+MAINTENANCE_CHANCE = 100_000
 
 # A message older than this is dropped by AgeLimit; ours must never be, so the limit is a week.
 MAX_AGE_MS = 7 * 24 * 3600 * 1000

@@ -10,10 +10,15 @@ dispatcher does there is the whole difference between the strategies:
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Protocol
 
+import msgspec
+from dramatiq import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.broker import create_broker
 from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE, SendVerifyEmail
 from shared.outbox import add_outbox_event
 from shared.settings import Settings
@@ -60,12 +65,46 @@ class NoDispatcher:
         return None
 
 
+class EnqueueBeforeCommitDispatcher:
+    """The course's way: enqueue the Dramatiq message to Redis now, inside the transaction, before the commit.
+
+    This is what the lab measures against the outbox. The message leaves before the user is committed, so a
+    worker may look for a user that is not visible yet (``delay_ms`` is the course's ``ProcessIn`` that hides
+    most of that race), and a transaction that rolls back afterwards leaves a message for a user that never
+    existed. An enqueue failure (Redis down) propagates and rolls the signup back.
+    """
+
+    needs_redis = True
+
+    def __init__(self, settings: Settings, *, delay_ms: int | None) -> None:
+        # The broker connects lazily, on the first enqueue.
+        self._broker = create_broker(settings)
+        self._delay_ms = delay_ms
+
+    async def dispatch(self, session: AsyncSession, *, username: str, trace_id: str | None) -> None:
+        message: Message[None] = Message(
+            queue_name=SEND_VERIFY_EMAIL_QUEUE,
+            actor_name=SEND_VERIFY_EMAIL_ACTOR,
+            args=(msgspec.to_builtins(SendVerifyEmail(username=username)),),
+            kwargs={},
+            options={"trace_id": trace_id},
+            message_id=str(uuid.uuid4()),
+        )
+        # RedisBroker is synchronous: keep the event loop free while it talks to Redis.
+        await asyncio.to_thread(self._broker.enqueue, message, delay=self._delay_ms)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._broker.close)
+
+
 def build_dispatcher(settings: Settings) -> Dispatcher:
     """The dispatcher ``DISPATCH_STRATEGY`` names."""
-    if settings.dispatch_strategy == "outbox":
-        return OutboxDispatcher()
-    if settings.dispatch_strategy == "none":
-        return NoDispatcher()
-    raise NotImplementedError(
-        f"DISPATCH_STRATEGY={settings.dispatch_strategy} is not available yet (the lab issue adds it)"
-    )
+    match settings.dispatch_strategy:
+        case "outbox":
+            return OutboxDispatcher()
+        case "fixed_delay":
+            return EnqueueBeforeCommitDispatcher(settings, delay_ms=settings.task_process_in_ms)
+        case "immediate":
+            return EnqueueBeforeCommitDispatcher(settings, delay_ms=None)
+        case "none":
+            return NoDispatcher()

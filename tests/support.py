@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -20,6 +19,9 @@ from typing import Any, TypeVar
 import pytest
 from aiosmtpd.controller import Controller
 
+from lab.processes import free_port as free_port  # re-exported for the tests
+from lab.processes import port_open
+
 T = TypeVar("T")
 
 IN_CI = bool(os.environ.get("CI"))
@@ -30,19 +32,6 @@ def missing_service(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
 
 
 async def wait_for(
@@ -184,3 +173,47 @@ class SmtpSink:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class QueuedMessages:
+    """The Dramatiq messages held in Redis for one queue: ``ready`` ones and ``delayed`` (``.DQ``) ones."""
+
+    ready: list[Any]
+    delayed: list[Any]
+
+    @property
+    def all(self) -> list[Any]:
+        return self.ready + self.delayed
+
+    def count_by_id(self) -> dict[str, int]:
+        """How many copies of each ``message_id`` Redis holds (a duplicate publish shows as 2)."""
+        counts: dict[str, int] = {}
+        for message in self.all:
+            counts[message.message_id] = counts.get(message.message_id, 0) + 1
+        return counts
+
+
+def queued_messages(
+    redis_url: str, queue_name: str = "critical", namespace: str = "dramatiq"
+) -> QueuedMessages:
+    """Read (without consuming) every message a RedisBroker holds for ``queue_name``, decoded.
+
+    Dramatiq keeps each message's body in the hash ``<ns>:<queue>.msgs`` (``.DQ.msgs`` when delayed) until a
+    worker acks it; the queue lists only hold ids. Works for any queue; usable from sync and async tests.
+    """
+    import dramatiq
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+
+        def read(key: str) -> list[Any]:
+            bodies: list[bytes] = client.hvals(key)  # type: ignore[assignment]
+            return [dramatiq.Message.decode(body) for body in bodies]
+
+        return QueuedMessages(
+            ready=read(f"{namespace}:{queue_name}.msgs"), delayed=read(f"{namespace}:{queue_name}.DQ.msgs")
+        )
+    finally:
+        client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import dramatiq.errors
 import redis.exceptions
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -29,6 +30,7 @@ UNAVAILABLE = (
     InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    dramatiq.errors.BrokerConnectionError,  # the broker may wrap a redis error in its own
 )
 
 

@@ -1,0 +1,86 @@
+"""Signups over HTTP at a steady rate, recording what each one got back and when.
+
+The response-received time stands for the commit time: the API answers 200 only after its transaction
+committed, so "commit → email received" is measured from here, on the harness's clock, against the SMTP
+sink's receive time on the same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+PASSWORD = "lab-password-1"  # noqa: S105 - a throwaway password for throwaway users
+
+
+@dataclass(frozen=True)
+class Signup:
+    """One signup request and its outcome."""
+
+    username: str
+    email: str
+    status: int
+    """HTTP status, or 0 when no response came (connection refused, timeout)."""
+    sent_at: float
+    committed_at: float
+    """Wall-clock time the response arrived: for a 200, the signup had committed by then."""
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == 200
+
+
+def email_of(username: str) -> str:
+    """The address a lab user signs up with; the sink maps recipients back to usernames with it."""
+    return f"{username}@lab.example"
+
+
+async def _one(client: httpx.AsyncClient, username: str) -> Signup:
+    email = email_of(username)
+    body = {"username": username, "full_name": "Lab User", "email": email, "password": PASSWORD}
+    sent_at = time.time()
+    try:
+        response = await client.post("/v1/create_user", json=body)
+        status = response.status_code
+    except httpx.HTTPError:
+        status = 0
+    return Signup(username, email, status, sent_at, time.time())
+
+
+async def generate_load(
+    api_url: str,
+    *,
+    rate: float,
+    duration_s: float,
+    prefix: str,
+    timeout_s: float = 60.0,
+    on_result: Callable[[Signup], None] | None = None,
+) -> list[Signup]:
+    """Send ``rate`` signups per second for ``duration_s`` seconds, each as its own request, and wait for all.
+
+    Requests start on a fixed schedule whatever the earlier ones are doing, so a slow commit does not slow
+    the offered load. Usernames are ``{prefix}_{n}``. ``on_result`` sees each outcome as it arrives.
+    """
+    count = max(1, round(rate * duration_s))
+    start = time.monotonic()
+    results: list[Signup] = []
+
+    async def scheduled(n: int) -> None:
+        await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+        result = await _one(client, f"{prefix}_{n}")
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    async with (
+        httpx.AsyncClient(base_url=api_url, timeout=timeout_s, limits=limits) as client,
+        asyncio.TaskGroup() as tasks,
+    ):
+        for n in range(count):
+            tasks.create_task(scheduled(n))
+    return sorted(results, key=lambda signup: signup.sent_at)

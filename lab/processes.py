@@ -1,0 +1,142 @@
+"""Subprocesses an experiment starts, kills and restarts: the ``signup`` services and a private Redis.
+
+Each runs in its own process group (``start_new_session``), so that a signal reaches every process it forked
+(a Dramatiq worker has children) and nothing outlives the experiment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def poll_until(probe: Callable[[], object], *, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Call ``probe`` until it returns something truthy; raises ``TimeoutError`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Process:
+    """One command in its own process group, its stdout and stderr appended to ``log_path``."""
+
+    def __init__(self, name: str, argv: list[str], *, log_path: Path, env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        """Wall-clock time of the latest start."""
+        self.log_offset = 0
+        """Size of the log file at the latest start: what this run wrote begins there."""
+        self.crashes: list[int] = []
+        """Exit codes of runs that ended before we stopped or killed them."""
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the command (again); earlier runs' output stays at the top of the log."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running")
+        self.started_at = time.time()
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: no shutdown hook runs, nothing is acknowledged or rolled back."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self, *, timeout: float = 15) -> None:
+        """SIGTERM the group and wait; SIGKILL what is left after ``timeout`` seconds."""
+        self._signal(signal.SIGTERM, timeout=timeout)
+
+    def _signal(self, signum: int, *, timeout: float = 10) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is not None:
+            self.crashes.append(process.returncode)
+        try:
+            os.killpg(process.pid, signum)
+            process.wait(timeout=timeout)
+        except ProcessLookupError:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        # A child that ignored the group's SIGTERM (or was forked late) must not outlive the run.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def log_lines(self) -> list[str]:
+        """Every line logged, across restarts."""
+        if not self.log_path.exists():
+            return []
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def logged_since_start(self) -> bool:
+        return self.log_path.exists() and self.log_path.stat().st_size > self.log_offset
+
+
+def signup_process(command: str, *, env: dict[str, str], log_dir: Path) -> Process:
+    """``signup <command>`` run with this interpreter, so it uses the same installed code."""
+    argv = [sys.executable, "-m", "signup_cli.main", command]
+    return Process(command, argv, log_path=log_dir / f"{command}.log", env=env)
+
+
+class RedisProcess(Process):
+    """A private ``redis-server`` on a free port that an experiment may stop and start again.
+
+    It keeps an append-only file fsynced on every write, so a stop/start (a Redis outage) loses no message
+    Redis acknowledged; without it a restart would drop every queued email and blame the strategies.
+    """
+
+    def __init__(self, *, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data_dir)),
+            *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
+        ]
+        super().__init__("redis", argv, log_path=data_dir / "redis.log")
+
+    def start(self) -> None:
+        """Start (replaying the append-only file on a restart) and wait until the port answers."""
+        super().start()
+        poll_until(lambda: port_open(self.port) or not self.running, timeout=30, what="redis-server")
+        if not self.running:
+            raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.log_path}")

@@ -1,0 +1,100 @@
+"""``signup lab [--quick] [--out-dir DIR]``: the course's strategies against the outbox, same faults.
+
+Runs every cell of the plan (``lab.cells``) on its own stack, a few at a time, prints progress and a table,
+and writes ``lab.md``, ``lab.json`` and ``lab.png`` to ``--out-dir``. Exit code 0 when every cell ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lab.cells import Plan, full_plan, quick_plan
+from lab.chart import write_chart
+from lab.experiment import CellResult, run_cell
+from lab.report import markdown, terminal_table, to_json
+from shared.database import asyncpg_dsn
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+
+def machine() -> dict[str, Any]:
+    """What the figures depend on: CPU count and model."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+
+
+def admin_url(database_url: str) -> str:
+    """The server of ``DATABASE_URL``, database ``postgres``: where each cell creates its own database."""
+    return asyncpg_dsn(database_url).rsplit("/", 1)[0] + "/postgres"
+
+
+async def run_plan(plan: Plan, *, work_dir: Path, pg_admin_url: str) -> list[CellResult]:
+    """Every cell, ``plan.concurrency`` at a time; results in the plan's order. A failing cell stops all."""
+    began = time.monotonic()
+    gate = asyncio.Semaphore(plan.concurrency)
+
+    def progress(text: str) -> None:
+        print(f"[{time.monotonic() - began:5.0f}s] {text}", flush=True)
+
+    async def one(index: int) -> CellResult:
+        async with gate:
+            cell = plan.cells[index]
+            progress(f"{cell.key}: starting ({index + 1}/{len(plan.cells)})")
+            return await run_cell(cell, plan, work_dir=work_dir, progress=progress, pg_admin_url=pg_admin_url)
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(i)) for i in range(len(plan.cells))]
+    return [task.result() for task in tasks]
+
+
+def write_reports(results: list[CellResult], meta: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lab.json").write_text(json.dumps(to_json(results, meta), indent=2) + "\n")
+    (out_dir / "lab.md").write_text(markdown(results, meta) + "\n")
+    write_chart(results, out_dir / "lab.png")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """The ``signup lab`` command."""
+    configure_logging(service="lab", log_format="console", log_level="warning")
+    plan = quick_plan() if args.quick else full_plan()
+    work_dir = Path(tempfile.mkdtemp(prefix="signup-lab-"))
+    print(f"signup lab: {len(plan.cells)} cells, {plan.concurrency} at a time; service logs in {work_dir}")
+    started_at, began = datetime.now(UTC), time.monotonic()
+    results = asyncio.run(run_plan(plan, work_dir=work_dir, pg_admin_url=admin_url(settings.database_url)))
+    meta = {
+        "command": "signup lab" + (" --quick" if args.quick else ""),
+        "machine": machine(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - began, 1),
+        "plan": {
+            "rate": plan.rate,
+            "load_s": plan.load_s,
+            "settle_s": plan.settle_s,
+            "concurrency": plan.concurrency,
+        },
+    }
+    print(terminal_table(results))
+    out_dir = Path(args.out_dir)
+    write_reports(results, meta, out_dir)
+    print(f"wrote {out_dir / 'lab.md'}, {out_dir / 'lab.json'}, {out_dir / 'lab.png'}", file=sys.stderr)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return 0

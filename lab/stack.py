@@ -1,0 +1,202 @@
+"""A whole system for one experiment: its own database, Redis, SMTP sink and ``signup`` processes.
+
+``Stack`` creates a fresh database (migrated, dropped at the end), a private ``redis-server`` it can stop
+and start, an in-process SMTP sink (``lab.sink``), and runs ``signup api``, ``signup relay`` and
+``signup worker`` as real subprocesses configured through the environment, each logging JSON to its own
+file. Readiness is polled, never slept for. ``generate_load`` (``lab.load``) sends the signups::
+
+    env = {"TASK_PROCESS_IN_MS": "1000"}
+    async with Stack(work_dir=Path("var/lab/x"), strategy="fixed_delay", env=env) as s:
+        signups = await generate_load(s.api_url, rate=5, duration_s=10, prefix="x")
+        s.kill("worker"); await s.restart("worker")
+        s.redis.stop(); s.redis.start()
+        deliveries = s.sink.snapshot()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+import asyncpg
+import httpx
+import redis.asyncio
+
+from lab.load import Signup, generate_load
+from lab.processes import Process, RedisProcess, free_port, signup_process
+from lab.sink import Delivery, MailSink
+from shared.database import asyncpg_dsn
+from shared.settings import setting_names
+
+__all__ = ["Delivery", "MailSink", "Signup", "Stack", "generate_load"]
+
+PG_ADMIN_URL = os.environ.get("LAB_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SERVICES = ("api", "relay", "worker")
+RELAY_SILENT_START_S = 3.0
+
+
+async def poll(probe: Callable[[], Awaitable[object]], *, within_s: float, what: str) -> None:
+    """Await ``probe`` every 50 ms until it returns something truthy; ``TimeoutError`` after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within_s}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Stack:
+    """One experiment's servers and processes. Use as ``async with``; ``close()`` leaves nothing behind.
+
+    ``env`` adds or overrides settings (``TASK_PROCESS_IN_MS``, ``FAULT_*``, ``WORKER_*`` …) for every
+    service; ``services`` chooses which ``signup`` processes run (the course's strategies need no relay).
+    """
+
+    def __init__(
+        self,
+        *,
+        work_dir: Path,
+        strategy: str = "outbox",
+        env: Mapping[str, str] | None = None,
+        services: tuple[str, ...] = SERVICES,
+        smtp_fail_ratio: float = 0.0,
+        pg_admin_url: str = PG_ADMIN_URL,
+    ) -> None:
+        self.work_dir = work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.db_name = f"lab_{uuid.uuid4().hex[:12]}"
+        self._pg_admin_url = pg_admin_url
+        self.database_url = pg_admin_url.rsplit("/", 1)[0] + f"/{self.db_name}"
+        self.redis = RedisProcess(data_dir=work_dir / "redis")
+        self.sink = MailSink(port=free_port(), fail_ratio=smtp_fail_ratio)
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.env = self._environment(strategy, env or {})
+        self.services: dict[str, Process] = {
+            name: signup_process(name, env=self.env, log_dir=work_dir) for name in services
+        }
+
+    def _environment(self, strategy: str, extra: Mapping[str, str]) -> dict[str, str]:
+        # Start from the caller's environment without any setting in it, so nothing leaks into the run.
+        names = set(setting_names())
+        base = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("dramatiq_")}
+        return {
+            **base,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis.url,
+            "SMTP_HOST": self.sink.host,
+            "SMTP_PORT": str(self.sink.port),
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(self.api_port),
+            "PUBLIC_BASE_URL": self.api_url,
+            "RELAY_METRICS_PORT": "0",
+            "WORKER_METRICS_PORT": "0",
+            "DISPATCH_STRATEGY": strategy,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+            # An idle Dramatiq consumer sleeps up to this between polls (DESIGN §4): keep latency honest.
+            "dramatiq_worker_timeout": "50",
+            **extra,
+        }
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Database, Redis, sink, then every service; returns once each is ready. Raises ``TimeoutError``."""
+        await self._migrate()
+        await asyncio.to_thread(self.redis.start)
+        self.sink.start()
+        for name in self.services:
+            await self.restart(name)
+
+    async def _migrate(self) -> None:
+        # A subprocess, not shared.migrate in this process: Alembic's context is process-global, so stacks
+        # started concurrently in one event loop would interleave their migrations on one connection.
+        log = self.work_dir / "migrate.log"
+        with log.open("ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "signup_cli.main", "migrate", env=self.env, stdout=out, stderr=out
+            )
+            if await process.wait() != 0:
+                raise RuntimeError(f"signup migrate failed for {self.db_name}; see {log}")
+
+    async def restart(self, name: str, *, within_s: float = 60) -> None:
+        """Start service ``name`` (again, after ``kill``/``stop``) and wait until it is ready."""
+        service = self.services[name]
+        service.start()
+        await poll(lambda: self._ready(service), within_s=within_s, what=f"signup {name} to be ready")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL service ``name`` and every process it forked."""
+        self.services[name].kill()
+
+    def stop(self, name: str) -> None:
+        """SIGTERM service ``name`` and wait for it to exit."""
+        self.services[name].stop()
+
+    async def _ready(self, service: Process) -> bool:
+        if not service.running:
+            tail = "\n".join(service.log_lines()[-20:])
+            raise RuntimeError(f"signup {service.name} exited while starting; log tail:\n{tail}")
+        if service.name == "api":
+            return await self._api_ready()
+        if service.name == "worker":
+            return await self._worker_polling(since=service.started_at)
+        # The relay has no endpoint of its own (RELAY_METRICS_PORT=0): ready once it has logged something,
+        # or has stayed up for a few seconds (a relay may start silently).
+        return service.logged_since_start() or time.time() - service.started_at > RELAY_SILENT_START_S
+
+    async def _api_ready(self) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                return (await client.get(f"{self.api_url}/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def _worker_polling(self, *, since: float) -> bool:
+        # Every Dramatiq broker command records a heartbeat; before the load only consumers issue any.
+        client = redis.asyncio.Redis.from_url(self.redis.url)
+        try:
+            return bool(await client.zcount("dramatiq:__heartbeats__", int(since * 1000), "+inf"))
+        except redis.RedisError:
+            return False
+        finally:
+            await client.aclose()
+
+    async def committed_users(self) -> dict[str, datetime]:
+        """username → created_at of every user that committed."""
+        connection = await asyncpg.connect(asyncpg_dsn(self.database_url), timeout=10)
+        try:
+            rows = await connection.fetch("SELECT username, created_at FROM users")
+        finally:
+            await connection.close()
+        return {row["username"]: row["created_at"] for row in rows}
+
+    async def close(self) -> None:
+        """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database."""
+        for service in self.services.values():
+            await asyncio.to_thread(service.stop)
+        self.sink.stop()
+        await asyncio.to_thread(self.redis.stop)
+        admin = await asyncpg.connect(asyncpg_dsn(self._pg_admin_url), timeout=10)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        finally:
+            await admin.close()

@@ -1,0 +1,75 @@
+"""Turning claimed outbox rows into Dramatiq messages and enqueueing a batch of them in one round trip.
+
+``enqueue_batch`` does what ``RedisBroker.enqueue`` does for each message (fresh ``redis_message_id``, the
+delay queue and ``eta`` for a delayed message, the broker's enqueue middleware hooks), but sends the whole
+batch through one MULTI/EXEC pipeline: one round trip instead of one per message, and either every message
+of the batch reaches Redis or none does. Any other broker gets a plain ``broker.enqueue`` loop.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
+
+from services.relay.store import OutboxRow
+
+
+def to_message(row: OutboxRow) -> dramatiq.Message[object]:
+    """The message for ``row``: its ``event_id`` is the message id, so a re-publish is a duplicate."""
+    return dramatiq.Message(
+        queue_name=row.queue,
+        actor_name=row.actor,
+        args=(row.payload,),
+        kwargs={},
+        options={"trace_id": row.trace_id},
+        message_id=str(row.event_id),
+    )
+
+
+def enqueue_batch(broker: dramatiq.Broker, rows: list[OutboxRow]) -> None:
+    """Enqueue one message per row (blocking: call it off the event loop). Raises the broker's errors."""
+    if not isinstance(broker, RedisBroker):
+        for row in rows:
+            broker.enqueue(to_message(row), delay=row.delay_ms)
+        return
+    dispatch = broker.scripts["dispatch"]
+    emitted = []
+    with broker.client.pipeline(transaction=True) as pipe:
+        for row in rows:
+            message, queue_name = _prepare(to_message(row), row.delay_ms)
+            broker.emit_before("enqueue", message, row.delay_ms)
+            dispatch(keys=[broker.namespace], args=_enqueue_args(broker, queue_name, message), client=pipe)
+            emitted.append((message, row.delay_ms))
+        pipe.execute()
+    for message, delay in emitted:
+        broker.emit_after("enqueue", message, delay)
+
+
+def _prepare(message: dramatiq.Message[object], delay: int | None) -> tuple[dramatiq.Message[object], str]:
+    # Mirrors RedisBroker.enqueue: each enqueue gets its own redis id; any non-None delay (even 0) goes
+    # through the delay queue with an eta.
+    message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+    if delay is None:
+        return message, message.queue_name
+    queue_name = dq_name(message.queue_name)
+    return message.copy(queue_name=queue_name, options={"eta": current_millis() + delay}), queue_name
+
+
+def _enqueue_args(
+    broker: RedisBroker, queue_name: str, message: dramatiq.Message[object]
+) -> list[str | int | bytes]:
+    return [
+        "enqueue",
+        current_millis(),
+        queue_name,
+        str(broker.broker_id),
+        int(broker.heartbeat_timeout),
+        int(broker.dead_message_ttl),
+        0,  # no maintenance pass from the relay: the workers run it
+        int(broker._max_unpack_size()),
+        message.options["redis_message_id"],
+        message.encode(),
+    ]

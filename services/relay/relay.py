@@ -1,0 +1,209 @@
+"""The claim-publish loop: one transaction per batch, woken by NOTIFY, a poll as the fallback.
+
+A batch is: claim up to ``RELAY_BATCH_SIZE`` due rows (``FOR UPDATE SKIP LOCKED``), enqueue them to Redis,
+mark them published, commit. If Redis or PostgreSQL fails anywhere in between, the transaction rolls back
+(so no row is marked published that was not enqueued), the failure is counted on the rows in a separate
+transaction, and the loop backs off and carries on. A row enqueued but not committed (a crash between the
+two) is published again later under the same message id: at-least-once, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from typing import Any
+
+import asyncpg
+import dramatiq
+
+from services.relay import store
+from services.relay.listener import listen_forever
+from services.relay.metrics import RelayMetrics
+from services.relay.publisher import enqueue_batch
+from shared.broker import create_broker
+from shared.database import asyncpg_dsn
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger()
+
+PURGE_INTERVAL_S = 300.0
+STATS_INTERVAL_S = 5.0
+# Bounds how long a dead or partitioned Redis can hold a batch (and its row locks).
+REDIS_SOCKET_TIMEOUT_S = 10.0
+PG_COMMAND_TIMEOUT_S = 30.0
+
+
+class Relay:
+    """Moves committed outbox rows to the broker until ``stop()`` is called."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        broker: dramatiq.Broker,
+        listen: bool = True,
+        min_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+        purge_interval_s: float = PURGE_INTERVAL_S,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.listen = listen
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.purge_interval_s = purge_interval_s
+        self.metrics = RelayMetrics()
+        self._dsn = asyncpg_dsn(settings.database_url)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._pool: Any = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()``. Never raises for an outage of Redis or PostgreSQL: it logs and backs off."""
+        self._pool = asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=4,
+            command_timeout=PG_COMMAND_TIMEOUT_S,
+            server_settings={"application_name": "signup-relay"},
+        )
+        await self._pool
+        helpers = [asyncio.create_task(self._every(self.purge_interval_s, self.purge))]
+        if self.listen:
+            helpers.append(asyncio.create_task(listen_forever(dsn=self._dsn, wake=self._wake)))
+        if self.settings.relay_metrics_port:
+            helpers.append(asyncio.create_task(self._every(STATS_INTERVAL_S, self.update_backlog)))
+        log.info("relay.started", batch_size=self.settings.relay_batch_size, listen=self.listen)
+        try:
+            await self._loop()
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._pool.close()
+            self.broker.close()
+            log.info("relay.stopped")
+
+    async def _loop(self) -> None:
+        failures = 0
+        poll_s = self.settings.relay_poll_interval_ms / 1000
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                published = await self.publish_batch()
+            except Exception:
+                failures += 1
+                await self._sleep(self._backoff(failures))
+                continue
+            failures = 0
+            if published < self.settings.relay_batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll_s)
+
+    async def publish_batch(self) -> int:
+        """Claim, enqueue and mark one batch in one transaction; return how many rows it published.
+
+        Raises whatever Redis or PostgreSQL raised, after the rollback and after counting the attempt.
+        """
+        rows: list[store.OutboxRow] = []
+        started = time.perf_counter()
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                rows = await store.claim(
+                    connection,
+                    limit=self.settings.relay_batch_size,
+                    lookahead_ms=self.settings.relay_lookahead_ms,
+                )
+                if rows:
+                    # redis-py is synchronous: keep the event loop (and the NOTIFY listener) running.
+                    await asyncio.shield(asyncio.to_thread(enqueue_batch, self.broker, rows))
+                    await store.mark_published(connection, ids=[row.id for row in rows])
+        except Exception as exc:
+            await self._failed(rows, exc)
+            raise
+        if rows:
+            self._published(rows, started)
+        return len(rows)
+
+    def _published(self, rows: list[store.OutboxRow], started: float) -> None:
+        self.metrics.published.inc(len(rows))
+        for row in rows:
+            log.debug("relay.event_published", trace_id=row.trace_id, event_id=str(row.event_id))
+        log.info(
+            "relay.batch_published",
+            count=len(rows),
+            first_id=rows[0].id,
+            last_id=rows[-1].id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    async def _failed(self, rows: list[store.OutboxRow], exc: Exception) -> None:
+        self.metrics.errors.inc()
+        ids = [row.id for row in rows]
+        log.error(
+            "relay.publish_failed",
+            count=len(rows),
+            first_id=ids[0] if ids else None,
+            last_id=ids[-1] if ids else None,
+            error=repr(exc),
+        )
+        if not ids:
+            return
+        try:
+            async with self._pool.acquire() as connection:
+                await store.record_failure(connection, ids=ids, error=repr(exc))
+        except Exception as record_exc:
+            log.warning("relay.record_failure_failed", count=len(ids), error=repr(record_exc))
+
+    async def purge(self) -> int:
+        """Delete published rows older than ``OUTBOX_RETENTION_HOURS``; return how many."""
+        async with self._pool.acquire() as connection:
+            deleted = await store.purge(connection, older_than_hours=self.settings.outbox_retention_hours)
+        if deleted:
+            log.info("relay.purged", count=deleted)
+        return deleted
+
+    async def update_backlog(self) -> None:
+        """Refresh the backlog gauges."""
+        async with self._pool.acquire() as connection:
+            size, age = await store.backlog(connection)
+        self.metrics.backlog.set(size)
+        self.metrics.oldest_age.set(age)
+
+    async def _every(self, interval_s: float, job: Any) -> None:
+        while True:
+            try:
+                await job()
+            except Exception as exc:
+                log.warning("relay.periodic_job_failed", job=job.__name__, error=repr(exc))
+            await asyncio.sleep(interval_s)
+
+    def _backoff(self, failures: int) -> float:
+        # Exponential, capped, with jitter so that several relays do not retry in lockstep.
+        delay: float = min(self.max_backoff_s, self.min_backoff_s * 2 ** min(failures - 1, 30))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def build_relay(settings: Settings, **options: Any) -> Relay:
+    """The relay for ``settings``, with its own broker; ``options`` go to ``Relay`` (tests use them).
+
+    Nothing connects until ``run()``.
+    """
+    broker = create_broker(settings)
+    pool = broker.client.connection_pool
+    pool.connection_kwargs.update(
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S
+    )
+    return Relay(settings=settings, broker=broker, **options)

@@ -1,0 +1,55 @@
+"""``signup dlq list`` and ``signup dlq replay ID | --all``: look at and requeue dead-lettered messages."""
+
+from __future__ import annotations
+
+import argparse
+
+from dramatiq.brokers.redis import RedisBroker
+
+from services.worker.deadletters import DeadLetter, list_dead_letters, replay
+from shared.broker import create_broker
+from shared.settings import Settings
+
+
+def _username(letter: DeadLetter) -> str:
+    args = letter.message.args
+    if args and isinstance(args[0], dict):
+        return str(args[0].get("username", "?"))
+    return "?"
+
+
+def _list(broker: RedisBroker) -> int:
+    letters = list_dead_letters(broker)
+    if not letters:
+        print("no dead-lettered messages")
+        return 0
+    print("message_id                            actor              username        retries  dead_at  error")
+    for letter in letters:
+        print(
+            f"{letter.message.message_id:<37} {letter.message.actor_name:<18} {_username(letter):<15} "
+            f"{letter.message.options.get('retries', 0):>7}  {letter.dead_at.isoformat()}  {letter.error}"
+        )
+    return 0
+
+
+def _replay(broker: RedisBroker, *, message_id: str | None) -> int:
+    letters = [
+        letter for letter in list_dead_letters(broker) if message_id in (None, letter.message.message_id)
+    ]
+    if not letters:
+        print(f"no dead-lettered message {message_id}" if message_id else "no dead-lettered messages")
+        return 1 if message_id else 0
+    for letter in letters:
+        replay(broker, letter)
+        print(f"replayed {letter.message.message_id} to {letter.queue}")
+    return 0
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    broker = create_broker(settings)
+    try:
+        if args.dlq_command == "list":
+            return _list(broker)
+        return _replay(broker, message_id=None if args.all else args.message_id)
+    finally:
+        broker.close()

@@ -1,0 +1,74 @@
+"""Worker middleware: log context per message, and what happens to a failed message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from dramatiq import Broker, Middleware
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import CurrentMessage
+
+from services.worker.deadletters import record_error
+from services.worker.metrics import WorkerMetrics
+from shared.logging import get_logger
+
+log = get_logger()
+
+
+class MessageContext(Middleware):
+    """Binds ``trace_id``, ``message_id`` and ``event_id`` to every log line of a message, then clears them.
+
+    They are cleared after the ack or nack, so Dramatiq's own lines about a retry carry them too.
+    """
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            trace_id=message.options.get("trace_id"),
+            message_id=message.message_id,
+            event_id=message.message_id,
+        )
+
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        structlog.contextvars.clear_contextvars()
+
+
+class FailureObserver(Middleware):
+    """Counts retries and dead letters, and keeps a dead letter's last error for ``signup dlq list``.
+
+    Dramatiq stores a dead letter as it was last enqueued, without the error that killed it, so the error
+    is kept beside it (see ``deadletters``).
+    """
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: Any = None
+    ) -> None:
+        if exception is not None:
+            # Runs before Retries (after-hooks run in reverse), which copies this option into the retry.
+            message.options["last_error"] = _describe(exception)
+            log.warning("attempt failed", error=message.options["last_error"])
+
+    def after_enqueue(self, broker: Broker, message: Any, delay: int | None) -> None:
+        current = CurrentMessage.get_current_message()
+        if current is not None and current.message_id == message.message_id:
+            self.metrics.retries.inc()
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        self.metrics.dead_letters.inc()
+        error = message.options.get("last_error", "unknown")
+        log.error("message dead-lettered", error=error, retries=message.options.get("retries", 0))
+        record_error(broker, message, error)
+
+
+def _describe(exception: BaseException) -> str:
+    return f"{type(exception).__name__}: {exception}"[:300]

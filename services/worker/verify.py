@@ -1,0 +1,102 @@
+"""The worker's use case: send one user's verification email, at most once per message id (DESIGN §4)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.worker.errors import UserNotVisible
+from services.worker.mailer import Mailer, build_verify_email, verify_link
+from shared.database import users, verify_emails
+from shared.logging import get_logger
+from shared.messages import SendVerifyEmail
+from shared.settings import Settings
+
+log = get_logger()
+
+
+async def send_verify_email(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    mailer: Mailer,
+    settings: Settings,
+    command: SendVerifyEmail,
+    message_id: str,
+) -> bool:
+    """Send the email for ``command`` unless message ``message_id`` already sent it; True if it sent now.
+
+    Raises ``UserNotVisible`` when the user is missing (unless ``WORKER_SKIP_RETRY_MISSING_USER``, which
+    drops the message as the course's ``SkipRetry`` does), and whatever the mailer or the database raise.
+    """
+    event_id = uuid.UUID(message_id)
+    user = await _load_user(sessions, command.username)
+    if user is None:
+        if settings.worker_skip_retry_missing_user:
+            log.warning("user not found; dropping the message (SkipRetry)", username=command.username)
+            return False
+        raise UserNotVisible("user not yet visible")
+    email_id = await _ensure_row(sessions, event_id=event_id, user=user, settings=settings)
+    # The row (and its code) commits before anything is sent: a redelivery after a crash between the
+    # send and the commit below sends the very same email (same link, same Message-ID), not a second one.
+    async with sessions() as session, session.begin():
+        row = (
+            await session.execute(
+                sa.select(verify_emails).where(verify_emails.c.id == email_id).with_for_update()
+            )
+        ).one()
+        if row.sent_at is not None:
+            log.info("duplicate delivery; email already sent", username=command.username)
+            return False
+        link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=row.secret_code)
+        await mailer.send(
+            build_verify_email(
+                settings=settings, to=row.email, full_name=user.full_name, link=link, message_id=message_id
+            )
+        )
+        now = datetime.now(UTC)
+        await session.execute(
+            verify_emails.update()
+            .where(verify_emails.c.id == email_id)
+            # The link's lifetime starts when the email leaves, not when the first attempt began.
+            .values(sent_at=now, expired_at=now + timedelta(minutes=settings.verify_email_ttl_minutes))
+        )
+    log.info("verification email sent", username=command.username, email=row.email, verify_email_id=email_id)
+    return True
+
+
+async def _load_user(sessions: async_sessionmaker[AsyncSession], username: str) -> Any | None:
+    async with sessions() as session:
+        query = sa.select(users.c.username, users.c.email, users.c.full_name).where(
+            users.c.username == username
+        )
+        return (await session.execute(query)).one_or_none()
+
+
+async def _ensure_row(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    event_id: uuid.UUID,
+    user: Any,
+    settings: Settings,
+) -> int:
+    """Get or create the verify_emails row of ``event_id`` (the idempotency key) and return its id."""
+    async with sessions() as session, session.begin():
+        await session.execute(
+            insert(verify_emails)
+            .values(
+                username=user.username,
+                email=user.email,
+                secret_code=secrets.token_urlsafe(32),
+                event_id=event_id,
+                expired_at=datetime.now(UTC) + timedelta(minutes=settings.verify_email_ttl_minutes),
+            )
+            .on_conflict_do_nothing(index_elements=["event_id"])
+        )
+        query = sa.select(verify_emails.c.id).where(verify_emails.c.event_id == event_id)
+        return int((await session.execute(query)).scalar_one())

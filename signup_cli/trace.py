@@ -1,0 +1,69 @@
+"""``signup trace USERNAME``: one signup's timeline from the database, with its trace id (DESIGN §8)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from shared.database import create_engine, outbox, users, verify_emails
+from shared.settings import Settings
+
+Step = tuple[datetime, str]
+
+
+async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[str]] | None:
+    """(dated steps in order, undated facts), or None when there is no such user."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            user = (
+                await connection.execute(sa.select(users).where(users.c.username == username))
+            ).one_or_none()
+            if user is None:
+                return None
+            events = (
+                await connection.execute(
+                    sa.select(outbox).where(outbox.c.payload.contains({"username": username}))
+                )
+            ).all()
+            emails = (
+                await connection.execute(sa.select(verify_emails).where(verify_emails.c.username == username))
+            ).all()
+    finally:
+        await engine.dispose()
+    steps: list[Step] = [(user.created_at, "user created")]
+    for event in events:
+        steps.append(
+            (event.created_at, f"outbox row created  event_id={event.event_id} trace_id={event.trace_id}")
+        )
+        if event.published_at is not None:
+            steps.append((event.published_at, f"outbox row published  attempts={event.attempts}"))
+    for email in emails:
+        steps.append((email.created_at, f"verify email created  id={email.id} event_id={email.event_id}"))
+        if email.sent_at is not None:
+            steps.append(
+                (email.sent_at, f"verify email sent  id={email.id} expires={email.expired_at.isoformat()}")
+            )
+    facts = [f"verified: {'yes' if user.is_email_verified else 'no'}"]
+    facts += [f"verify email {email.id} used: {'yes' if email.is_used else 'no'}" for email in emails]
+    if not events:
+        facts.append("no outbox row (another dispatch strategy, or purged after OUTBOX_RETENTION_HOURS)")
+    return sorted(steps, key=lambda step: step[0]), facts
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    found = asyncio.run(timeline(settings, args.username))
+    if found is None:
+        print(f"no user {args.username!r}")
+        return 1
+    steps, facts = found
+    start = steps[0][0]
+    print(f"signup of {args.username}")
+    for at, what in steps:
+        print(f"{at.isoformat()}  +{(at - start).total_seconds() * 1000:8.1f} ms  {what}")
+    for fact in facts:
+        print(fact)
+    return 0

@@ -1,0 +1,131 @@
+"""The relay against real PostgreSQL and Redis: nothing skipped, nothing published twice, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.integration.relay_helpers import (
+    add_rows,
+    connect,
+    fetch,
+    insert_rows,
+    running_relay,
+    running_relays,
+    unpublished,
+)
+from tests.support import queued_messages, wait_for
+
+pytestmark = pytest.mark.usefixtures("db")
+
+
+def assert_each_once(settings, event_ids: list[str]) -> None:
+    counts = queued_messages(settings.redis_url).count_by_id()
+    assert set(counts) == set(event_ids), (len(counts), len(event_ids))
+    duplicates = {k: v for k, v in counts.items() if v != 1}
+    assert not duplicates, f"{len(duplicates)} events enqueued more than once"
+
+
+async def all_published(settings) -> bool:
+    return await unpublished(settings) == 0
+
+
+async def test_rows_committed_out_of_order_are_all_published(settings):
+    # 20 transactions take their ids in order, then commit in reverse order while the relay runs: a
+    # "last seen id" cursor would skip every transaction but the last.
+    connections = [await connect(settings) for _ in range(20)]
+    transactions = [c.transaction() for c in connections]
+    event_ids: list[str] = []
+    async with running_relay(settings, relay_batch_size=50):
+        for connection, transaction in zip(connections, transactions, strict=True):
+            await transaction.start()
+            event_ids += await insert_rows(connection, 100)
+        for transaction in reversed(transactions):
+            await transaction.commit()
+            await asyncio.sleep(0.02)
+        await wait_for(lambda: all_published(settings), timeout=15, what="every row published")
+    for connection in connections:
+        await connection.close()
+    assert len(event_ids) == 2000
+    assert_each_once(settings, event_ids)
+
+
+@pytest.mark.parametrize("relays", [2, 4])
+async def test_concurrent_relays_enqueue_each_event_exactly_once(settings, relays):
+    event_ids = await add_rows(settings, 5000)
+    async with running_relays(settings, relays, relay_batch_size=200):
+        for _chunk in range(5):
+            event_ids += await add_rows(settings, 1000)
+        await wait_for(lambda: all_published(settings), timeout=30, what="every row published")
+    assert len(event_ids) == 10_000
+    assert_each_once(settings, event_ids)
+
+
+async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(settings):
+    async with running_relay(settings, relay_poll_interval_ms=60_000):
+        await wait_for(lambda: listener_pid(settings), timeout=5, what="the LISTEN connection")
+        await asyncio.sleep(0.2)  # let the first (empty) claim finish so that the relay is idle
+        started = time.monotonic()
+        [event_id] = await add_rows(settings, 1)
+        await wait_for(lambda: all_published(settings), timeout=1.0, what="publish via NOTIFY")
+        assert time.monotonic() - started < 1.0
+    assert_each_once(settings, [event_id])
+
+
+async def test_relay_polls_when_it_cannot_listen(settings):
+    async with running_relay(settings, relay_poll_interval_ms=500, listen=False):
+        await asyncio.sleep(0.2)
+        [event_id] = await add_rows(settings, 1)
+        await wait_for(lambda: all_published(settings), timeout=0.5 + 1.0, what="publish by polling")
+    assert_each_once(settings, [event_id])
+
+
+async def test_listen_connection_is_re_established_after_it_is_killed(settings):
+    async with running_relay(settings, relay_poll_interval_ms=60_000):
+        old = await wait_for(lambda: listener_pid(settings), timeout=5, what="the LISTEN connection")
+        await fetch(settings, "SELECT pg_terminate_backend($1)", old)
+
+        async def new_listener():
+            pid = await listener_pid(settings)
+            return pid if pid and pid != old else None
+
+        await wait_for(new_listener, timeout=5, what="a new LISTEN connection")
+        await asyncio.sleep(0.2)
+        [event_id] = await add_rows(settings, 1)
+        await wait_for(lambda: all_published(settings), timeout=1.0, what="publish via NOTIFY")
+    assert_each_once(settings, [event_id])
+
+
+async def listener_pid(settings) -> int | None:
+    rows = await fetch(
+        settings,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'signup-relay-listen' "
+        "AND datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    return rows[0]["pid"] if rows else None
+
+
+async def test_lookahead_publishes_soon_due_rows_as_delayed_messages(settings):
+    [later] = await add_rows(settings, 1, due_in_s=60)
+    [soon] = await add_rows(settings, 1, due_in_s=3)
+    [due_at] = await fetch(
+        settings, "SELECT extract(epoch FROM available_at) * 1000 AS ms FROM outbox WHERE event_id = $1", soon
+    )
+    async with running_relay(settings, relay_lookahead_ms=10_000, relay_poll_interval_ms=200):
+
+        async def soon_published():
+            return (await unpublished(settings)) == 1
+
+        await wait_for(soon_published, timeout=2, what="the row due in 3 s to be published at once")
+        await asyncio.sleep(0.6)  # a few more polls: the row due in 60 s must stay put
+        assert await unpublished(settings) == 1
+    messages = queued_messages(settings.redis_url)
+    assert messages.ready == []
+    [message] = messages.delayed
+    assert message.message_id == soon
+    assert message.queue_name == "critical.DQ"
+    assert abs(message.options["eta"] - float(due_at["ms"])) < 1000
+    [row] = await fetch(settings, "SELECT published_at FROM outbox WHERE event_id = $1", later)
+    assert row["published_at"] is None

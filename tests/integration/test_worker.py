@@ -1,0 +1,218 @@
+"""The email worker on real PostgreSQL, Redis and SMTP: one email per message id, retries, dead letters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import Message as EmailMessageBase
+from typing import Any, TypeVar
+
+import msgspec
+import pytest
+import sqlalchemy as sa
+from dramatiq import Message, Worker
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.worker.deadletters import list_dead_letters
+from services.worker.entry import build_worker
+from shared.database import users, verify_emails
+from shared.settings import Settings
+from tests.conftest import LogTee
+from tests.support import ReceivedMail, SmtpSink, repo_root, wait_for
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def worker_settings(settings: Settings) -> Settings:
+    return msgspec.structs.replace(
+        settings, worker_min_backoff_ms=100, worker_max_backoff_ms=2000, worker_threads=2
+    )
+
+
+@contextmanager
+def running_worker(settings: Settings) -> Iterator[RedisBroker]:
+    """The real worker (broker, middleware, actor) in this process, polling every 50 ms."""
+    broker, _ = build_worker(settings)
+    worker = Worker(broker, worker_timeout=50, worker_threads=settings.worker_threads)
+    worker.start()
+    try:
+        yield broker
+    finally:
+        worker.stop()
+        broker.close()
+
+
+async def add_user(engine: AsyncEngine, username: str = "alice") -> str:
+    email = f"{username}@example.com"
+    async with engine.begin() as connection:
+        await connection.execute(
+            users.insert().values(
+                username=username, hashed_password="x", full_name="Alice Liddell", email=email
+            )
+        )
+    return email
+
+
+def verify_message(
+    username: str = "alice", *, message_id: str | None = None, args: tuple[Any, ...] = ()
+) -> Message[Any]:
+    return Message(
+        queue_name="critical",
+        actor_name="send_verify_email",
+        args=args or ({"username": username},),
+        kwargs={},
+        options={"trace_id": "trace-w1"},
+        message_id=message_id or str(uuid.uuid4()),
+    )
+
+
+async def sent_rows(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as connection:
+        return list((await connection.execute(sa.select(verify_emails))).all())
+
+
+def logged(log_tee: LogTee, event: str, *, since: int = 0) -> list[dict[str, Any]]:
+    """The JSON log lines with this ``event`` from line ``since`` on (tests share one log)."""
+    return [entry for line in log_tee.lines[since:] if (entry := json.loads(line)).get("event") == event]
+
+
+async def wait_logged(log_tee: LogTee, event: str, *, since: int) -> list[dict[str, Any]]:
+    async def probe() -> list[dict[str, Any]]:
+        return logged(log_tee, event, since=since)
+
+    return await wait_for(probe, timeout=10, what=f"log event {event!r}")
+
+
+async def _async(value: T) -> T:
+    return value
+
+
+async def _received(sink: SmtpSink) -> list[ReceivedMail]:
+    return list(sink.received)
+
+
+async def test_one_email_with_a_working_link_and_a_deterministic_message_id(
+    worker_settings, db, sink: SmtpSink, log_tee, sensitive
+) -> None:
+    email = await add_user(db)
+    sensitive.append(email)
+    message = verify_message()
+    with running_worker(worker_settings) as broker:
+        broker.enqueue(message)
+        mails = await wait_for(lambda: _received(sink), timeout=10, what="the email")
+    (row,) = await sent_rows(db)
+    sensitive.append(row.secret_code)
+    mail = mails[0]
+    assert mail.envelope_to == [email] and mail.message_id == f"<{message.message_id}@signup-outbox>"
+    text = mail.message.get_payload(0)
+    assert isinstance(text, EmailMessageBase)
+    body = text.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    assert f"/v1/verify_email?email_id={row.id}&secret_code={row.secret_code}".encode() in body
+    assert len(row.secret_code) >= 32 and row.sent_at is not None and str(row.event_id) == message.message_id
+    (line,) = logged(log_tee, "verification email sent")[-1:]
+    assert (line["trace_id"], line["message_id"], line["username"]) == (
+        "trace-w1",
+        message.message_id,
+        "alice",
+    )
+
+
+async def test_the_same_message_twice_sends_one_email(worker_settings, db, sink, log_tee) -> None:
+    start = len(log_tee.lines)
+    await add_user(db)
+    message = verify_message()
+    with running_worker(worker_settings) as broker:
+        # Both copies wait in the queue before the worker's two threads start: they race for real.
+        broker.enqueue(message)
+        broker.enqueue(message)
+        await wait_for(lambda: _received(sink), timeout=10, what="the email")
+        await wait_logged(log_tee, "duplicate delivery; email already sent", since=start)
+    assert len(sink.received) == 1 and len(await sent_rows(db)) == 1
+
+
+async def test_smtp_451_is_retried_with_growing_backoff(worker_settings, db, sink) -> None:
+    await add_user(db)
+    sink.script.extend(["451 4.3.0 try again later"] * 3)
+    with running_worker(worker_settings) as broker:
+        broker.enqueue(verify_message())
+        await wait_for(lambda: _received(sink), timeout=20, what="the email after three 451s")
+    assert len(sink.attempts) == 4 and len(sink.received) == 1
+    gaps = [later - earlier for earlier, later in zip(sink.attempts, sink.attempts[1:], strict=False)]
+    # Backoff i is at least WORKER_MIN_BACKOFF_MS * 2**i (jitter only adds).
+    assert all(gap >= 0.1 * 2**i for i, gap in enumerate(gaps)), gaps
+    assert gaps[2] > gaps[0], gaps
+
+
+async def test_a_user_not_yet_visible_is_retried_until_it_is(worker_settings, db, sink, log_tee) -> None:
+    start = len(log_tee.lines)
+    with running_worker(worker_settings) as broker:
+        broker.enqueue(verify_message("late"))
+        await wait_logged(log_tee, "attempt failed", since=start)
+        await add_user(db, "late")
+        await wait_for(lambda: _received(sink), timeout=10, what="the email once the user is visible")
+    assert "UserNotVisible" in logged(log_tee, "attempt failed", since=start)[0]["error"]
+
+
+async def test_skip_retry_drops_a_missing_users_message(worker_settings, db, sink, log_tee) -> None:
+    start = len(log_tee.lines)
+    skip = msgspec.structs.replace(worker_settings, worker_skip_retry_missing_user=True)
+    with running_worker(skip) as broker:
+        broker.enqueue(verify_message("ghost"))
+        await wait_logged(log_tee, "user not found; dropping the message (SkipRetry)", since=start)
+        assert list_dead_letters(broker) == []
+    assert sink.attempts == []
+
+
+async def test_bad_payload_is_dead_lettered_without_retry(worker_settings, db, sink) -> None:
+    with running_worker(worker_settings) as broker:
+        broker.enqueue(verify_message(args=({"user": "alice", "extra": 1},)))
+        letters = await wait_for(lambda: _async(list_dead_letters(broker)), timeout=10, what="a dead letter")
+    assert letters[0].error.startswith("BadPayload") and "retries" not in letters[0].message.options
+    assert sink.attempts == []
+
+
+def signup_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "LOG_FORMAT": "json",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "signup_cli.main", *args],
+        env=env,
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_smtp_550_goes_to_the_dead_letters_and_replays_once(worker_settings, db, sink) -> None:
+    await add_user(db)
+    sink.script.append("550 5.1.1 mailbox unavailable")
+    message = verify_message()
+    with running_worker(worker_settings) as broker:
+        broker.enqueue(message)
+        await wait_for(lambda: _async(list_dead_letters(broker)), timeout=10, what="the dead letter")
+        listed = signup_cli(worker_settings, "dlq", "list")
+        assert listed.returncode == 0, listed.stderr
+        (line,) = [line for line in listed.stdout.splitlines() if message.message_id in line]
+        assert "send_verify_email" in line and "alice" in line and "550" in line
+        assert len(sink.attempts) == 1 and sink.received == []
+
+        replayed = signup_cli(worker_settings, "dlq", "replay", message.message_id)
+        assert replayed.returncode == 0, replayed.stderr
+        mails = await wait_for(lambda: _received(sink), timeout=10, what="the replayed email")
+        assert list_dead_letters(broker) == []
+    assert len(mails) == 1 and mails[0].message_id == f"<{message.message_id}@signup-outbox>"
+    assert "no dead-lettered messages" in signup_cli(worker_settings, "dlq", "list").stdout

@@ -1,0 +1,104 @@
+"""``signup worker`` killed with SIGKILL in the middle of an SMTP exchange: the email still goes, once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from shared.database import verify_emails
+from shared.settings import Settings
+from tests.integration.test_worker import add_user, verify_message
+from tests.support import SmtpSink, repo_root, wait_for
+
+
+class StallingSink(SmtpSink):
+    """Holds the first DATA reply long enough for the test to kill the worker mid-send."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self.attempts:
+            self.attempts.append(time.monotonic())
+            await asyncio.sleep(20)
+            return "451 4.3.0 stalled"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def stalling_sink() -> Iterator[StallingSink]:
+    sink = StallingSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+def start_worker(settings: Settings, sink: SmtpSink) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "SMTP_HOST": sink.host,
+        "SMTP_PORT": str(sink.port),
+        "WORKER_METRICS_PORT": "0",
+        "WORKER_PROCESSES": "1",
+        "WORKER_THREADS": "2",
+        "LOG_FORMAT": "json",
+    }
+    # Its own process group: killing the group kills Dramatiq's main and worker processes at once.
+    return subprocess.Popen(
+        [sys.executable, "-m", "signup_cli.main", "worker"],
+        env=env,
+        cwd=repo_root(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def kill_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return
+    process.wait(timeout=30)
+
+
+async def test_a_killed_worker_s_message_is_delivered_once(settings, db, stalling_sink) -> None:
+    await add_user(db)
+    first = start_worker(settings, stalling_sink)
+    second = None
+    try:
+        from dramatiq.brokers.redis import RedisBroker
+
+        broker = RedisBroker(url=settings.redis_url)
+        broker.enqueue(verify_message())
+        broker.close()
+
+        async def stalled() -> bool:
+            return bool(stalling_sink.attempts)
+
+        await wait_for(stalled, timeout=30, what="the first worker to reach DATA")
+        kill_group(first, signal.SIGKILL)
+        killed_at = time.monotonic()
+        second = start_worker(settings, stalling_sink)
+
+        async def sent() -> list[Any]:
+            async with db.connect() as connection:
+                query = sa.select(verify_emails).where(verify_emails.c.sent_at.is_not(None))
+                return list((await connection.execute(query)).all())
+
+        rows = await wait_for(sent, timeout=60, what="redelivery to the second worker")
+        print(f"redelivered {time.monotonic() - killed_at:.1f} s after the kill")
+        assert time.monotonic() - killed_at < 60
+        assert len(rows) == 1 and len(stalling_sink.received) == 1
+    finally:
+        kill_group(first, signal.SIGKILL)
+        if second is not None:
+            kill_group(second, signal.SIGTERM)
