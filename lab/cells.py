@@ -56,7 +56,7 @@ SCENARIOS = (
     Scenario("normal", "normal"),
     Scenario("slow_commit", "slow commit (2 s)", env={"FAULT_COMMIT_DELAY_MS": "2000"}),
     Scenario("rollback", "rollback after dispatch (20 %)", env={"FAULT_ROLLBACK_RATIO": "0.2"}),
-    Scenario("redis_down", "Redis down", redis_down_s=6.0),
+    Scenario("redis_down", "Redis down", redis_down_s=5.0),
     Scenario("kill", "relay + worker SIGKILLed", kill_workers=True, fault_at=0.5),
 )
 
@@ -89,20 +89,21 @@ class Plan:
 
 
 # What the quick run (and its test) needs: every claim of the README's table, once.
+# The longest cells first, so that the short ones fill in behind them.
 QUICK_CELLS = (
-    ("outbox", "normal"),
     ("fixed_10s", "normal"),
-    ("immediate_skip", "slow_commit"),
     ("outbox", "redis_down"),
     ("fixed_1s_retry", "redis_down"),
+    ("outbox", "normal"),
+    ("immediate_skip", "slow_commit"),
 )
 
 
 def full_plan() -> Plan:
     cells = tuple(Cell(strategy, scenario) for scenario in SCENARIOS for strategy in STRATEGIES)
-    return Plan(cells=cells, rate=5.0, load_s=20.0, settle_s=40.0, concurrency=3)
+    return Plan(cells=cells, rate=3.0, load_s=15.0, settle_s=30.0, concurrency=3)
 
 
 def quick_plan() -> Plan:
     cells = tuple(Cell(STRATEGY[s], SCENARIO[c]) for s, c in QUICK_CELLS)
-    return Plan(cells=cells, rate=4.0, load_s=10.0, settle_s=25.0, concurrency=5)
+    return Plan(cells=cells, rate=2.0, load_s=8.0, settle_s=20.0, concurrency=3)

@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # no display: this runs in terminals and CI
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from lab.experiment import CellResult
 
@@ -42,6 +43,8 @@ def _count_panel(axes: Axes, results: list[CellResult], metric: str) -> None:
         xs = [s + i * width for s in range(len(scenarios)) if scenarios[s] in values]
         axes.bar(xs, [values[s] for s in scenarios if s in values], width, label=strategy)
     axes.set_xticks([s + 0.4 - width / 2 for s in range(len(scenarios))], scenarios, rotation=15, fontsize=8)
+    axes.set_ylim(bottom=0, top=max(1, axes.get_ylim()[1]))
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title(f"{metric} (signups)")
 
 

@@ -14,7 +14,7 @@ import redis.asyncio
 
 from lab.cells import Cell, Plan
 from lab.load import Signup, generate_load
-from lab.measure import Outcome, measure, usernames_in_log
+from lab.measure import Outcome, commit_times, measure, usernames_in_log
 from lab.stack import PG_ADMIN_URL, Stack
 from shared.database import asyncpg_dsn
 
@@ -159,4 +159,5 @@ async def _collect(stack: Stack, signups: list[Signup]) -> Outcome:
         worker_saw=usernames_in_log(worker.log_lines()) if worker else set(),
         held_in_redis=await _held_in_redis(stack.redis.url),
         username_of={signup.email.lower(): signup.username for signup in signups},
+        committed_at=commit_times(stack.services["api"].log_lines()),
     )

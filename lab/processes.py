@@ -80,17 +80,24 @@ class Process:
         self._signal(signal.SIGKILL)
 
     def stop(self, *, timeout: float = 15) -> None:
-        """SIGTERM the group and wait; SIGKILL what is left after ``timeout`` seconds."""
-        self._signal(signal.SIGTERM, timeout=timeout)
+        """SIGTERM the main process only and wait; SIGKILL the group after ``timeout`` seconds.
 
-    def _signal(self, signum: int, *, timeout: float = 10) -> None:
+        Only the main process: it stops its own children (Dramatiq's main process relays the signal to its
+        workers; a second SIGTERM sent to the whole group can leave a worker process hanging).
+        """
+        self._signal(signal.SIGTERM, timeout=timeout, group=False)
+
+    def _signal(self, signum: int, *, timeout: float = 10, group: bool = True) -> None:
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is not None:
             self.crashes.append(process.returncode)
         try:
-            os.killpg(process.pid, signum)
+            if group:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
             process.wait(timeout=timeout)
         except ProcessLookupError:
             process.wait(timeout=timeout)

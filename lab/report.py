@@ -54,7 +54,9 @@ def markdown(results: list[CellResult], meta: dict[str, Any]) -> str:
         [
             "# Lab: the course's enqueue-before-commit vs the transactional outbox",
             f"Command: `{meta['command']}` · machine: {meta['machine']['nproc']} CPUs, "
-            f"{meta['machine']['cpu']} · {meta['started_at']} · {meta['duration_s']:.0f} s in all.",
+            f"{meta['machine']['cpu']} · {meta['started_at']} · {meta['duration_s']:.0f} s in all · "
+            f"load average {meta['load_average']['start'][0]:.1f} at the start, "
+            f"{meta['load_average']['end'][0]:.1f} at the end.",
             f"Each cell has its own database, Redis, SMTP sink and `signup api`/`relay`/`worker` processes; "
             f"it receives {plan['rate']:g} signups/s for {plan['load_s']:g} s, then waits up to "
             f"{plan['settle_s']:g} s for the emails. Latency is commit → email received.",

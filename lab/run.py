@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -50,6 +51,12 @@ async def run_plan(plan: Plan, *, work_dir: Path, pg_admin_url: str) -> list[Cel
     """Every cell, ``plan.concurrency`` at a time; results in the plan's order. A failing cell stops all."""
     began = time.monotonic()
     gate = asyncio.Semaphore(plan.concurrency)
+    # SIGINT/SIGTERM cancel the run, so that every stack's clean-up still runs: no process or database is
+    # left behind (Python's default SIGTERM would exit at once, and a background job ignores SIGINT).
+    main = asyncio.current_task()
+    assert main is not None
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, main.cancel)
 
     def progress(text: str) -> None:
         print(f"[{time.monotonic() - began:5.0f}s] {text}", flush=True)
@@ -78,13 +85,20 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     plan = quick_plan() if args.quick else full_plan()
     work_dir = Path(tempfile.mkdtemp(prefix="signup-lab-"))
     print(f"signup lab: {len(plan.cells)} cells, {plan.concurrency} at a time; service logs in {work_dir}")
-    started_at, began = datetime.now(UTC), time.monotonic()
-    results = asyncio.run(run_plan(plan, work_dir=work_dir, pg_admin_url=admin_url(settings.database_url)))
+    started_at, began, load_at_start = datetime.now(UTC), time.monotonic(), os.getloadavg()
+    try:
+        results = asyncio.run(
+            run_plan(plan, work_dir=work_dir, pg_admin_url=admin_url(settings.database_url))
+        )
+    except asyncio.CancelledError:
+        print("signup lab: interrupted; every cell's processes and database were cleaned up", file=sys.stderr)
+        return 130
     meta = {
         "command": "signup lab" + (" --quick" if args.quick else ""),
         "machine": machine(),
         "started_at": started_at.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - began, 1),
+        "load_average": {"start": load_at_start, "end": os.getloadavg()},
         "plan": {
             "rate": plan.rate,
             "load_s": plan.load_s,
@@ -96,5 +110,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     write_reports(results, meta, out_dir)
     print(f"wrote {out_dir / 'lab.md'}, {out_dir / 'lab.json'}, {out_dir / 'lab.png'}", file=sys.stderr)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    for cell_dir in work_dir.iterdir():
+        shutil.rmtree(cell_dir / "redis", ignore_errors=True)  # keep the service logs, not the queues
+    print(f"service logs kept in {work_dir}", file=sys.stderr)
     return 0

@@ -190,7 +190,22 @@ class Stack:
         return {row["username"]: row["created_at"] for row in rows}
 
     async def close(self) -> None:
-        """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database."""
+        """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database.
+
+        A cancellation (Ctrl-C) does not cut the clean-up short: it is re-raised once nothing is left running.
+        """
+        cleanup = asyncio.ensure_future(self._close())
+        cancelled = False
+        while not cleanup.done():
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:
+                cancelled = True
+        cleanup.result()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _close(self) -> None:
         for service in self.services.values():
             await asyncio.to_thread(service.stop)
         self.sink.stop()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from lab.processes import free_port as free_port  # re-exported for the tests
-from lab.processes import port_open
+from lab.processes import port_open as port_open
 
 T = TypeVar("T")
 
@@ -217,3 +218,39 @@ def queued_messages(
         )
     finally:
         client.close()
+
+
+@dataclass
+class SignupProcess:
+    """A ``signup`` subcommand running as a real process; its stdout and stderr go to ``log_path``."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, then wait for the exit code (SIGKILL if it does not exit within ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+            raise
+
+
+def start_signup(*args: str, env: dict[str, str], log_dir: Path) -> SignupProcess:
+    """Start ``signup ARGS`` (``python -m signup_cli.main``) with ``env`` over the current environment."""
+    log_path = log_dir / f"signup-{args[0]}-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "signup_cli.main", *args],
+            env={**os.environ, **env},
+            cwd=repo_root(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return SignupProcess(process, log_path)

@@ -34,6 +34,7 @@ STATS_INTERVAL_S = 5.0
 # Bounds how long a dead or partitioned Redis can hold a batch (and its row locks).
 REDIS_SOCKET_TIMEOUT_S = 10.0
 PG_COMMAND_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 5.0
 
 
 class Relay:
@@ -73,6 +74,7 @@ class Relay:
             min_size=0,
             max_size=4,
             command_timeout=PG_COMMAND_TIMEOUT_S,
+            timeout=PG_CONNECT_TIMEOUT_S,
             server_settings={"application_name": "signup-relay"},
         )
         await self._pool

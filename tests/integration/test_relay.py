@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -63,7 +64,8 @@ async def test_concurrent_relays_enqueue_each_event_exactly_once(settings, relay
     assert_each_once(settings, event_ids)
 
 
-async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(settings):
+async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(settings, log_tee):
+    start = len(log_tee.lines)
     async with running_relay(settings, relay_poll_interval_ms=60_000):
         await wait_for(lambda: listener_pid(settings), timeout=5, what="the LISTEN connection")
         await asyncio.sleep(0.2)  # let the first (empty) claim finish so that the relay is idle
@@ -72,6 +74,15 @@ async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(setting
         await wait_for(lambda: all_published(settings), timeout=1.0, what="publish via NOTIFY")
         assert time.monotonic() - started < 1.0
     assert_each_once(settings, [event_id])
+    lines = [json.loads(line) for line in log_tee.lines[start:] if '"relay.' in line]
+    [event_line] = [line for line in lines if line["event"] == "relay.event_published"]
+    assert (event_line["event_id"], event_line["trace_id"], event_line["level"]) == (
+        event_id,
+        "trace-1",
+        "debug",
+    )
+    [batch] = [line for line in lines if line["event"] == "relay.batch_published"]
+    assert batch["count"] == 1 and batch["first_id"] == batch["last_id"] and batch["duration_ms"] >= 0
 
 
 async def test_relay_polls_when_it_cannot_listen(settings):

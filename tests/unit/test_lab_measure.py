@@ -6,7 +6,7 @@ import json
 
 from lab.cells import QUICK_CELLS, SCENARIO, STRATEGY, full_plan, quick_plan
 from lab.load import Signup, email_of
-from lab.measure import measure, percentile, usernames_in_log
+from lab.measure import commit_times, measure, percentile, usernames_in_log
 from lab.sink import Delivery
 
 
@@ -90,3 +90,22 @@ def test_statuses_are_counted() -> None:
         signups=signups, committed={"a"}, deliveries=[], worker_saw=set(), held_in_redis=set(), username_of={}
     )
     assert outcome.statuses == {"0": 1, "200": 1, "503": 2}
+
+
+def test_latency_is_measured_from_the_logged_commit_when_there_is_one() -> None:
+    api_log = [
+        '{"event": "user signed up", "username": "a", "timestamp": "1970-01-01T00:01:39.000000Z"}',
+        '{"event": "request", "username": "b", "timestamp": "1970-01-01T00:01:39.500000Z"}',
+    ]
+    logged = commit_times(api_log)
+    assert logged == {"a": 99.0}
+    outcome = measure(
+        signups=[signup("a", committed_at=100.0), signup("b", committed_at=100.0)],
+        committed={"a", "b"},
+        deliveries=[mail("a", "<a>", 110.0), mail("b", "<b>", 110.0)],
+        worker_saw=set(),
+        held_in_redis=set(),
+        username_of={email_of(n): n for n in "ab"},
+        committed_at=logged,
+    )
+    assert outcome.latency.samples == [10.0, 11.0]

@@ -1,0 +1,203 @@
+"""End to end: api, relay and worker as real processes; 200 signups → 200 emails → 200 verifications.
+
+Also checks that one signup's log lines in all three services share its trace id, and that ``signup trace``
+shows each step of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import sqlalchemy as sa
+
+from shared.database import verify_emails
+from shared.settings import Settings
+from tests.support import SmtpSink, free_port, repo_root, wait_for
+
+USERS = 200
+LINK = re.compile(rb"(http://\S+/v1/verify_email\?email_id=(\d+)&secret_code=[A-Za-z0-9_-]+)")
+
+
+class Services:
+    """``signup api``, ``signup relay`` and ``signup worker``, each in its own process group and log file."""
+
+    def __init__(self, settings: Settings, sink: SmtpSink, log_dir: Path) -> None:
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.log_dir = log_dir
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "SMTP_HOST": sink.host,
+            "SMTP_PORT": str(sink.port),
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(self.api_port),
+            "PUBLIC_BASE_URL": self.api_url,
+            "RELAY_METRICS_PORT": "0",
+            "WORKER_METRICS_PORT": "0",
+            "WORKER_MIN_BACKOFF_MS": "100",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "info",
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, **extra: str) -> None:
+        with (self.log_dir / f"{name}.log").open("wb") as out:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "signup_cli.main", name],
+                env={**self.env, **extra},
+                cwd=repo_root(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def logs(self, name: str) -> list[dict[str, Any]]:
+        lines = (self.log_dir / f"{name}.log").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def stop(self) -> None:
+        # SIGTERM to each main process only: Dramatiq's forwards it to its worker processes.
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass  # killed below
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def services(settings: Settings, sink: SmtpSink, db: Any, tmp_path: Path) -> Iterator[Services]:
+    stack = Services(settings, sink, tmp_path)
+    try:
+        stack.start("api")
+        stack.start("relay", LOG_LEVEL="debug")  # the relay logs each published event's trace id at debug
+        stack.start("worker")
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def ready(stack: Services, settings: Settings) -> None:
+    async def api_ready() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                return (await client.get(f"{stack.api_url}/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def worker_polling() -> bool:
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            return bool(client.zcard("dramatiq:__heartbeats__"))
+        finally:
+            client.close()
+
+    await wait_for(api_ready, timeout=30, what="the api")
+    await wait_for(worker_polling, timeout=30, what="the worker")
+
+
+def link_of(message: Message) -> tuple[str, int]:
+    text = message.get_payload(0)
+    assert isinstance(text, Message)
+    body = text.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    match = LINK.search(body)
+    assert match, body
+    return match.group(1).decode(), int(match.group(2))
+
+
+async def test_two_hundred_signups_two_hundred_emails_each_verified(services, settings, sink, db) -> None:
+    await ready(services, settings)
+    async with httpx.AsyncClient(base_url=services.api_url, timeout=30) as client:
+        for start in range(0, USERS, 20):
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/create_user",
+                        json={
+                            "username": f"user{i}",
+                            "full_name": "Test User",
+                            "email": f"user{i}@example.com",
+                            "password": "correct horse",
+                        },
+                        headers={"X-Request-ID": f"trace-{i}"},
+                    )
+                    for i in range(start, start + 20)
+                )
+            )
+            assert [r.status_code for r in responses] == [200] * 20, responses[0].text
+
+        async def all_mail() -> bool:
+            return len(sink.received) >= USERS
+
+        await wait_for(all_mail, timeout=90, what=f"{USERS} emails")
+        await asyncio.sleep(0)
+        recipients = Counter(address for mail in sink.received for address in mail.envelope_to)
+        assert len(sink.received) == USERS and set(recipients.values()) == {1}
+        assert len({mail.message_id for mail in sink.received}) == USERS
+
+        links = {mail.envelope_to[0]: link_of(mail.message) for mail in sink.received}
+        expired_link, expired_id = links.pop("user0@example.com")
+        async with db.begin() as connection:
+            await connection.execute(
+                verify_emails.update()
+                .where(verify_emails.c.id == expired_id)
+                .values(expired_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        assert (await client.get(expired_link)).status_code == 410
+
+        for link, _ in links.values():
+            response = await client.get(link)
+            assert (response.status_code, response.json()) == (200, {"is_verified": True})
+        again = await client.get(links["user1@example.com"][0])
+        assert (again.status_code, again.json()) == (200, {"is_verified": True})
+        tampered = links["user2@example.com"][0][:-1] + "~"
+        assert (await client.get(tampered)).status_code == 404
+
+    for name in ("api", "relay", "worker"):
+        assert any(line.get("trace_id") == "trace-7" for line in services.logs(name)), name
+    assert any(
+        line.get("trace_id") == "trace-7" and line["event"] == "verification email sent"
+        for line in services.logs("worker")
+    )
+    trace = subprocess.run(
+        [sys.executable, "-m", "signup_cli.main", "trace", "user7"],
+        env=services.env,
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    for step in ("user created", "outbox row created", "trace_id=trace-7", "outbox row published"):
+        assert step in trace, trace
+    for step in ("verify email created", "verify email sent", "verified: yes"):
+        assert step in trace, trace
+    async with db.connect() as connection:
+        sent = (
+            await connection.execute(sa.select(sa.func.count()).where(verify_emails.c.sent_at.is_not(None)))
+        ).scalar_one()
+    assert sent == USERS

@@ -1,0 +1,60 @@
+"""The worker's pure parts: the email it builds, how SMTP codes are classified, payload decoding."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.worker.entry import BadPayload, decode
+from services.worker.errors import PermanentError, TransientError
+from services.worker.mailer import build_verify_email, classify, verify_link
+from shared.messages import SendVerifyEmail
+from shared.settings import load_settings
+
+SETTINGS = load_settings({})
+
+
+def test_email_has_a_deterministic_message_id_and_both_parts() -> None:
+    link = verify_link(base_url="http://x.test/", email_id=7, secret_code="c" * 43)
+    message = build_verify_email(
+        settings=SETTINGS, to="alice@example.com", full_name="Alice <b>", link=link, message_id="m-1"
+    )
+    assert link == "http://x.test/v1/verify_email?email_id=7&secret_code=" + "c" * 43
+    assert message["Message-ID"] == "<m-1@signup-outbox>"
+    assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
+    html = message.get_body(("html",))
+    assert html is not None and "Alice &lt;b&gt;" in html.get_content()
+
+
+@pytest.mark.parametrize("to", ["alice@example.com\r\nBcc: evil@example.com", "a@x.org\nX-Evil: 1"])
+def test_a_newline_can_never_become_a_header(to: str) -> None:
+    with pytest.raises(ValueError):
+        build_verify_email(settings=SETTINGS, to=to, full_name="Alice", link="http://x", message_id="m")
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"), [(421, TransientError), (451, TransientError), (550, PermanentError)]
+)
+def test_smtp_codes_are_classified(code: int, kind: type[Exception]) -> None:
+    assert isinstance(classify(code), kind)
+
+
+def test_decode_accepts_one_payload_and_refuses_anything_else() -> None:
+    assert decode(({"username": "alice"},), {}) == SendVerifyEmail(username="alice")
+    for args, kwargs in [((), {}), (({"username": "a"}, 1), {}), ((), {"username": "a"}), (({"u": 1},), {})]:
+        with pytest.raises(BadPayload):
+            decode(args, kwargs)
+
+
+def test_metrics_serve_on_the_first_free_port() -> None:
+    import urllib.request
+
+    from services.worker.metrics import WorkerMetrics
+    from tests.support import free_port
+
+    metrics = WorkerMetrics()
+    assert metrics.serve(port=0, tries=1) is None
+    port = metrics.serve(port=free_port(), tries=2)
+    assert port is not None
+    metrics.emails_sent.inc()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "signup_worker_emails_sent_total 1.0" in body and "signup_worker_dead_letters_total" in body
