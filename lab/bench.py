@@ -50,7 +50,7 @@ async def versions(pg: str) -> dict[str, str]:
 
 
 async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> list[Section]:
-    hash_s, bound, parallel = hashing_bound(plan.hash_samples)
+    hash_s, bound, _ = hashing_bound(plan.hash_samples)
     rate = min(plan.rate, round(SUSTAINABLE_SHARE * bound, 1))
     capped = (
         f"Offered {plan.rate:g}/s was capped to {rate:g}/s = {SUSTAINABLE_SHARE:.0%} of the hashing bound "
@@ -62,11 +62,7 @@ async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> lis
     say(f"hashing: {hash_s * 1000:.0f} ms per hash, bound {bound:.2f}/s; steady rate {rate:g}/s")
     done = [await latency_section(rate=rate, capped=capped, plan=plan, work_dir=work_dir, pg=pg)]
     say(table(done[-1]))
-    done.append(
-        await api_section(
-            rate=rate, hash_s=hash_s, bound=bound, parallel=parallel, plan=plan, work_dir=work_dir, pg=pg
-        )
-    )
+    done.append(await api_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
     say(table(done[-1]))
     async with Stack(work_dir=work_dir / "relay", services=("worker",), pg_admin_url=pg) as stack:
         stack.stop("worker")  # nothing may consume the drained messages

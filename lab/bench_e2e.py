@@ -15,6 +15,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from lab.bench_model import BenchPlan, Section, fmt, ms, ratio
 from lab.load import Signup, generate_load, saturate
@@ -30,6 +31,16 @@ WORKER_TIMEOUT_MS = 20
 # Signups in flight at saturation: enough to keep every core hashing while others wait on the database.
 CONCURRENCY = (os.cpu_count() or 1) + 2
 API_PAIR = ("none", "outbox")
+
+
+class ApiCell(NamedTuple):
+    latency: Latency
+    saturation: float
+    """Accepted signups/s with ``CONCURRENCY`` in flight."""
+    failed: int
+    hash_s: float
+    bound: float
+    parallel: float
 
 
 def hashing_bound(samples: int) -> tuple[float, float, float]:
@@ -136,18 +147,16 @@ def _throughput(signups: list[Signup]) -> float:
     return len(accepted) / span if span > 0 else 0.0
 
 
-async def _api_cells(
-    *, rate: float, plan: BenchPlan, work_dir: Path, pg: str
-) -> dict[str, tuple[Latency, float, int]]:
-    """strategy → (latency at ``rate``, signups/s with ``CONCURRENCY`` in flight, failed requests).
-
-    Both APIs run at once and take their steady load side by side (half the rate each), so that the
-    machine's changing load hits both alike; at saturation each runs alone, one after the other.
+async def _api_cells(*, rate: float, plan: BenchPlan, work_dir: Path, pg: str) -> dict[str, ApiCell]:
+    """strategy → its figures. Both APIs run at once and take their steady load side by side (half the rate
+    each), so that the machine's changing load hits both alike; at saturation each runs alone, one after
+    the other, right after the hashing bound is measured again (the machine's load changes by the minute).
     """
     stacks = {
         s: Stack(work_dir=work_dir / f"api-{s}", strategy=s, services=("api",), pg_admin_url=pg)
         for s in API_PAIR
     }
+    cells: dict[str, ApiCell] = {}
     async with stacks["none"], stacks["outbox"]:
         steady = await asyncio.gather(
             *(
@@ -155,55 +164,54 @@ async def _api_cells(
                 for s in API_PAIR
             )
         )
-        flood = [
-            await saturate(
+        for n, s in enumerate(API_PAIR):
+            hashing = await asyncio.to_thread(hashing_bound, plan.hash_samples)
+            flood = await saturate(
                 stacks[s].api_url, concurrency=CONCURRENCY, duration_s=plan.saturation_s, prefix="flood"
             )
-            for s in API_PAIR
-        ]
-    return {
-        s: (
-            _api_latency(steady[n]),
-            _throughput(flood[n]),
-            sum(1 for x in steady[n] + flood[n] if not x.accepted),
-        )
-        for n, s in enumerate(API_PAIR)
-    }
+            failed = sum(1 for x in steady[n] + flood if not x.accepted)
+            cells[s] = ApiCell(_api_latency(steady[n]), _throughput(flood), failed, *hashing)
+    return cells
 
 
-async def api_section(
-    *, rate: float, hash_s: float, bound: float, parallel: float, plan: BenchPlan, work_dir: Path, pg: str
-) -> Section:
+def _share(cell: ApiCell) -> list[str]:
+    return [fmt(cell.saturation / cell.bound), str(cell.failed)]
+
+
+async def api_section(*, rate: float, plan: BenchPlan, work_dir: Path, pg: str) -> Section:
     """Section 2: the API with ``outbox`` against the same API with ``none``; saturation against the bound."""
     cells = await _api_cells(rate=rate, plan=plan, work_dir=work_dir, pg=pg)
     rows = [
-        [s, *_quantiles(lat)[:3], f"{tput:.2f}", f"{100 * tput / bound:.0f} %", str(failed)]
-        for s, (lat, tput, failed) in cells.items()
+        [s, *_quantiles(c.latency)[:3], f"{c.saturation:.2f}", f"{c.bound:.2f}", *_share(c)]
+        for s, c in cells.items()
     ]
-    base, out = cells["none"][0], cells["outbox"][0]
-    added = ratio(out.p50, base.p50)
+    base, out = cells["none"], cells["outbox"]
+    added = ratio(out.latency.p50, base.latency.p50)
     figures = {
         "rate": rate,
-        "hash_ms": hash_s * 1000,
-        "hashing_bound_per_s": bound,
-        "parallel_hashes_per_s": parallel,
-        "none_p50_ms": None if base.p50 is None else base.p50 * 1000,
-        "outbox_p50_ms": None if out.p50 is None else out.p50 * 1000,
+        "hash_ms": out.hash_s * 1000,
+        "hashing_bound_per_s": out.bound,
+        "parallel_hashes_per_s": out.parallel,
+        "none_p50_ms": None if base.latency.p50 is None else base.latency.p50 * 1000,
+        "outbox_p50_ms": None if out.latency.p50 is None else out.latency.p50 * 1000,
         "added_median_latency_pct": None if added is None else (added - 1) * 100,
-        "outbox_saturation_per_s": cells["outbox"][1],
-        "none_saturation_per_s": cells["none"][1],
-        "outbox_saturation_over_bound": ratio(cells["outbox"][1], bound),
-        "outbox_saturation_over_none": ratio(cells["outbox"][1], cells["none"][1]),
-        "outbox_saturation_over_parallel_hashing": ratio(cells["outbox"][1], parallel),
+        "outbox_saturation_per_s": out.saturation,
+        "none_saturation_per_s": base.saturation,
+        "outbox_saturation_over_bound": ratio(out.saturation, out.bound),
+        "none_saturation_over_bound": ratio(base.saturation, base.bound),
+        "outbox_saturation_over_none": ratio(out.saturation, base.saturation),
+        "outbox_saturation_over_parallel_hashing": ratio(out.saturation, out.parallel),
     }
+    hash_s, bound, parallel = out.hash_s, out.bound, out.parallel
     return Section(
         key="api",
         title=f"2. API cost of the outbox ({rate:g} signups/s for {plan.duration_s:g} s, then saturated)",
-        headers=["strategy", "p50 ms", "p95 ms", "p99 ms", "saturation /s", "of bound", "failed"],
+        headers=["strategy", "p50 ms", "p95 ms", "p99 ms", "saturation /s", "bound /s", "of bound", "failed"],
         rows=rows,
         figures=figures,
         notes=[
-            f"One argon2id hash (argon2-cffi defaults, the API's hasher): {hash_s * 1000:.0f} ms; "
+            "Bound: measured just before each saturation run. Before the outbox's: one argon2id hash "
+            f"(argon2-cffi defaults, the API's hasher) {hash_s * 1000:.0f} ms; "
             f"bound = {os.cpu_count()} cores ÷ that = {bound:.2f} signups/s; {parallel:.2f} hashes/s "
             "measured with one thread per core.",
             "Added median latency of the outbox: "
