@@ -101,7 +101,7 @@ QUICK_CELLS = (
 
 def full_plan() -> Plan:
     cells = tuple(Cell(strategy, scenario) for scenario in SCENARIOS for strategy in STRATEGIES)
-    return Plan(cells=cells, rate=3.0, load_s=15.0, settle_s=30.0, concurrency=3)
+    return Plan(cells=cells, rate=2.0, load_s=15.0, settle_s=30.0, concurrency=2)
 
 
 def quick_plan() -> Plan:

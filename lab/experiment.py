@@ -81,9 +81,7 @@ async def _inject(cell: Cell, stack: Stack, plan: Plan, progress: Progress) -> f
         await asyncio.sleep(scenario.redis_down_s)
         await asyncio.to_thread(stack.redis.start)
     if scenario.kill_workers:
-        progress(
-            f"{scenario.key}: SIGKILL {', '.join(n for n in ('relay', 'worker') if n in stack.services)}"
-        )
+        progress(f"{cell.key}: SIGKILL {', '.join(n for n in ('relay', 'worker') if n in stack.services)}")
         for name in ("relay", "worker"):
             if name in stack.services:
                 stack.kill(name)

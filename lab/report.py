@@ -62,7 +62,8 @@ def markdown(results: list[CellResult], meta: dict[str, Any]) -> str:
             f"{plan['settle_s']:g} s for the emails. Latency is commit → email received.",
             markdown_table(results),
             "`delivered` is committed users with an email / committed users. "
-            "`*`: the cell was still busy at its deadline (e.g. retrying phantom messages).",
+            "`*`: the cell was still busy at its deadline (retrying phantom messages, or messages a worker "
+            "still holds unacknowledged), so what it counts as lost may arrive later.",
             "## Definitions",
             definitions,
             "![latency per strategy; lost, phantom and duplicates per scenario](lab.png)",

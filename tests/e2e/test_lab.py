@@ -23,7 +23,8 @@ def lab_report(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> d
         missing_service("redis-server is not installed")
     out_dir = tmp_path_factory.mktemp("lab")
     # The lab creates one database per cell on the server of DATABASE_URL.
-    env = {**os.environ, "DATABASE_URL": database_url}
+    # TMPDIR: the service logs the lab keeps go to the test's directory, not /tmp.
+    env = {**os.environ, "DATABASE_URL": database_url, "TMPDIR": str(out_dir)}
     began = time.monotonic()
     completed = subprocess.run(
         [sys.executable, "-m", "signup_cli.main", "lab", "--quick", "--out-dir", str(out_dir)],
@@ -36,6 +37,7 @@ def lab_report(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> d
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert time.monotonic() - began < 150, "signup lab --quick must stay under about two minutes"
     assert {"lab.md", "lab.json", "lab.png"} <= {p.name for p in Path(out_dir).iterdir()}
+    assert list(Path(out_dir).glob("signup-lab-*/outbox-normal/api.log")), "service logs are kept"
     report: dict[str, Any] = json.loads((out_dir / "lab.json").read_text())
     return report
 
