@@ -87,3 +87,24 @@ async def generate_load(
         for n in range(count):
             tasks.create_task(scheduled(n))
     return sorted(results, key=lambda signup: signup.sent_at)
+
+
+async def saturate(api_url: str, *, concurrency: int, duration_s: float, prefix: str) -> list[Signup]:
+    """Keep ``concurrency`` signups in flight for ``duration_s`` seconds (each client sends its next one as
+    soon as the last is answered): the API's throughput at saturation, without an ever-growing queue."""
+    deadline = time.monotonic() + duration_s
+    results: list[Signup] = []
+
+    async def client_loop(client_no: int) -> None:
+        n = 0
+        while time.monotonic() < deadline:
+            results.append(await _one(client, f"{prefix}_{client_no}_{n}"))
+            n += 1
+
+    async with (
+        httpx.AsyncClient(base_url=api_url, timeout=60.0) as client,
+        asyncio.TaskGroup() as tasks,
+    ):
+        for client_no in range(concurrency):
+            tasks.create_task(client_loop(client_no))
+    return sorted(results, key=lambda signup: signup.sent_at)

@@ -1,0 +1,69 @@
+"""What every benchmark section returns, and the plan of a full or quick run (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Section:
+    """One section's table, its headline figures (ratios included) and notes for the report."""
+
+    key: str
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    figures: dict[str, float | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """Sizes of one run. ``rate``/``duration_s`` drive sections 1 and 2 (capped by the hashing bound)."""
+
+    rate: float
+    duration_s: float
+    saturation_s: float
+    drain_rows: int
+    claim_sizes: tuple[int, int]
+    claim_repeats: int
+    worker_emails: int
+    hash_samples: int
+
+
+FULL = BenchPlan(
+    rate=20,
+    duration_s=60,
+    saturation_s=20,
+    drain_rows=50_000,
+    claim_sizes=(10_000, 1_000_000),
+    claim_repeats=30,
+    worker_emails=2_000,
+    hash_samples=10,
+)
+QUICK = BenchPlan(
+    rate=4,
+    duration_s=3,
+    saturation_s=4,
+    drain_rows=2_000,
+    claim_sizes=(1_000, 20_000),
+    claim_repeats=10,
+    worker_emails=100,
+    hash_samples=3,
+)
+
+
+def ms(seconds: float | None) -> str:
+    """Seconds as milliseconds for a table cell; ``-`` for no value."""
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing or the denominator is zero."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,61 @@
+"""``signup bench --quick`` as a real process: every section produced, with numbers and computed ratios.
+
+It checks the shape of the report, not the targets: the figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import RedisServer, missing_service
+
+SECTIONS = ("latency", "api", "drain", "claim", "worker")
+RATIOS = {
+    "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
+    "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
+    "drain": ("relay_over_plain", "relay_per_s", "plain_per_s"),
+    "claim": ("large_over_small", "small_ms", "large_ms"),
+    "worker": ("emails_per_s",),
+}
+QUICK_LIMIT_S = 600  # the brief's 2 minutes holds on a quiet machine; this one is shared and loaded
+
+
+def number(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
+async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, database_url: str) -> None:
+    if not RedisServer.available():
+        missing_service("redis-server is not installed")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "signup_cli.main", "bench", "--quick", "--out-dir", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=QUICK_LIMIT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads((out / "bench.json").read_text())
+    assert set(report["sections"]) == set(SECTIONS)
+    for key, names in RATIOS.items():
+        section = report["sections"][key]
+        assert section["rows"], key
+        for name in names:
+            assert number(section["figures"][name]), (key, name, section["figures"])
+    for strategy_row in report["sections"]["latency"]["rows"]:
+        assert int(strategy_row[3]) == int(strategy_row[2]) > 0, strategy_row  # every accepted signup emailed
+    assert report["meta"]["nproc"] and report["meta"]["postgresql"] and report["meta"]["load_before"]
+
+    markdown = (out / "BENCHMARKS.md").read_text()
+    for title in ("1. Commit", "2. API cost", "3. Relay drain", "4. Claim", "5. One worker"):
+        assert f"### {title}" in markdown
+    assert "signup bench --quick" in markdown
