@@ -28,8 +28,29 @@ class Delivery:
     """Wall-clock time (``time.time()``), comparable with the load generator's commit times."""
 
 
+class SmtpServerLifecycle:
+    """``start()``/``stop()`` for an aiosmtpd handler that has ``host``, ``port`` and ``_controller``.
+
+    Shared by this sink and the tests' scriptable one (tests/support.py), which record different things.
+    """
+
+    host: str
+    port: int
+    _controller: Controller | None
+
+    def start(self) -> None:
+        """Listen on ``host:port`` (aiosmtpd runs its own event loop in a thread)."""
+        self._controller = Controller(self, hostname=self.host, port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
 @dataclass
-class MailSink:
+class MailSink(SmtpServerLifecycle):
     """An aiosmtpd server on ``port`` that accepts everything except ``fail_ratio`` of the attempts."""
 
     port: int
@@ -51,16 +72,6 @@ class MailSink:
             recipients = tuple(address.lower() for address in envelope.rcpt_tos)
             self.deliveries.append(Delivery(recipients, str(message["Message-ID"]), time.time()))
         return "250 OK"
-
-    def start(self) -> None:
-        """Listen on ``host:port`` (aiosmtpd runs its own event loop in a thread)."""
-        self._controller = Controller(self, hostname=self.host, port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
 
     def snapshot(self) -> list[Delivery]:
         """A copy of what was accepted so far."""

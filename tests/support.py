@@ -22,6 +22,7 @@ from aiosmtpd.controller import Controller
 
 from lab.processes import free_port as free_port  # re-exported for the tests
 from lab.processes import port_open as port_open
+from lab.sink import SmtpServerLifecycle
 
 T = TypeVar("T")
 
@@ -119,7 +120,7 @@ class ReceivedMail:
 
 
 @dataclass
-class SmtpSink:
+class SmtpSink(SmtpServerLifecycle):
     """An aiosmtpd server in the test process that records what it accepts.
 
     ``script`` holds SMTP replies to give instead of accepting, one per attempt ("451 …", "550 …");
@@ -148,15 +149,6 @@ class SmtpSink:
                 ReceivedMail(list(envelope.rcpt_tos), message_from_bytes(envelope.content), time.monotonic())
             )
         return "250 OK"
-
-    def start(self) -> None:
-        self._controller = Controller(self, hostname=self.host, port=self.port)
-        self._controller.start()
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
 
     def clear(self) -> None:
         with self._lock:
