@@ -49,6 +49,10 @@ async def unpublished(settings: Settings) -> int:
         await connection.close()
 
 
+async def all_published(settings: Settings) -> bool:
+    return await unpublished(settings) == 0
+
+
 async def fetch(settings: Settings, query: str, *args: Any) -> list[Any]:
     connection = await connect(settings)
     try:

@@ -10,6 +10,7 @@ import pytest
 
 from tests.integration.relay_helpers import (
     add_rows,
+    all_published,
     connect,
     fetch,
     insert_rows,
@@ -27,10 +28,6 @@ def assert_each_once(settings, event_ids: list[str]) -> None:
     assert set(counts) == set(event_ids), (len(counts), len(event_ids))
     duplicates = {k: v for k, v in counts.items() if v != 1}
     assert not duplicates, f"{len(duplicates)} events enqueued more than once"
-
-
-async def all_published(settings) -> bool:
-    return await unpublished(settings) == 0
 
 
 async def test_rows_committed_out_of_order_are_all_published(settings):
@@ -65,15 +62,15 @@ async def test_concurrent_relays_enqueue_each_event_exactly_once(settings, relay
 
 
 async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(settings, log_tee):
-    start = len(log_tee.lines)
     async with running_relay(settings, relay_poll_interval_ms=60_000):
         await wait_for(lambda: listener_pid(settings), timeout=5, what="the LISTEN connection")
-        await asyncio.sleep(0.2)  # let the first (empty) claim finish so that the relay is idle
+        warm_up = await settle(settings)
+        start = len(log_tee.lines)
         started = time.monotonic()
         [event_id] = await add_rows(settings, 1)
         await wait_for(lambda: all_published(settings), timeout=1.0, what="publish via NOTIFY")
         assert time.monotonic() - started < 1.0
-    assert_each_once(settings, [event_id])
+    assert_each_once(settings, [warm_up, event_id])
     lines = [json.loads(line) for line in log_tee.lines[start:] if '"relay.' in line]
     [event_line] = [line for line in lines if line["event"] == "relay.event_published"]
     assert (event_line["event_id"], event_line["trace_id"], event_line["level"]) == (
@@ -87,7 +84,6 @@ async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(setting
 
 async def test_relay_polls_when_it_cannot_listen(settings):
     async with running_relay(settings, relay_poll_interval_ms=500, listen=False):
-        await asyncio.sleep(0.2)
         [event_id] = await add_rows(settings, 1)
         await wait_for(lambda: all_published(settings), timeout=0.5 + 1.0, what="publish by polling")
     assert_each_once(settings, [event_id])
@@ -103,10 +99,21 @@ async def test_listen_connection_is_re_established_after_it_is_killed(settings):
             return pid if pid and pid != old else None
 
         await wait_for(new_listener, timeout=5, what="a new LISTEN connection")
-        await asyncio.sleep(0.2)
+        warm_up = await settle(settings)
         [event_id] = await add_rows(settings, 1)
         await wait_for(lambda: all_published(settings), timeout=1.0, what="publish via NOTIFY")
-    assert_each_once(settings, [event_id])
+    assert_each_once(settings, [warm_up, event_id])
+
+
+async def settle(settings) -> str:
+    """Publish one warm-up row and wait for it, so that the relay is idle on its 60 s poll afterwards.
+
+    Without it the row under test could be taken by the relay's first claim (or the wake-up that follows
+    a reconnect) and the test would pass without NOTIFY doing anything.
+    """
+    [warm_up] = await add_rows(settings, 1)
+    await wait_for(lambda: all_published(settings), timeout=5, what="the warm-up row published")
+    return warm_up
 
 
 async def listener_pid(settings) -> int | None:

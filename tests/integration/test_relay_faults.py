@@ -8,14 +8,10 @@ import time
 
 import pytest
 
-from tests.integration.relay_helpers import add_rows, fetch, running_relay, unpublished
+from tests.integration.relay_helpers import add_rows, all_published, fetch, running_relay, unpublished
 from tests.support import queued_messages, wait_for
 
 pytestmark = pytest.mark.usefixtures("db")
-
-
-async def all_published(settings) -> bool:
-    return await unpublished(settings) == 0
 
 
 async def test_redis_outage_is_survived_and_every_row_published_once(settings, redis_server, log_tee):
