@@ -16,6 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import InjectedRollback, Taken, VerifyEmailExpired, VerifyEmailNotFound
+from services.api.tracing import trace_id_from_headers
 from shared.database import database_unavailable
 from shared.logging import get_logger
 
@@ -97,7 +98,17 @@ def injected_rollback(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, HTTPException)
-    return _json(request, exc.status_code, ErrorBody(error=exc.detail), **(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if _trace_id(request) is None:
+        # Litestar raises 404 (no such path) and 405 in its router, before any middleware runs: these
+        # answers get their trace id and their request log line here.
+        trace_id = trace_id_from_headers(dict(request.headers))
+        request.scope.setdefault("state", {})["trace_id"] = trace_id
+        headers["X-Request-ID"] = trace_id
+        log.info(
+            "request", method=request.method, path=request.url.path, status=exc.status_code, trace_id=trace_id
+        )
+    return _json(request, exc.status_code, ErrorBody(error=exc.detail), **headers)
 
 
 def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:

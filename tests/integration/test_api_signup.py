@@ -217,3 +217,21 @@ async def test_one_signups_log_lines_carry_its_trace_id(client, log_tee: LogTee,
     assert {line["trace_id"] for line in mine} == {"trace-logs"}
     for line in lines:
         assert {"timestamp", "level", "service", "event", "trace_id"} <= set(line)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("DELETE", "/v1/create_user", 405), ("GET", "/v2/nope", 404)]
+)
+async def test_answers_from_the_router_carry_the_trace_id_too(
+    client, log_tee: LogTee, method: str, path: str, status: int
+) -> None:
+    """Litestar answers an unknown path or method before any middleware; the trace id must survive that."""
+    start = len(log_tee.lines)
+    response = await client.request(method, path, headers={"X-Request-ID": "trace-router"})
+    assert response.status_code == status
+    assert response.headers["x-request-id"] == "trace-router"
+    assert response.json()["trace_id"] == "trace-router"
+    lines = [json.loads(line) for line in log_tee.lines[start:]]
+    assert {"event": "request", "path": path, "status": status, "trace_id": "trace-router"}.items() <= lines[
+        -1
+    ].items()
