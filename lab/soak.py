@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import secrets
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from lab.load import Signup, email_of, generate_load
 from lab.postgres import PrivatePostgres
+from lab.run import machine
 from lab.soak_report import write_report
 from lab.soak_verdict import Verdict, judge_api, judge_logs, judge_mail
 from lab.stack import Stack
@@ -199,9 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(service="soak", log_format="console")
     plan = SoakPlan(signups=args.signups, rate=args.rate, seed=args.seed)
     work_dir = Path(tempfile.mkdtemp(prefix="signup-soak-"))
+    began, load_before = time.monotonic(), os.getloadavg()
     verdict = asyncio.run(run_soak(plan, work_dir=work_dir))
     if args.out:
-        write_report(verdict, plan=plan, path=Path(args.out))
+        host, load_after = machine(), os.getloadavg()
+        command = " ".join(["python -m lab.soak", *(sys.argv[1:] if argv is None else argv)])
+        run = (
+            f"Run: `{command}`, {(time.monotonic() - began) / 60:.0f} min, on {host['nproc']} CPUs "
+            f"({host['cpu']}), Python {host['python']}; load average (1 min) {load_before[0]:.2f} before, "
+            f"{load_after[0]:.2f} after."
+        )
+        write_report(verdict, plan=plan, path=Path(args.out), run=run)
     log.info("soak finished", ok=verdict.ok, logs=str(work_dir), problems=verdict.problems())
     return 0 if verdict.ok else 1
 

@@ -12,13 +12,17 @@ if TYPE_CHECKING:
     from lab.soak import SoakPlan
 
 
-def write_report(verdict: Verdict | None, *, plan: SoakPlan, path: Path) -> None:
-    """Write the soak's figures (or, with no verdict, the method alone) as Markdown to ``path``."""
+def write_report(verdict: Verdict | None, *, plan: SoakPlan, path: Path, run: str = "") -> None:
+    """Write the soak's figures (or, with no verdict, the method alone) as Markdown to ``path``.
+
+    ``run`` says how and where the figures were made (command, machine, duration, load).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    table = _table(verdict, plan=plan) if verdict else _PENDING
     path.write_text(
         _TEMPLATE.format(
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            table=_table(verdict, plan=plan) if verdict else _PENDING,
+            table=f"{run}\n\n{table}" if run else table,
             kill_every=f"{plan.kill_every_s[0]:g} to {plan.kill_every_s[1]:g} s",
             down_for=f"{plan.down_for_s[0]:g} to {plan.down_for_s[1]:g} s",
             ratio=f"{plan.smtp_fail_ratio:.0%}",
