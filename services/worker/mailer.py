@@ -32,10 +32,16 @@ def verify_link(*, base_url: str, email_id: int, secret_code: str) -> str:
 def build_verify_email(
     *, settings: Settings, to: str, full_name: str, link: str, message_id: str
 ) -> EmailMessage:
-    """A text + HTML email. ``EmailMessage`` refuses CR/LF in header values, so no header can be injected."""
+    """A text + HTML email. ``EmailMessage`` refuses CR/LF in header values, so no header can be injected.
+
+    Raises ``PermanentError`` for such an address: the API never stores one, and no retry can mend it.
+    """
     message = EmailMessage()
     message["From"] = settings.mail_from
-    message["To"] = to
+    try:
+        message["To"] = to
+    except ValueError:
+        raise PermanentError("the stored address cannot be an email header") from None
     message["Subject"] = "Verify your email address"
     message["Message-ID"] = message_id_header(message_id)
     minutes = settings.verify_email_ttl_minutes

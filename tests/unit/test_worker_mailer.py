@@ -27,7 +27,8 @@ def test_email_has_a_deterministic_message_id_and_both_parts() -> None:
 
 @pytest.mark.parametrize("to", ["alice@example.com\r\nBcc: evil@example.com", "a@x.org\nX-Evil: 1"])
 def test_a_newline_can_never_become_a_header(to: str) -> None:
-    with pytest.raises(ValueError):
+    """Refused as permanent, so the message goes to the dead letters at once instead of retrying in vain."""
+    with pytest.raises(PermanentError, match="cannot be an email header"):
         build_verify_email(settings=SETTINGS, to=to, full_name="Alice", link="http://x", message_id="m")
 
 
