@@ -11,7 +11,9 @@ dispatcher does there is the whole difference between the strategies:
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import msgspec
@@ -22,6 +24,10 @@ from shared.broker import create_broker
 from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE, SendVerifyEmail
 from shared.outbox import add_outbox_event
 from shared.settings import Settings
+
+# One per connection the API's database pool can hand out (10 + 10 overflow): an enqueue happens inside an
+# open transaction, so no more can be waiting at once.
+ENQUEUE_THREADS = 20
 
 
 class Dispatcher(Protocol):
@@ -80,6 +86,10 @@ class EnqueueBeforeCommitDispatcher:
         # The broker connects lazily, on the first enqueue.
         self._broker = create_broker(settings)
         self._delay_ms = delay_ms
+        # RedisBroker is synchronous. Its calls get threads of their own: in asyncio's default executor they
+        # would queue behind the argon2 hashes while their transaction holds a pooled connection, and under
+        # load the pool would run dry (503s that measure the executor, not the course's strategy).
+        self._executor = ThreadPoolExecutor(max_workers=ENQUEUE_THREADS, thread_name_prefix="enqueue")
 
     async def dispatch(self, session: AsyncSession, *, username: str, trace_id: str | None) -> None:
         message: Message[None] = Message(
@@ -90,11 +100,12 @@ class EnqueueBeforeCommitDispatcher:
             options={"trace_id": trace_id},
             message_id=str(uuid.uuid4()),
         )
-        # RedisBroker is synchronous: keep the event loop free while it talks to Redis.
-        await asyncio.to_thread(self._broker.enqueue, message, delay=self._delay_ms)
+        enqueue = functools.partial(self._broker.enqueue, message, delay=self._delay_ms)
+        await asyncio.get_running_loop().run_in_executor(self._executor, enqueue)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._broker.close)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._broker.close)
+        self._executor.shutdown()
 
 
 def build_dispatcher(settings: Settings) -> Dispatcher:
