@@ -34,7 +34,10 @@ from shared.logging import configure_logging
 from shared.settings import Settings
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-SUSTAINABLE_SHARE = 0.6  # of the hashing bound: a steady rate the API keeps up with, queueing aside
+# Of the hashes/s measured with one thread per core: a steady rate the API keeps up with, queueing aside.
+# (Not of cores ÷ one hash: two memory-hard hashes at once do not run twice as fast here, and at 60 % of that
+# the API queued answers for 11 s and timed one out.)
+SUSTAINABLE_SHARE = 0.6
 
 
 async def versions(pg: str) -> dict[str, str]:
@@ -50,16 +53,19 @@ async def versions(pg: str) -> dict[str, str]:
 
 
 async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> list[Section]:
-    hash_s, bound, _ = hashing_bound(plan.hash_samples)
-    rate = min(plan.rate, round(SUSTAINABLE_SHARE * bound, 1))
-    capped = (
-        f"Offered {plan.rate:g}/s was capped to {rate:g}/s = {SUSTAINABLE_SHARE:.0%} of the hashing bound "
-        f"({bound:.2f} signups/s on this machine now): above the bound the API queues and latency measures "
-        "the queue, not the dispatch."
-        if rate < plan.rate
-        else f"{rate:g}/s is below {SUSTAINABLE_SHARE:.0%} of the hashing bound ({bound:.2f} signups/s)."
+    hash_s, bound, parallel = hashing_bound(plan.hash_samples)
+    rate = min(plan.rate, round(SUSTAINABLE_SHARE * parallel, 1))
+    measured = (
+        f"the argon2id hashes/s this machine measured now with one thread per core ({parallel:.2f}/s; "
+        f"cores ÷ one hash would be {bound:.2f}/s)"
     )
-    say(f"hashing: {hash_s * 1000:.0f} ms per hash, bound {bound:.2f}/s; steady rate {rate:g}/s")
+    capped = (
+        f"Offered {plan.rate:g}/s was capped to {rate:g}/s = {SUSTAINABLE_SHARE:.0%} of {measured}: "
+        "closer to that the API queues, and latency measures the queue, not the dispatch."
+        if rate < plan.rate
+        else f"{rate:g}/s is below {SUSTAINABLE_SHARE:.0%} of {measured}."
+    )
+    say(f"hashing: {hash_s * 1000:.0f} ms per hash, {parallel:.2f}/s in parallel; steady rate {rate:g}/s")
     done = [await latency_section(rate=rate, capped=capped, plan=plan, work_dir=work_dir, pg=pg)]
     say(table(done[-1]))
     # Half the rate of section 1: two APIs share the machine here, and queueing would hide the dispatch cost.
