@@ -4,8 +4,7 @@ Each service is a child process in its own process group (the Dramatiq CLI forks
 own, and none of them may outlive ``signup dev``). Their output is merged into one stream, each line
 prefixed with the service's name. Ctrl-C or SIGTERM stops them all: SIGTERM to each service, SIGKILL to
 each whole process group after ``STOP_TIMEOUT_S``. A child that exits on its own stops the rest, and
-``signup dev`` exits non-zero. On Linux a service also stops when ``signup dev`` is SIGKILLed
-(``supervise.stop_with_supervisor``).
+``signup dev`` exits non-zero.
 """
 
 from __future__ import annotations
