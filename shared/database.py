@@ -77,7 +77,13 @@ def sqlalchemy_url(database_url: str) -> str:
     return asyncpg_dsn(database_url).replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
-def create_engine(database_url: str, *, pool_size: int = 10, connect_timeout_s: float = 5.0) -> AsyncEngine:
+POOL_SIZE = 10
+"""A service's pooled connections, and as many again in overflow: at most ``2 * POOL_SIZE`` at once."""
+
+
+def create_engine(
+    database_url: str, *, pool_size: int = POOL_SIZE, connect_timeout_s: float = 5.0
+) -> AsyncEngine:
     """An asyncio engine; it connects lazily, on first use.
 
     ``pool_pre_ping`` lets a process survive a PostgreSQL restart: a dead pooled connection is replaced

@@ -21,13 +21,14 @@ from dramatiq import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.broker import create_broker
+from shared.database import POOL_SIZE
 from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE, SendVerifyEmail
 from shared.outbox import add_outbox_event
 from shared.settings import Settings
 
-# One per connection the API's database pool can hand out (10 + 10 overflow): an enqueue happens inside an
+# One per connection the API's database pool can hand out (pool plus overflow): an enqueue happens inside an
 # open transaction, so no more can be waiting at once.
-ENQUEUE_THREADS = 20
+ENQUEUE_THREADS = 2 * POOL_SIZE
 
 
 class Dispatcher(Protocol):
