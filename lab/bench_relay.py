@@ -24,7 +24,7 @@ from services.relay.publisher import to_message
 from services.relay.relay import build_relay
 from shared.broker import create_broker
 from shared.database import asyncpg_dsn
-from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE
+from shared.messages import SendVerifyEmail
 from shared.settings import Settings, load_settings
 
 # Rows as the API writes them; ``published`` rows stand for what the relay has already moved.
@@ -52,7 +52,7 @@ async def connect(stack: Stack) -> Any:
 async def insert_rows(connection: Any, count: int, *, published: bool, first: int = 1) -> None:
     """``count`` outbox rows for users ``u_{first}``…, in one statement (one NOTIFY at its commit)."""
     await connection.execute(
-        _INSERT_ROWS, SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE, count, published, first
+        _INSERT_ROWS, SendVerifyEmail.actor, SendVerifyEmail.queue, count, published, first
     )
 
 
@@ -113,7 +113,7 @@ async def drain_section(stack: Stack, plan: BenchPlan) -> Section:
         plain_s = await _plain_loop(settings, rows)
         await reset(stack, connection)
         relay_s = await _relay_drain(settings, connection, plan.drain_rows)
-        queued = redis.Redis.from_url(stack.redis.url).llen(f"dramatiq:{SEND_VERIFY_EMAIL_QUEUE}")
+        queued = redis.Redis.from_url(stack.redis.url).llen(f"dramatiq:{SendVerifyEmail.queue}")
     finally:
         await reset(stack, connection)
         await connection.close()

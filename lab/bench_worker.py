@@ -18,7 +18,7 @@ from lab.stack import Stack, poll
 from services.relay import store
 from services.relay.publisher import enqueue_batch
 from shared.broker import create_broker
-from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE
+from shared.messages import SendVerifyEmail
 
 CLAIM_BATCH = 500
 DUE_ROWS_ID_OFFSET = 10**8  # usernames of the due rows, apart from the published ones
@@ -82,8 +82,8 @@ def _rows(count: int) -> list[store.OutboxRow]:
         store.OutboxRow(
             id=n,
             event_id=uuid.uuid4(),
-            actor=SEND_VERIFY_EMAIL_ACTOR,
-            queue=SEND_VERIFY_EMAIL_QUEUE,
+            actor=SendVerifyEmail.actor,
+            queue=SendVerifyEmail.queue,
             payload={"username": f"u_{n}"},
             trace_id=None,
             delay_ms=None,

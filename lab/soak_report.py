@@ -119,7 +119,7 @@ When the load ends, every service is running again; the soak waits until each co
 
 - Fixed: while PostgreSQL recovered from the crash, signups were answered `500`: asyncpg raises "the
   database system is not yet accepting connections" (SQLSTATE 57P03) as a plain `DBAPIError`.
-  services/api/errors.py now answers `503` + `Retry-After` for SQLSTATE classes 08, 53 and 57.
+  services/api/error_handlers.py now answers `503` + `Retry-After` for SQLSTATE classes 08, 53 and 57.
 - Fixed: no message held by a SIGKILLed worker was redelivered before the deadline. Dramatiq's
   `maintenance_chance` counts per *million* commands, and shared/broker.py had set 50 (rarer than the
   default 1000) meaning "more often". It is 100,000 now: one requeue pass every ~10 broker commands.

@@ -1,4 +1,4 @@
-"""Writing to the transactional outbox: one row per event, in the caller's transaction."""
+"""Writing to the transactional outbox: one row per message, in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -9,28 +9,28 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.database import outbox
+from shared.messages import Message
 
 
 async def add_outbox_event(
     session: AsyncSession,
+    message: Message,
     *,
-    actor: str,
-    queue: str,
-    payload: msgspec.Struct,
     trace_id: str | None,
     available_at: datetime | None = None,
 ) -> uuid.UUID:
-    """Insert one outbox row in ``session``'s open transaction and return its ``event_id``.
+    """Insert ``message`` as one outbox row in ``session``'s open transaction and return its ``event_id``.
 
-    The row commits or rolls back with whatever else the transaction wrote: that is the whole point.
+    The row commits or rolls back with whatever else the transaction wrote: that is the whole point. The
+    row names the message's actor and queue, so the relay needs no knowledge of message types.
     ``available_at`` (default: now, by the database's clock) delays publication.
     """
     event_id = uuid.uuid4()
     values = {
         "event_id": event_id,
-        "actor": actor,
-        "queue": queue,
-        "payload": msgspec.to_builtins(payload),
+        "actor": message.actor,
+        "queue": message.queue,
+        "payload": msgspec.to_builtins(message),
         "trace_id": trace_id,
     }
     if available_at is not None:

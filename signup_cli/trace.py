@@ -37,10 +37,13 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
     steps: list[Step] = [(user.created_at, "user created")]
     for event in events:
         steps.append(
-            (event.created_at, f"outbox row created  event_id={event.event_id} trace_id={event.trace_id}")
+            (
+                event.created_at,
+                f"outbox {event.actor} created  event_id={event.event_id} trace_id={event.trace_id}",
+            )
         )
         if event.published_at is not None:
-            steps.append((event.published_at, f"outbox row published  attempts={event.attempts}"))
+            steps.append((event.published_at, f"outbox {event.actor} published  attempts={event.attempts}"))
     for email in emails:
         steps.append((email.created_at, f"verify email created  id={email.id} event_id={email.event_id}"))
         if email.sent_at is not None:

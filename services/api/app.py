@@ -10,11 +10,11 @@ from litestar.plugins.prometheus import PrometheusConfig
 from redis.asyncio import Redis
 
 from services.api import routes
-from services.api.errors import EXCEPTION_HANDLERS
-from services.api.signup import Faults
+from services.api.dispatch import build_dispatcher
+from services.api.error_handlers import EXCEPTION_HANDLERS
+from services.api.faults import Faults
 from services.api.tracing import tracing_middleware
 from shared.database import create_engine, create_sessionmaker
-from shared.dispatch import build_dispatcher
 from shared.settings import Settings
 
 

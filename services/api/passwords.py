@@ -13,11 +13,3 @@ _hasher = PasswordHasher()
 async def hash_password(password: str) -> str:
     """The argon2id hash of ``password``, computed in a worker thread."""
     return await asyncio.to_thread(_hasher.hash, password)
-
-
-def verify_password(hashed: str, password: str) -> bool:
-    """Whether ``password`` matches ``hashed`` (constant time, inside argon2)."""
-    try:
-        return _hasher.verify(hashed, password)
-    except Exception:
-        return False

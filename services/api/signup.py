@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import random
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.api.dispatch import Dispatcher
+from services.api.faults import Faults
 from services.api.passwords import hash_password
 from services.api.schemas import CreateUserRequest, User
 from shared.database import EMAIL_TAKEN_CONSTRAINT, users, verify_emails
-from shared.dispatch import Dispatcher
 from shared.logging import get_logger
+from shared.messages import SendVerifyEmail
 
 log = get_logger()
 
@@ -28,24 +28,6 @@ class Taken(Exception):
     def __init__(self, field: str) -> None:
         super().__init__(f"{field} is taken")
         self.field = field
-
-
-class InjectedRollback(Exception):
-    """``FAULT_ROLLBACK_RATIO`` chose this signup's transaction to roll back (an experiment, not a bug)."""
-
-
-class Faults:
-    """The fault-injection points of DESIGN §5, both off by default."""
-
-    def __init__(self, *, commit_delay_ms: int = 0, rollback_ratio: float = 0.0) -> None:
-        self.commit_delay_ms = commit_delay_ms
-        self.rollback_ratio = rollback_ratio
-
-    async def before_commit(self) -> None:
-        if self.commit_delay_ms:
-            await asyncio.sleep(self.commit_delay_ms / 1000)
-        if self.rollback_ratio and random.random() < self.rollback_ratio:
-            raise InjectedRollback("injected rollback after dispatch")
 
 
 async def sign_up(
@@ -76,7 +58,7 @@ async def sign_up(
                     .returning(users.c.password_changed_at, users.c.created_at)
                 )
             ).one()
-            await dispatcher.dispatch(session, username=request.username, trace_id=trace_id)
+            await dispatcher.dispatch(session, SendVerifyEmail(username=request.username), trace_id=trace_id)
             await faults.before_commit()
     except IntegrityError as exc:
         cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper

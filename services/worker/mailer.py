@@ -1,11 +1,9 @@
-"""The mail seam: build the verification email and hand it to an SMTP server."""
+"""The mail seam: hand an email to an SMTP server, and say whether a failure is worth a retry."""
 
 from __future__ import annotations
 
-import html
 from email.message import EmailMessage
 from typing import Protocol
-from urllib.parse import urlencode
 
 import aiosmtplib
 
@@ -17,45 +15,6 @@ class Mailer(Protocol):
     """Sends one email; raises ``TransientError`` or ``PermanentError``."""
 
     async def send(self, message: EmailMessage) -> None: ...
-
-
-def message_id_header(message_id: str) -> str:
-    """The SMTP ``Message-ID`` of the email for Dramatiq message ``message_id``: the same on every retry."""
-    return f"<{message_id}@signup-outbox>"
-
-
-def verify_link(*, base_url: str, email_id: int, secret_code: str) -> str:
-    query = urlencode({"email_id": email_id, "secret_code": secret_code})
-    return f"{base_url.rstrip('/')}/v1/verify_email?{query}"
-
-
-def build_verify_email(
-    *, settings: Settings, to: str, full_name: str, link: str, message_id: str
-) -> EmailMessage:
-    """A text + HTML email. ``EmailMessage`` refuses CR/LF in header values, so no header can be injected.
-
-    Raises ``PermanentError`` for such an address: the API never stores one, and no retry can mend it.
-    """
-    message = EmailMessage()
-    message["From"] = settings.mail_from
-    try:
-        message["To"] = to
-    except ValueError:
-        raise PermanentError("the stored address cannot be an email header") from None
-    message["Subject"] = "Verify your email address"
-    message["Message-ID"] = message_id_header(message_id)
-    minutes = settings.verify_email_ttl_minutes
-    message.set_content(
-        f"Hello {full_name},\n\nConfirm your email address by opening this link "
-        f"(valid for {minutes} minutes):\n\n{link}\n"
-    )
-    message.add_alternative(
-        f"<p>Hello {html.escape(full_name)},</p><p>Confirm your email address "
-        f'(the link is valid for {minutes} minutes):</p><p><a href="{html.escape(link)}">'
-        "Verify my email</a></p>",
-        subtype="html",
-    )
-    return message
 
 
 class SmtpMailer:

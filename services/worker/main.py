@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from shared.messages import SEND_VERIFY_EMAIL_QUEUE
+from shared.messages import registered
 from shared.settings import Settings
 
 # An idle Dramatiq consumer sleeps up to this between polls; the default (1000 ms) then dominates
@@ -29,8 +29,7 @@ def dramatiq_argv(settings: Settings) -> list[str]:
         "--threads",
         str(settings.worker_threads),
         "--queues",
-        SEND_VERIFY_EMAIL_QUEUE,
-        "default",
+        *sorted({message.queue for message in registered()}),
         "--skip-logging",
     ]
 

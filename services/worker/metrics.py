@@ -1,4 +1,4 @@
-"""Worker metrics (Prometheus): emails sent, retries scheduled, messages dead-lettered.
+"""Worker metrics (Prometheus): emails sent by kind, retries scheduled and dead letters by message.
 
 Each worker process serves its own counters on the first free port from ``WORKER_METRICS_PORT`` upwards
 (``WORKER_PROCESSES`` ports at most): scrape each, or sum them. 0 turns metrics off.
@@ -19,13 +19,22 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.emails_sent = Counter(
-            "signup_worker_emails_sent_total", "Verification emails accepted by SMTP", registry=self.registry
+            "signup_worker_emails_sent_total",
+            "Emails accepted by SMTP, by kind of email",
+            ["kind"],
+            registry=self.registry,
         )
         self.retries = Counter(
-            "signup_worker_retries_total", "Failed attempts scheduled for a retry", registry=self.registry
+            "signup_worker_retries_total",
+            "Failed attempts scheduled for a retry, by message (actor)",
+            ["message"],
+            registry=self.registry,
         )
         self.dead_letters = Counter(
-            "signup_worker_dead_letters_total", "Messages moved to the dead letters", registry=self.registry
+            "signup_worker_dead_letters_total",
+            "Messages moved to the dead letters, by message (actor)",
+            ["message"],
+            registry=self.registry,
         )
 
     def serve(self, *, port: int, tries: int) -> int | None:

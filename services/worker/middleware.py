@@ -61,10 +61,10 @@ class FailureObserver(Middleware):
     def after_enqueue(self, broker: Broker, message: Any, delay: int | None) -> None:
         current = CurrentMessage.get_current_message()
         if current is not None and current.message_id == message.message_id:
-            self.metrics.retries.inc()
+            self.metrics.retries.labels(message=message.actor_name).inc()
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
-        self.metrics.dead_letters.inc()
+        self.metrics.dead_letters.labels(message=message.actor_name).inc()
         error = message.options.get("last_error", "unknown")
         log.error("message dead-lettered", error=error, retries=message.options.get("retries", 0))
         record_error(broker, message, error)

@@ -192,7 +192,12 @@ async def test_two_hundred_signups_two_hundred_emails_each_verified(services, se
         timeout=30,
         check=True,
     ).stdout
-    for step in ("user created", "outbox row created", "trace_id=trace-7", "outbox row published"):
+    for step in (
+        "user created",
+        "outbox send_verify_email created",
+        "trace_id=trace-7",
+        "outbox send_verify_email published",
+    ):
         assert step in trace, trace
     for step in ("verify email created", "verify email sent", "verified: yes"):
         assert step in trace, trace

@@ -21,10 +21,11 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker import verify as worker_verify
+from services.worker.actors import WorkerContext
+from services.worker.emails import render_email
 from services.worker.errors import PermanentError
-from services.worker.mailer import build_verify_email
-from shared.database import create_sessionmaker, outbox, users, verify_emails
+from services.worker.handlers import send_verify_email
+from shared.database import outbox, users, verify_emails
 from shared.messages import SendVerifyEmail
 from tests.integration.test_api_signup import count, signup_body
 
@@ -164,14 +165,12 @@ class RecordingMailer:
 async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> RecordingMailer:
     """Run the worker's use case for one new message to ``username``, with a recording mailer."""
     mailer = RecordingMailer()
-    sent = await worker_verify.send_verify_email(
-        create_sessionmaker(db),
-        mailer=mailer,
-        settings=settings,
-        command=SendVerifyEmail(username=username),
+    await send_verify_email(
+        SendVerifyEmail(username=username),
+        context=WorkerContext(settings=settings, mailer=mailer, engine=db),
         message_id=str(uuid.uuid4()),
     )
-    assert sent and len(mailer.sent) == 1
+    assert len(mailer.sent) == 1
     return mailer
 
 
@@ -243,8 +242,14 @@ async def test_line_breaks_and_control_characters_are_refused(client, db, field,
 def test_the_message_builder_refuses_a_line_break_in_the_recipient(settings, brk) -> None:
     hostile = f"alice@example.com{brk}Bcc: evil@example.com"
     try:
-        message = build_verify_email(
-            settings=settings, to=hostile, full_name="Alice", link="http://x/y", message_id=str(uuid.uuid4())
+        message = render_email(
+            "verify_email",
+            settings=settings,
+            to=hostile,
+            message_id=str(uuid.uuid4()),
+            full_name="Alice",
+            link="http://x/y",
+            minutes=15,
         )
     except PermanentError:
         return  # refused outright, and dead-lettered at once by the worker

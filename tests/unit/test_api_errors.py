@@ -8,7 +8,7 @@ from litestar.testing import RequestFactory
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 from sqlalchemy.exc import DBAPIError
 
-from services.api.errors import unexpected
+from services.api.error_handlers import unexpected
 
 
 def wrapped(error: Exception) -> DBAPIError:

@@ -1,7 +1,7 @@
-"""How a signup hands its "send the verification email" command on (DESIGN §5).
+"""How the API hands a message on to the worker (DESIGN §5).
 
-The signup use case calls ``Dispatcher.dispatch`` inside its transaction, before the commit. What the
-dispatcher does there is the whole difference between the strategies:
+A use case calls ``Dispatcher.dispatch`` inside its transaction, before the commit. What the dispatcher does
+there is the whole difference between the strategies:
 
 - ``outbox``: insert an outbox row in the same transaction; the relay publishes it after the commit.
 - ``fixed_delay`` / ``immediate``: the course's way, enqueue to Redis right now, before the commit.
@@ -16,13 +16,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+import dramatiq
 import msgspec
-from dramatiq import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.broker import create_broker
 from shared.database import POOL_SIZE
-from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE, SendVerifyEmail
+from shared.messages import Message
 from shared.outbox import add_outbox_event
 from shared.settings import Settings
 
@@ -32,29 +32,23 @@ ENQUEUE_THREADS = 2 * POOL_SIZE
 
 
 class Dispatcher(Protocol):
-    """Hands a new user's verification email on, inside the signup's transaction."""
+    """Hands a message on to the worker, inside the caller's transaction."""
 
     needs_redis: bool
     """Whether the API itself talks to Redis (``/readyz`` then checks it)."""
 
-    async def dispatch(self, session: AsyncSession, *, username: str, trace_id: str | None) -> None: ...
+    async def dispatch(self, session: AsyncSession, message: Message, *, trace_id: str | None) -> None: ...
 
     async def close(self) -> None: ...
 
 
 class OutboxDispatcher:
-    """Writes the command to the outbox table, in the signup's own transaction."""
+    """Writes the message to the outbox table, in the caller's own transaction."""
 
     needs_redis = False
 
-    async def dispatch(self, session: AsyncSession, *, username: str, trace_id: str | None) -> None:
-        await add_outbox_event(
-            session,
-            actor=SEND_VERIFY_EMAIL_ACTOR,
-            queue=SEND_VERIFY_EMAIL_QUEUE,
-            payload=SendVerifyEmail(username=username),
-            trace_id=trace_id,
-        )
+    async def dispatch(self, session: AsyncSession, message: Message, *, trace_id: str | None) -> None:
+        await add_outbox_event(session, message, trace_id=trace_id)
 
     async def close(self) -> None:
         return None
@@ -65,7 +59,7 @@ class NoDispatcher:
 
     needs_redis = False
 
-    async def dispatch(self, session: AsyncSession, *, username: str, trace_id: str | None) -> None:
+    async def dispatch(self, session: AsyncSession, message: Message, *, trace_id: str | None) -> None:
         return None
 
     async def close(self) -> None:
@@ -92,16 +86,16 @@ class EnqueueBeforeCommitDispatcher:
         # load the pool would run dry (503s that measure the executor, not the course's strategy).
         self._executor = ThreadPoolExecutor(max_workers=ENQUEUE_THREADS, thread_name_prefix="enqueue")
 
-    async def dispatch(self, session: AsyncSession, *, username: str, trace_id: str | None) -> None:
-        message: Message[None] = Message(
-            queue_name=SEND_VERIFY_EMAIL_QUEUE,
-            actor_name=SEND_VERIFY_EMAIL_ACTOR,
-            args=(msgspec.to_builtins(SendVerifyEmail(username=username)),),
+    async def dispatch(self, session: AsyncSession, message: Message, *, trace_id: str | None) -> None:
+        enqueued: dramatiq.Message[None] = dramatiq.Message(
+            queue_name=message.queue,
+            actor_name=message.actor,
+            args=(msgspec.to_builtins(message),),
             kwargs={},
             options={"trace_id": trace_id},
             message_id=str(uuid.uuid4()),
         )
-        enqueue = functools.partial(self._broker.enqueue, message, delay=self._delay_ms)
+        enqueue = functools.partial(self._broker.enqueue, enqueued, delay=self._delay_ms)
         await asyncio.get_running_loop().run_in_executor(self._executor, enqueue)
 
     async def close(self) -> None:

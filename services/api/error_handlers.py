@@ -14,8 +14,9 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from services.api.faults import InjectedRollback
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
-from services.api.signup import InjectedRollback, Taken, VerifyEmailExpired, VerifyEmailNotFound
+from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound
 from services.api.tracing import trace_id_from_headers
 from shared.database import database_unavailable
 from shared.logging import get_logger

@@ -1,45 +1,47 @@
-"""The worker's use case: send one user's verification email, at most once per message id (DESIGN §4)."""
+"""The worker's handlers: what each message does, at most once per message id (DESIGN §4).
+
+A handler is named by its message class (``shared.messages``) and called as ``await handler(message,
+context=..., message_id=...)`` by the actor that ``services.worker.actors`` declares for it.
+"""
 
 from __future__ import annotations
 
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.worker.emails import render_email
 from services.worker.errors import UserNotVisible
-from services.worker.mailer import Mailer, build_verify_email, verify_link
 from shared.database import users, verify_emails
 from shared.logging import get_logger
 from shared.messages import SendVerifyEmail
 from shared.settings import Settings
 
+if TYPE_CHECKING:
+    from services.worker.actors import WorkerContext
+
 log = get_logger()
 
 
-async def send_verify_email(
-    sessions: async_sessionmaker[AsyncSession],
-    *,
-    mailer: Mailer,
-    settings: Settings,
-    command: SendVerifyEmail,
-    message_id: str,
-) -> bool:
-    """Send the email for ``command`` unless message ``message_id`` already sent it; True if it sent now.
+async def send_verify_email(command: SendVerifyEmail, *, context: WorkerContext, message_id: str) -> None:
+    """Send the email for ``command`` unless message ``message_id`` already sent it.
 
     Raises ``UserNotVisible`` when the user is missing (unless ``WORKER_SKIP_RETRY_MISSING_USER``, which
     drops the message as the course's ``SkipRetry`` does), and whatever the mailer or the database raise.
     """
+    sessions, settings = context.sessions, context.settings
     event_id = uuid.UUID(message_id)
     user = await _load_user(sessions, command.username)
     if user is None:
         if settings.worker_skip_retry_missing_user:
             log.warning("user not found; dropping the message (SkipRetry)", username=command.username)
-            return False
+            return
         raise UserNotVisible("user not yet visible")
     email_id = await _ensure_row(sessions, event_id=event_id, user=user, settings=settings)
     # The row (and its code) commits before anything is sent: a redelivery after a crash between the
@@ -52,13 +54,18 @@ async def send_verify_email(
         ).one()
         if row.sent_at is not None:
             log.info("duplicate delivery; email already sent", username=command.username)
-            return False
+            return
         link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=row.secret_code)
-        await mailer.send(
-            build_verify_email(
-                settings=settings, to=row.email, full_name=user.full_name, link=link, message_id=message_id
-            )
+        email = render_email(
+            "verify_email",
+            settings=settings,
+            to=row.email,
+            message_id=message_id,
+            full_name=user.full_name,
+            link=link,
+            minutes=settings.verify_email_ttl_minutes,
         )
+        await context.mailer.send(email)
         now = datetime.now(UTC)
         await session.execute(
             verify_emails.update()
@@ -66,8 +73,14 @@ async def send_verify_email(
             # The link's lifetime starts when the email leaves, not when the first attempt began.
             .values(sent_at=now, expired_at=now + timedelta(minutes=settings.verify_email_ttl_minutes))
         )
+    context.metrics.emails_sent.labels(kind="verify_email").inc()
     log.info("verification email sent", username=command.username, email=row.email, verify_email_id=email_id)
-    return True
+
+
+def verify_link(*, base_url: str, email_id: int, secret_code: str) -> str:
+    """The link in the email: the API's ``GET /v1/verify_email`` with the row's id and code."""
+    query = urlencode({"email_id": email_id, "secret_code": secret_code})
+    return f"{base_url.rstrip('/')}/v1/verify_email?{query}"
 
 
 async def _load_user(sessions: async_sessionmaker[AsyncSession], username: str) -> Any | None:
