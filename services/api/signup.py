@@ -84,7 +84,8 @@ async def sign_up(
             raise
         constraint = getattr(cause, "constraint_name", None)
         raise Taken("email" if constraint == EMAIL_TAKEN_CONSTRAINT else "username") from None
-    log.info("user signed up", username=request.username)
+    # ``committed`` marks this line for tools (the lab's latency is measured from it): keep the field.
+    log.info("user signed up", username=request.username, committed=True)
     return User(
         username=request.username,
         full_name=request.full_name,
