@@ -63,7 +63,7 @@ bench *ARGS: sync
 
 # 10,000 signups under faults (kills, Redis and PostgreSQL restarts, SMTP 451s); writes docs/RELIABILITY.md
 soak *ARGS: sync
-    uv run python -m lab.soak {{ARGS}}
+    uv run signup soak {{ARGS}}
 
 # A signup's timeline from the database
 trace USERNAME: sync

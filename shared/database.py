@@ -1,4 +1,8 @@
-"""The database: table definitions (the migrations are the source of truth for DDL) and engine factories."""
+"""The database: table definitions (the migrations are the source of truth for DDL) and engine factories.
+
+The tables here must agree with what the migrations build, indexes included:
+tests/integration/test_schema_drift.py compares them.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ users = sa.Table(
         server_default=sa.text("'0001-01-01 00:00:00+00'"),
     ),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("users_email_lower_key", sa.func.lower(sa.column("email")), unique=True),
 )
 
 outbox = sa.Table(
@@ -41,6 +46,10 @@ outbox = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
+    sa.Index(
+        "outbox_unpublished_idx", "available_at", "id", postgresql_where=sa.text("published_at IS NULL")
+    ),
+    sa.Index("outbox_published_at_idx", "published_at", postgresql_where=sa.text("published_at IS NOT NULL")),
 )
 
 verify_emails = sa.Table(
@@ -57,6 +66,7 @@ verify_emails = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("expired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Index("verify_emails_username_idx", "username"),
 )
 
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).

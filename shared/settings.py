@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 from msgspec import Meta
@@ -76,9 +77,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         # Settings end up in tracebacks and debug logs: never print the SMTP password or URL credentials.
+        # (``str()`` is ``repr()`` too.)
         shown = {name: getattr(self, name) for name in self.__struct_fields__}
         shown["smtp_password"] = "***" if self.smtp_password else ""
+        shown["database_url"] = hide_password(self.database_url)
+        shown["redis_url"] = hide_password(self.redis_url)
         return f"Settings({shown!r})"
+
+
+def hide_password(url: str) -> str:
+    """``url`` with the password of its user part, if it has one, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class SettingsError(ValueError):
@@ -114,8 +127,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
 def _check_urls(settings: Settings) -> None:
     if not settings.database_url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
-        raise SettingsError(f"DATABASE_URL={settings.database_url!r} is invalid: expected postgresql://…")
+        shown = hide_password(settings.database_url)
+        raise SettingsError(f"DATABASE_URL={shown!r} is invalid: expected postgresql://…")
     if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"REDIS_URL={settings.redis_url!r} is invalid: expected redis://…")
+        raise SettingsError(f"REDIS_URL={hide_password(settings.redis_url)!r} is invalid: expected redis://…")
     if not settings.public_base_url.startswith(("http://", "https://")):
         raise SettingsError(f"PUBLIC_BASE_URL={settings.public_base_url!r} is invalid: expected http(s)://…")

@@ -21,8 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("services.worker.main:run", "send verification emails (Dramatiq worker)"),
     "mailsink": ("services.worker.mailsink:run", "a development SMTP server that prints and stores mail"),
     "dev": ("signup_cli.dev:run", "migrate, then api + relay + worker + mailsink in the foreground"),
-    "lab": ("lab.run:run", "compare the course's strategies with the outbox under faults"),
-    "bench": ("lab.bench:run", "benchmarks: latency, API cost, relay drain, claim cost, worker throughput"),
+    "lab": ("lab.compare.cli:run", "compare the course's strategies with the outbox under faults"),
+    "bench": ("lab.bench.cli:run", "latency, API cost, relay drain, claim cost, worker throughput"),
+    "soak": ("lab.soak.cli:run", "signups under faults (kills, restarts, SMTP 451s), then a verdict"),
     "dlq": ("services.worker.dlq:run", "list or replay dead-lettered messages"),
     "trace": ("signup_cli.trace:run", "a signup's timeline from the database"),
 }
@@ -51,19 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("message_id", nargs="?", help="the message id to replay")
     which.add_argument("--all", action="store_true", help="replay every dead-lettered message")
 
+    # Unset options keep lab/soak/plan.py's defaults (10,000 signups at 3/s).
+    parsers["soak"].add_argument("--signups", type=int)
+    parsers["soak"].add_argument("--rate", type=float, help="signups per second")
+    parsers["soak"].add_argument("--seed", type=int)
+    parsers["soak"].add_argument("--out", default="docs/RELIABILITY.md", help="the report ('' for none)")
+
     parsers["trace"].add_argument("username")
     return parser
 
 
-def _resolve(target: str) -> Callable[[Settings, argparse.Namespace], int] | None:
+def resolve(target: str) -> Callable[[Settings, argparse.Namespace], int]:
+    """The function a ``"module:function"`` target names, its module imported now."""
     module_name, function_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            return None  # the subcommand is not built yet
-        raise
-    command: Callable[[Settings, argparse.Namespace], int] = getattr(module, function_name)
+    command: Callable[[Settings, argparse.Namespace], int] = getattr(
+        importlib.import_module(module_name), function_name
+    )
     return command
 
 
@@ -74,11 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"signup: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    command = _resolve(COMMANDS[args.command][0])
-    if command is None:
-        print(f"signup {args.command}: not yet available", file=sys.stderr)
-        return 2
-    return command(settings, args)
+    return resolve(COMMANDS[args.command][0])(settings, args)
 
 
 if __name__ == "__main__":

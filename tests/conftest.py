@@ -19,12 +19,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lab.harness.database import drop_database, with_database
 from shared.database import create_engine
 from shared.logging import configure_logging
 from shared.migrate import migrate
 from shared.settings import Settings, load_settings
 from tests.support import RedisServer, SmtpSink, missing_service
 
+# The server's maintenance database, where each session (and some tests) create databases of their own.
+# docker-compose.yml's test service sets it; the lab and the bench derive theirs from DATABASE_URL.
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -71,21 +74,21 @@ async def database_url() -> AsyncIterator[str]:
         admin = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         missing_service(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    await admin.close()
     name = f"signup_test_{uuid.uuid4().hex[:10]}"
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = with_database(PG_ADMIN_URL, name)
     try:
         await migrate(url)
         yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(PG_ADMIN_URL, name)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     if not RedisServer.available():
         missing_service("redis-server is not installed")
-    server = RedisServer()
+    server = RedisServer(durable=False)  # no test restarts Redis expecting its messages back
     server.start()
     yield server
     server.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import secrets
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -20,6 +21,8 @@ from shared.messages import SendVerifyEmail
 log = get_logger()
 
 _UNIQUE_VIOLATION = "23505"
+# Compared against when the id is unknown, so that an unknown id costs the same comparison as a known one.
+_NO_CODE = secrets.token_urlsafe(32)
 
 
 class Taken(Exception):
@@ -66,7 +69,8 @@ async def sign_up(
             raise
         constraint = getattr(cause, "constraint_name", None)
         raise Taken("email" if constraint == EMAIL_TAKEN_CONSTRAINT else "username") from None
-    log.info("user signed up", username=request.username)
+    # ``committed`` marks this line for tools (the lab's latency is measured from it): keep the field.
+    log.info("user signed up", username=request.username, committed=True)
     return User(
         username=request.username,
         full_name=request.full_name,
@@ -97,8 +101,10 @@ async def verify_email(
                 sa.select(verify_emails).where(verify_emails.c.id == email_id).with_for_update()
             )
         ).one_or_none()
-        # compare_digest: the time taken must not tell an attacker how much of a guessed code was right.
-        if row is None or not hmac.compare_digest(row.secret_code.encode(), secret_code.encode()):
+        # compare_digest: the time taken must not tell an attacker how much of a guessed code was right,
+        # nor (comparing against a stand-in) whether the id exists.
+        expected = _NO_CODE if row is None else row.secret_code
+        if not hmac.compare_digest(expected.encode(), secret_code.encode()) or row is None:
             raise VerifyEmailNotFound
         if row.is_used:
             return

@@ -155,11 +155,11 @@ async def test_two_hundred_signups_two_hundred_emails_each_verified(services, se
 
         await wait_for(all_mail, timeout=90, what=f"{USERS} emails")
         await asyncio.sleep(0)
-        recipients = Counter(address for mail in sink.received for address in mail.envelope_to)
+        recipients = Counter(address for mail in sink.received for address in mail.recipients)
         assert len(sink.received) == USERS and set(recipients.values()) == {1}
         assert len({mail.message_id for mail in sink.received}) == USERS
 
-        links = {mail.envelope_to[0]: link_of(mail.message) for mail in sink.received}
+        links = {mail.recipients[0]: link_of(mail.message) for mail in sink.received}
         expired_link, expired_id = links.pop("user0@example.com")
         async with db.begin() as connection:
             await connection.execute(

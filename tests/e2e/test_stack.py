@@ -9,10 +9,10 @@ import aiosmtplib
 import asyncpg
 import pytest
 
-from lab.processes import free_port
-from lab.sink import MailSink
-from lab.stack import Stack, generate_load
-from shared.database import asyncpg_dsn
+from lab.harness.database import admin_url, committed_users
+from lab.harness.load import generate_load
+from lab.harness.smtp import SmtpSink
+from lab.harness.stack import Stack
 from tests.support import RedisServer, missing_service
 
 
@@ -27,12 +27,12 @@ def group_alive(pid: int) -> bool:
 async def test_stack_runs_kills_restarts_and_cleans_up(tmp_path: Path, database_url: str) -> None:
     if not RedisServer.available():
         missing_service("redis-server is not installed")
-    admin_url = database_url.rsplit("/", 1)[0] + "/postgres"
-    stack = Stack(work_dir=tmp_path, strategy="immediate", services=("api",), pg_admin_url=admin_url)
+    admin = admin_url(database_url)
+    stack = Stack(work_dir=tmp_path, strategy="immediate", services=("api",), pg_admin_url=admin)
     async with stack:
         ok = await generate_load(stack.api_url, rate=4, duration_s=0.5, prefix="stack")
         assert [s.status for s in ok] == [200, 200]
-        assert set(await stack.committed_users()) == {"stack_0", "stack_1"}
+        assert set(await committed_users(stack.database_url)) == {"stack_0", "stack_1"}
 
         first = stack.services["api"].pid
         assert first is not None
@@ -47,15 +47,15 @@ async def test_stack_runs_kills_restarts_and_cleans_up(tmp_path: Path, database_
         pids = [p.pid for p in (stack.services["api"], stack.redis)]
     assert all(pid is not None and not group_alive(pid) for pid in pids)
     assert stack.services["api"].log_lines(), "the API's output is captured"
-    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
+    connection = await asyncpg.connect(admin)
     try:
-        assert not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", stack.db_name)
+        assert not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", stack.db_name)
     finally:
-        await admin.close()
+        await connection.close()
 
 
 async def test_sink_refuses_the_injected_share_and_records_the_rest() -> None:
-    sink = MailSink(port=free_port(), fail_ratio=1.0)
+    sink = SmtpSink(fail_ratio=1.0)
 
     async def send(message_id: str) -> None:
         await aiosmtplib.send(
@@ -77,4 +77,4 @@ async def test_sink_refuses_the_injected_share_and_records_the_rest() -> None:
         sink.stop()
     [delivery] = sink.snapshot()
     assert (delivery.recipients, delivery.message_id) == (("b@lab.example",), "<y@lab>")
-    assert (sink.attempts, sink.refused) == (2, 1)
+    assert (len(sink.attempts), sink.refused) == (2, 1)

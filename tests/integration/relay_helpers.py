@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from lab.harness.database import unpublished_rows
 from services.relay.relay import Relay, build_relay
 from shared.database import asyncpg_dsn
 from shared.settings import Settings
@@ -42,11 +43,7 @@ async def add_rows(settings: Settings, count: int, *, due_in_s: float = 0.0) -> 
 
 
 async def unpublished(settings: Settings) -> int:
-    connection = await connect(settings)
-    try:
-        return int(await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
-    finally:
-        await connection.close()
+    return await unpublished_rows(settings.database_url)
 
 
 async def all_published(settings: Settings) -> bool:

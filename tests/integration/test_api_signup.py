@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import msgspec
 import pytest
@@ -59,22 +60,31 @@ async def test_signup_writes_one_user_and_one_outbox_row(client, db, sensitive) 
     sensitive.append(hashed)
 
 
-async def test_failure_between_the_two_inserts_leaves_neither(settings, db) -> None:
-    class Exploding:
-        needs_redis = False
+async def test_a_failure_after_both_inserts_leaves_neither(settings, db) -> None:
+    written: list[int] = []
 
-        async def dispatch(self, session: AsyncSession, *, username: str, trace_id: str | None) -> None:
+    class ExplodingAfterTheOutboxRow:
+        """The real dispatcher writes the outbox row; then, before the commit, this one fails."""
+
+        def __init__(self, real: Any) -> None:
+            self.real, self.needs_redis = real, real.needs_redis
+
+        async def dispatch(self, session: AsyncSession, *args: Any, **kwargs: Any) -> None:
+            await self.real.dispatch(session, *args, **kwargs)
+            rows = await session.execute(sa.select(sa.func.count()).select_from(outbox))
+            written.append(rows.scalar_one())
             raise RuntimeError("dispatch failed")
 
         async def close(self) -> None:
-            return None
+            await self.real.close()
 
     app = create_app(settings)
-    app.state.dispatcher = Exploding()
+    app.state.dispatcher = ExplodingAfterTheOutboxRow(app.state.dispatcher)
     async with AsyncTestClient(app) as client:
         response = await client.post("/v1/create_user", json=signup_body())
     assert response.status_code == 500
     assert "Traceback" not in response.text and response.json()["trace_id"]
+    assert written == [1], "the outbox row was written in the transaction before the failure"
     assert await count(db, users) == 0
     assert await count(db, outbox) == 0
 

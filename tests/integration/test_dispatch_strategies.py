@@ -6,7 +6,6 @@ for every signup, even one that rolls back, and no signup at all while Redis is 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
@@ -20,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.app import create_app
 from shared.database import outbox, users
 from shared.settings import Settings
-from tests.support import RedisServer
+from tests.support import RedisServer, held_messages
 
 BODY = {
     "username": "alice",
@@ -35,18 +34,9 @@ async def count(engine: AsyncEngine, table: sa.Table) -> int:
         return int((await connection.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
 
 
-async def queued(redis_url: str) -> dict[str, list[dict[str, object]]]:
-    """Every Dramatiq message in Redis, by queue (``critical`` or the delay queue ``critical.DQ``)."""
-    client = redis.asyncio.Redis.from_url(redis_url)
-    try:
-        found: dict[str, list[dict[str, object]]] = {}
-        for queue in ("critical", "critical.DQ"):
-            ids = await client.lrange(f"dramatiq:{queue}", 0, -1)
-            payloads = [await client.hget(f"dramatiq:{queue}.msgs", i) for i in ids]
-            found[queue] = [json.loads(p) for p in payloads if p is not None]
-        return found
-    finally:
-        await client.aclose()
+def queued(redis_url: str) -> dict[str, list[dict[str, object]]]:
+    """Every Dramatiq message in Redis as a dict, by queue (``critical``, the delay queue ``critical.DQ``)."""
+    return {queue: [m.asdict() for m in found] for queue, found in held_messages(redis_url).items()}
 
 
 async def post_signup(settings: Settings, **changes: object) -> tuple[int, dict[str, str]]:
@@ -65,10 +55,10 @@ async def test_course_strategy_enqueues_one_message_and_writes_no_outbox_row(
 
     assert status == 200
     assert await count(db, users) == 1 and await count(db, outbox) == 0
-    messages = await queued(settings.redis_url)
+    messages = queued(settings.redis_url)
     assert sum(len(found) for found in messages.values()) == 1
     [message] = messages[queue]
-    assert (message["actor_name"], message["args"]) == ("send_verify_email", [{"username": "alice"}])
+    assert (message["actor_name"], message["args"]) == ("send_verify_email", ({"username": "alice"},))
     options = message["options"]
     assert isinstance(options, dict) and options["trace_id"] == "trace-lab"
     uuid.UUID(str(message["message_id"]))
@@ -106,8 +96,8 @@ async def test_rolled_back_signup_leaves_a_phantom_message_under_fixed_delay(set
 
     assert status == 503
     assert await count(db, users) == 0
-    phantom = (await queued(settings.redis_url))["critical.DQ"]
-    assert [message["args"] for message in phantom] == [[{"username": "alice"}]]
+    phantom = queued(settings.redis_url)["critical.DQ"]
+    assert [message["args"] for message in phantom] == [({"username": "alice"},)]
 
 
 async def test_rolled_back_signup_leaves_nothing_under_outbox(settings, db) -> None:

@@ -10,6 +10,7 @@ import uuid
 
 import asyncpg
 
+from lab.harness.database import drop_database, with_database
 from tests.conftest import PG_ADMIN_URL
 
 
@@ -35,8 +36,7 @@ async def tables(url: str) -> set[str]:
 
 async def test_concurrent_migrations_then_downgrade_and_upgrade_again(database_url: str) -> None:
     name = f"signup_migrate_{uuid.uuid4().hex[:8]}"
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
+    url = with_database(PG_ADMIN_URL, name)
     try:
         # Four migrators race on a database that does not exist yet.
         processes = [run_migrate(url) for _ in range(4)]
@@ -55,5 +55,4 @@ async def test_concurrent_migrations_then_downgrade_and_upgrade_again(database_u
         assert up.wait(timeout=60) == 0
         assert {"users", "outbox", "verify_emails"} <= await tables(url)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(PG_ADMIN_URL, name)

@@ -134,6 +134,8 @@ async def test_an_expired_code_is_410_and_verifies_nothing(client, db) -> None:
 
 
 async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) -> None:
+    """Every answer costs one constant-time comparison of the guess against a code of the same length:
+    a wrong code, an unknown id (against a stand-in code) and the right code alike."""
     calls: list[tuple[bytes, bytes]] = []
     original = hmac.compare_digest
 
@@ -146,9 +148,14 @@ async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) ->
     await add_user(client)
     email_id = await add_code(db, code=code)
 
-    assert (await click(client, email_id, "guess" * 8)).status_code == 404
+    guess = secrets.token_urlsafe(32)
+    assert (await click(client, email_id, guess)).status_code == 404
+    assert (await click(client, email_id + 1, guess)).status_code == 404
     assert (await click(client, email_id, code)).status_code == 200
-    assert calls == [(code.encode(), b"guess" * 8), (code.encode(), code.encode())]
+    assert [given for _, given in calls] == [guess.encode(), guess.encode(), code.encode()]
+    expected = [stored for stored, _ in calls]
+    assert expected[0] == expected[2] == code.encode()
+    assert expected[1] != code.encode() and len(expected[1]) == len(code.encode())
 
 
 # --- the worker's side of the link --------------------------------------------------------------------

@@ -24,7 +24,7 @@ from services.worker.entry import build_worker
 from shared.database import users, verify_emails
 from shared.settings import Settings
 from tests.conftest import LogTee
-from tests.support import ReceivedMail, SmtpSink, repo_root, wait_for
+from tests.support import Delivery, SmtpSink, repo_root, wait_for
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ async def _async(value: T) -> T:
     return value
 
 
-async def _received(sink: SmtpSink) -> list[ReceivedMail]:
+async def _received(sink: SmtpSink) -> list[Delivery]:
     return list(sink.received)
 
 
@@ -110,7 +110,7 @@ async def test_one_email_with_a_working_link_and_a_deterministic_message_id(
     (row,) = await sent_rows(db)
     sensitive.append(row.secret_code)
     mail = mails[0]
-    assert mail.envelope_to == [email] and mail.message_id == f"<{message.message_id}@signup-outbox>"
+    assert mail.recipients == (email,) and mail.message_id == f"<{message.message_id}@signup-outbox>"
     text = mail.message.get_payload(0)
     assert isinstance(text, EmailMessageBase)
     body = text.get_payload(decode=True)

@@ -25,7 +25,7 @@ class StallingSink(SmtpSink):
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if not self.attempts:
-            self.attempts.append(time.monotonic())
+            self.attempts.append(time.time())
             await asyncio.sleep(20)
             return "451 4.3.0 stalled"
         return await super().handle_DATA(server, session, envelope)

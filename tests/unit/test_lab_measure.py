@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from lab.cells import QUICK_CELLS, SCENARIO, STRATEGY, full_plan, quick_plan
-from lab.load import Signup, email_of
-from lab.measure import commit_times, measure, percentile, usernames_in_log
-from lab.sink import Delivery
+from lab.compare.cells import QUICK_CELLS, SCENARIO, STRATEGY, full_plan, quick_plan
+from lab.compare.outcome import measure
+from lab.harness.load import Signup, email_of
+from lab.harness.measure import commit_times, percentile, usernames_in_log
+from lab.harness.smtp import Delivery
 
 
 def signup(name: str, status: int = 200, committed_at: float = 100.0) -> Signup:
@@ -94,8 +95,9 @@ def test_statuses_are_counted() -> None:
 
 def test_latency_is_measured_from_the_logged_commit_when_there_is_one() -> None:
     api_log = [
-        '{"event": "user signed up", "username": "a", "timestamp": "1970-01-01T00:01:39.000000Z"}',
-        '{"event": "request", "username": "b", "timestamp": "1970-01-01T00:01:39.500000Z"}',
+        '{"event": "signed up", "committed": true, "username": "a", "timestamp": "1970-01-01T00:01:39Z"}',
+        '{"event": "user signed up", "username": "b", "timestamp": "1970-01-01T00:01:39.500000Z"}',
+        '{"event": "request", "committed": "yes", "username": "b", "timestamp": "1970-01-01T00:01:39Z"}',
     ]
     logged = commit_times(api_log)
     assert logged == {"a": 99.0}

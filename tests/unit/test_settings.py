@@ -47,8 +47,26 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> N
     assert message.startswith(f"{name}=") and "\n" not in message
 
 
-def test_repr_hides_the_smtp_password() -> None:
-    assert "hunter2" not in repr(load_settings({"SMTP_PASSWORD": "hunter2"}))
+def test_repr_and_str_hide_the_smtp_password_and_the_url_passwords() -> None:
+    settings = load_settings(
+        {
+            "SMTP_PASSWORD": "hunter2",
+            "DATABASE_URL": "postgresql+asyncpg://app:pg-secret@db.internal:5432/signup",
+            "REDIS_URL": "redis://:redis-secret@cache.internal:6379/0",
+        }
+    )
+    for shown in (repr(settings), str(settings), f"{settings}"):
+        assert not {"hunter2", "pg-secret", "redis-secret"} & set(re.findall(r"[\w-]+", shown)), shown
+        # What is not secret stays, so that the line still says where the process connects.
+        assert "postgresql+asyncpg://app:***@db.internal:5432/signup" in shown
+        assert "redis://:***@cache.internal:6379/0" in shown
+    assert settings.database_url.endswith("app:pg-secret@db.internal:5432/signup")  # hidden, not changed
+
+
+def test_an_invalid_url_is_reported_without_its_password() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings({"DATABASE_URL": "mysql://app:pg-secret@db/signup"})
+    assert "pg-secret" not in str(error.value) and "app:***@db" in str(error.value)
 
 
 def test_env_example_lists_every_setting_and_nothing_else() -> None:

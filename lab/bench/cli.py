@@ -24,12 +24,13 @@ from typing import Any
 
 import asyncpg
 
-from lab.bench_e2e import api_section, hashing_bound, latency_section
-from lab.bench_model import FULL, QUICK, BenchPlan, Section
-from lab.bench_relay import drain_section
-from lab.bench_worker import claim_section, worker_section
-from lab.run import admin_url, machine
-from lab.stack import Stack
+from lab.bench.e2e import api_section, hashing_bound, latency_section
+from lab.bench.model import FULL, QUICK, BenchPlan, Section
+from lab.bench.relay import drain_section
+from lab.bench.worker import claim_section, worker_section
+from lab.harness.database import admin_url
+from lab.harness.measure import machine
+from lab.harness.stack import Stack
 from shared.logging import configure_logging
 from shared.settings import Settings
 

@@ -1,6 +1,6 @@
 """Sections 4 and 5 of ``signup bench``: claim cost against table size, and one worker's email throughput.
 
-They run on the stack of ``lab.bench_relay`` (fresh database, private Redis, SMTP sink, ``signup worker``).
+They run on the stack of ``lab.bench.relay`` (fresh database, private Redis, SMTP sink, ``signup worker``).
 The claim timed is the relay's own ``store.claim``; the worker is fed through the relay's ``enqueue_batch``.
 """
 
@@ -12,9 +12,10 @@ import time
 import uuid
 from typing import Any
 
-from lab.bench_model import BenchPlan, Section, fmt, ms, ratio
-from lab.bench_relay import _INSERT_USERS, connect, insert_rows, reset, stack_settings
-from lab.stack import Stack, poll
+from lab.bench.model import BenchPlan, Section, fmt, ms, ratio
+from lab.bench.relay import _INSERT_USERS, connect, insert_rows, reset, stack_settings
+from lab.harness.polling import wait_for
+from lab.harness.stack import Stack
 from services.relay import store
 from services.relay.publisher import enqueue_batch
 from shared.broker import create_broker
@@ -116,7 +117,7 @@ async def worker_section(stack: Stack, plan: BenchPlan) -> Section:
     async def all_sent() -> bool:
         return len(stack.sink.snapshot()) - before >= n
 
-    await poll(all_sent, within_s=600, what="the worker to send every email")
+    await wait_for(all_sent, timeout=600, what="the worker to send every email")
     received = sorted(d.received_at for d in stack.sink.snapshot()[before:])
     total = received[-1] - started
     steady = (n - 1) / (received[-1] - received[0]) if n > 1 and received[-1] > received[0] else None

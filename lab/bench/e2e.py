@@ -1,9 +1,9 @@
 """Sections 1 and 2 of ``signup bench``: commit → email latency per strategy; the API's cost of the outbox.
 
-Both run real ``signup`` processes on a ``lab.stack.Stack`` each (fresh database, private Redis, SMTP sink)
-and drive them with ``lab.load.generate_load``. The hashing bound (cores ÷ the time of one argon2id hash
-with the API's own hasher) is measured in this process, in the same run, so every figure is a ratio to
-something measured on the same loaded machine minutes apart.
+Both run real ``signup`` processes on a ``lab.harness.stack.Stack`` each (fresh database, private Redis,
+SMTP sink) and drive them with ``lab.harness.load.generate_load``. The hashing bound (cores ÷ the time of
+one argon2id hash with the API's own hasher) is measured in this process, in the same run, so every figure
+is a ratio to something measured on the same loaded machine minutes apart.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from lab.bench_model import BenchPlan, Section, fmt, ms, ratio
-from lab.load import Signup, generate_load, saturate
-from lab.measure import Latency, commit_times, latency_of
-from lab.stack import Stack, poll
+from lab.bench.model import BenchPlan, Section, fmt, ms, ratio
+from lab.harness.load import Signup, generate_load, saturate
+from lab.harness.measure import Latency, commit_times, latency_of
+from lab.harness.polling import wait_for
+from lab.harness.stack import Stack
 from services.api.passwords import _hasher
 
 STRATEGIES = ("outbox", "fixed_delay", "immediate")
@@ -79,7 +80,7 @@ async def _first_emails(stack: Stack, accepted: list[Signup], *, within_s: float
         return wanted <= first().keys()
 
     with contextlib.suppress(TimeoutError):  # missing emails are reported as such, not as a crash
-        await poll(complete, within_s=within_s, what="every email")
+        await wait_for(complete, timeout=within_s, what="every email")
     return first()
 
 

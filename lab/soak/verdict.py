@@ -12,8 +12,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from lab.load import Signup
-from lab.sink import Delivery
+from lab.harness.load import Signup
+from lab.harness.measure import latency_of
+from lab.harness.smtp import Delivery
 
 
 @dataclass
@@ -72,10 +73,8 @@ def judge_mail(verdict: Verdict, *, users: dict[str, tuple[str, datetime]], mail
     verdict.deliveries = len(mail)
     verdict.lost = sorted(set(users) - set(ids))
     verdict.duplicates = sorted(name for name, found in ids.items() if len(found) > 1)
-    delays = sorted(first[name] - users[name][1].timestamp() for name in first)
-    if delays:
-        verdict.worst_delay_s = delays[-1]
-        verdict.p99_delay_s = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    delays = latency_of(first[name] - users[name][1].timestamp() for name in first)
+    verdict.worst_delay_s, verdict.p99_delay_s = delays.max or 0.0, delays.p99 or 0.0
 
 
 def judge_api(verdict: Verdict, signups: list[Signup], *, outage: tuple[float, float] | None) -> None:
@@ -83,9 +82,7 @@ def judge_api(verdict: Verdict, signups: list[Signup], *, outage: tuple[float, f
 
     ``outage`` is the wall-clock window (``time.time()``) in which 503s are expected.
     """
-    latencies = sorted(signup.committed_at - signup.sent_at for signup in signups)
-    if latencies:
-        verdict.p99_api_latency_s = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    verdict.p99_api_latency_s = latency_of(s.committed_at - s.sent_at for s in signups).p99 or 0.0
     for signup in signups:
         verdict.api_answers[str(signup.status or "no response")] += 1
         if signup.status == 200:

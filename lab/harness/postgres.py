@@ -10,19 +10,14 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
+from lab.harness.database import with_database
+from lab.harness.processes import free_port
+
 _BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrivatePostgres:
@@ -37,9 +32,9 @@ class PrivatePostgres:
         if bin_dir is None:
             raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
         self.bin_dir = bin_dir
-        self.port = port or _free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        self.port = port or free_port()
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.url = with_database(self.admin_url, database)
         self._root = Path(tempfile.mkdtemp(prefix="signup-pg-"))
         self.data_dir = self._root / "data"
         self.log_file = self._root / "postgres.log"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lab import measure
-from lab.experiment import CellResult
+from lab.compare import outcome
+from lab.compare.experiment import CellResult
 
 COLUMNS = ("accepted", "failed", "delivered", "lost", "phantom", "dup", "p50 s", "p95 s", "p99 s", "max s")
 
@@ -49,7 +49,7 @@ def markdown_table(results: list[CellResult]) -> str:
 def markdown(results: list[CellResult], meta: dict[str, Any]) -> str:
     """The whole page: how it was run, the table, and what each column means."""
     plan = meta["plan"]
-    definitions = (measure.__doc__ or "").split("Definitions (the report repeats them):", 1)[-1].strip()
+    definitions = (outcome.__doc__ or "").split("Definitions (the report repeats them):", 1)[-1].strip()
     return "\n\n".join(
         [
             "# Lab: the course's enqueue-before-commit vs the transactional outbox",

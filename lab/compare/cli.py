@@ -1,16 +1,17 @@
 """``signup lab [--quick] [--out-dir DIR]``: the course's strategies against the outbox, same faults.
 
-Runs every cell of the plan (``lab.cells``) on its own stack, a few at a time, prints progress and a table,
-and writes ``lab.md``, ``lab.json`` and ``lab.png`` to ``--out-dir``. Exit code 0 when every cell ran.
+Runs every cell of the plan (``lab.compare.cells``) on its own stack, a few at a time, prints progress and
+a table, and writes ``lab.md``, ``lab.json`` and ``lab.png`` to ``--out-dir``. Exit code 0 when every cell
+ran; 2 at once when matplotlib (the dev dependency group) is missing, since the chart needs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -20,31 +21,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab.cells import Plan, full_plan, quick_plan
-from lab.chart import write_chart
-from lab.experiment import CellResult, run_cell
-from lab.report import markdown, terminal_table, to_json
-from shared.database import asyncpg_dsn
+from lab.compare.cells import Plan, full_plan, quick_plan
+from lab.compare.experiment import CellResult, run_cell
+from lab.compare.report import markdown, terminal_table, to_json
+from lab.harness.database import admin_url
+from lab.harness.measure import machine
 from shared.logging import configure_logging
 from shared.settings import Settings
 
-
-def machine() -> dict[str, Any]:
-    """What the figures depend on: CPU count and model."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
-
-
-def admin_url(database_url: str) -> str:
-    """The server of ``DATABASE_URL``, database ``postgres``: where each cell creates its own database."""
-    return asyncpg_dsn(database_url).rsplit("/", 1)[0] + "/postgres"
+NO_MATPLOTLIB = (
+    "signup lab: the chart (lab.png) needs matplotlib, which is in the dev dependency group, not in the "
+    "runtime image: run it from a checkout after `uv sync` (`uv run signup lab`)."
+)
 
 
 async def run_plan(plan: Plan, *, work_dir: Path, pg_admin_url: str) -> list[CellResult]:
@@ -76,11 +64,16 @@ def write_reports(results: list[CellResult], meta: dict[str, Any], out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "lab.json").write_text(json.dumps(to_json(results, meta), indent=2) + "\n")
     (out_dir / "lab.md").write_text(markdown(results, meta) + "\n")
+    from lab.compare.chart import write_chart  # matplotlib: a dev dependency, imported only to draw
+
     write_chart(results, out_dir / "lab.png")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``signup lab`` command."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print(NO_MATPLOTLIB, file=sys.stderr)
+        return 2
     configure_logging(service="lab", log_format="console", log_level="warning")
     plan = quick_plan() if args.quick else full_plan()
     work_dir = Path(tempfile.mkdtemp(prefix="signup-lab-"))

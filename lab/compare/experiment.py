@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-import redis.asyncio
+import redis
 
-from lab.cells import Cell, Plan
-from lab.load import Signup, generate_load
-from lab.measure import Outcome, commit_times, measure, usernames_in_log
-from lab.stack import PG_ADMIN_URL, Stack
-from shared.database import asyncpg_dsn
+from lab.compare.cells import Cell, Plan
+from lab.compare.outcome import Outcome, measure
+from lab.harness.database import committed_users, unpublished_rows
+from lab.harness.load import Signup, generate_load
+from lab.harness.measure import commit_times, usernames_in_log
+from lab.harness.queues import held_messages, nothing_pending
+from lab.harness.stack import Stack
 
 # Every cell's worker gets the same retry policy; a shorter cap than production's 5 minutes keeps the
 # retrying strategies' recoveries inside the cell's deadline.
@@ -41,7 +41,7 @@ class CellResult:
 
 
 async def run_cell(
-    cell: Cell, plan: Plan, *, work_dir: Path, progress: Progress, pg_admin_url: str = PG_ADMIN_URL
+    cell: Cell, plan: Plan, *, work_dir: Path, progress: Progress, pg_admin_url: str
 ) -> CellResult:
     """Start a stack for ``cell``, load it, inject the fault, wait for the emails, count. Cleans up."""
     began = time.monotonic()
@@ -113,49 +113,29 @@ async def _settle(stack: Stack, cell: Cell, plan: Plan, *, fault_ended: float, p
 
 async def _quiet(stack: Stack) -> bool:
     """No message queued, delayed or held unacknowledged in Redis, and no unpublished outbox row."""
-    client = redis.asyncio.Redis.from_url(stack.redis.url)
     try:
-        for queue in ("dramatiq:critical", "dramatiq:critical.DQ"):
-            if await client.llen(queue):
-                return False
-        async for key in client.scan_iter(match="dramatiq:__acks__.*"):
-            if await client.scard(key):
-                return False
+        if not await asyncio.to_thread(nothing_pending, stack.redis.url):
+            return False
     except redis.RedisError:
         return False
-    finally:
-        await client.aclose()
-    connection = await asyncpg.connect(asyncpg_dsn(stack.database_url), timeout=10)
-    try:
-        return not await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-    finally:
-        await connection.close()
+    return not await unpublished_rows(stack.database_url)
 
 
-async def _held_in_redis(redis_url: str) -> set[str]:
+def _held_in_redis(redis_url: str) -> set[str]:
     """Usernames of every message Redis still holds: queued, delayed, unacknowledged or dead-lettered."""
-    client = redis.asyncio.Redis.from_url(redis_url)
-    names: set[str] = set()
-    try:
-        async for key in client.scan_iter(match="dramatiq:*.msgs"):
-            for payload in (await client.hgetall(key)).values():
-                args = json.loads(payload).get("args") or [{}]
-                if isinstance(args[0], dict) and isinstance(args[0].get("username"), str):
-                    names.add(args[0]["username"])
-    finally:
-        await client.aclose()
-    return names
+    payloads = (m.args[0] if m.args else None for found in held_messages(redis_url).values() for m in found)
+    return {p["username"] for p in payloads if isinstance(p, dict) and isinstance(p.get("username"), str)}
 
 
 async def _collect(stack: Stack, signups: list[Signup]) -> Outcome:
-    committed = set(await stack.committed_users())
+    committed = set(await committed_users(stack.database_url))
     worker = stack.services.get("worker")
     return measure(
         signups=signups,
         committed=committed,
         deliveries=stack.sink.snapshot(),
         worker_saw=usernames_in_log(worker.log_lines()) if worker else set(),
-        held_in_redis=await _held_in_redis(stack.redis.url),
+        held_in_redis=await asyncio.to_thread(_held_in_redis, stack.redis.url),
         username_of={signup.email.lower(): signup.username for signup in signups},
         committed_at=commit_times(stack.services["api"].log_lines()),
     )

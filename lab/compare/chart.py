@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from lab.experiment import CellResult
+from lab.compare.experiment import CellResult
 
 
 def _latency_panel(axes: Axes, results: list[CellResult]) -> None:

@@ -10,7 +10,7 @@ Definitions (the report repeats them):
   (any queue, delay queue or dead-letter queue), or an email reached it.
 - duplicates: committed users who received more than one distinct ``Message-ID``.
 - latency: for each accepted signup that got an email, first email received - commit. The commit time is
-  the timestamp of the API's "user signed up" log line, written right after the commit; where that line
+  the timestamp of the API's log line marked ``committed``, written right after the commit; where that line
   is missing, the time the 200 response arrived (the API answers only after the commit). Every clock is
   this machine's wall clock. The log line is preferred because on a busy machine the response can lag the
   commit by a second or more, which would shorten every latency by as much.
@@ -18,28 +18,12 @@ Definitions (the report repeats them):
 
 from __future__ import annotations
 
-import json
-import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Any
 
-from lab.load import Signup
-from lab.sink import Delivery
-
-SIGNED_UP_EVENT = "user signed up"
-"""The API's log line after a signup's commit (services/api/signup.py)."""
-
-
-@dataclass(frozen=True)
-class Latency:
-    p50: float | None
-    p95: float | None
-    p99: float | None
-    max: float | None
-    samples: list[float]
+from lab.harness.load import Signup
+from lab.harness.measure import Latency, latency_of
+from lab.harness.smtp import Delivery
 
 
 @dataclass(frozen=True)
@@ -65,50 +49,6 @@ class Outcome:
         data = asdict(self)
         data["latency"]["samples"] = [round(sample, 4) for sample in self.latency.samples]
         return data
-
-
-def percentile(sorted_values: list[float], share: float) -> float | None:
-    """Nearest-rank percentile of already sorted values; ``None`` for no values."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(share * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def latency_of(samples: Iterable[float]) -> Latency:
-    values = sorted(samples)
-    return Latency(
-        p50=percentile(values, 0.50),
-        p95=percentile(values, 0.95),
-        p99=percentile(values, 0.99),
-        max=values[-1] if values else None,
-        samples=values,
-    )
-
-
-def _records(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The JSON objects among ``lines`` (anything else is skipped)."""
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            yield record
-
-
-def usernames_in_log(lines: Iterable[str]) -> set[str]:
-    """Every ``username`` a JSON log line names."""
-    return {r["username"] for r in _records(lines) if isinstance(r.get("username"), str)}
-
-
-def commit_times(api_log: Iterable[str]) -> dict[str, float]:
-    """username → wall-clock time of the API's "user signed up" line (logged right after the commit)."""
-    times: dict[str, float] = {}
-    for record in _records(api_log):
-        if record.get("event") == SIGNED_UP_EVENT and isinstance(record.get("username"), str):
-            times[record["username"]] = datetime.fromisoformat(str(record["timestamp"])).timestamp()
-    return times
 
 
 def _names(delivery: Delivery, username_of: dict[str, str]) -> set[str]:

@@ -17,8 +17,11 @@ from typing import Any
 import asyncpg
 import redis
 
-from lab.bench_model import BenchPlan, Section, fmt, ratio
-from lab.stack import Stack, poll
+from lab.bench.model import BenchPlan, Section, fmt, ratio
+from lab.harness.database import count_unpublished
+from lab.harness.polling import wait_for
+from lab.harness.queues import queued_messages
+from lab.harness.stack import Stack
 from services.relay import store
 from services.relay.publisher import to_message
 from services.relay.relay import build_relay
@@ -87,10 +90,9 @@ async def _relay_drain(settings: Settings, connection: Any, count: int) -> float
         started = time.perf_counter()
 
         async def drained() -> bool:
-            left = await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            return bool(left == 0)
+            return await count_unpublished(connection) == 0
 
-        await poll(drained, within_s=600, what="the relay to drain the backlog")
+        await wait_for(drained, timeout=600, what="the relay to drain the backlog")
         return time.perf_counter() - started
     finally:
         relay.stop()
@@ -113,7 +115,7 @@ async def drain_section(stack: Stack, plan: BenchPlan) -> Section:
         plain_s = await _plain_loop(settings, rows)
         await reset(stack, connection)
         relay_s = await _relay_drain(settings, connection, plan.drain_rows)
-        queued = redis.Redis.from_url(stack.redis.url).llen(f"dramatiq:{SendVerifyEmail.queue}")
+        queued = len(queued_messages(stack.redis.url).ready)
     finally:
         await reset(stack, connection)
         await connection.close()

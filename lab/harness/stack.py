@@ -1,12 +1,13 @@
 """A whole system for one experiment: its own database, Redis, SMTP sink and ``signup`` processes.
 
 ``Stack`` creates a fresh database (migrated, dropped at the end), a private ``redis-server`` it can stop
-and start, an in-process SMTP sink (``lab.sink``), and runs ``signup api``, ``signup relay`` and
+and start, an in-process SMTP sink (``lab.harness.smtp``), and runs ``signup api``, ``signup relay`` and
 ``signup worker`` as real subprocesses configured through the environment, each logging JSON to its own
-file. Readiness is polled, never slept for. ``generate_load`` (``lab.load``) sends the signups::
+file. Readiness is polled, never slept for. ``generate_load`` (``lab.harness.load``) sends the signups::
 
     env = {"TASK_PROCESS_IN_MS": "1000"}
-    async with Stack(work_dir=Path("var/lab/x"), strategy="fixed_delay", env=env) as s:
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    async with Stack(work_dir=Path("var/lab/x"), pg_admin_url=admin, strategy="fixed_delay", env=env) as s:
         signups = await generate_load(s.api_url, rate=5, duration_s=10, prefix="x")
         s.kill("worker"); await s.restart("worker")
         s.redis.stop(); s.redis.start()
@@ -20,42 +21,32 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-import asyncpg
 import httpx
-import redis.asyncio
+import redis
 
-from lab.load import Signup, generate_load
-from lab.processes import Process, RedisProcess, free_port, signup_process
-from lab.sink import Delivery, MailSink
-from shared.database import asyncpg_dsn
+from lab.harness.database import drop_database, with_database
+from lab.harness.polling import wait_for
+from lab.harness.processes import Process, free_port, signup_process
+from lab.harness.queues import heartbeats_since
+from lab.harness.redis_server import RedisServer
+from lab.harness.smtp import SmtpSink
 from shared.settings import setting_names
 
-__all__ = ["Delivery", "MailSink", "Signup", "Stack", "generate_load"]
-
-PG_ADMIN_URL = os.environ.get("LAB_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SERVICES = ("api", "relay", "worker")
 RELAY_SILENT_START_S = 3.0
-
-
-async def poll(probe: Callable[[], Awaitable[object]], *, within_s: float, what: str) -> None:
-    """Await ``probe`` every 50 ms until it returns something truthy; ``TimeoutError`` after ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while not await probe():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Stack:
     """One experiment's servers and processes. Use as ``async with``; ``close()`` leaves nothing behind.
 
-    ``env`` adds or overrides settings (``TASK_PROCESS_IN_MS``, ``FAULT_*``, ``WORKER_*`` …) for every
-    service; ``services`` chooses which ``signup`` processes run (the course's strategies need no relay).
+    ``pg_admin_url`` is the PostgreSQL server's maintenance database, where the stack creates (and at the
+    end drops) a database of its own. ``env`` adds or overrides settings (``TASK_PROCESS_IN_MS``,
+    ``FAULT_*``, ``WORKER_*`` …) for every service; ``services`` chooses which ``signup`` processes run (the
+    course's strategies need no relay).
     """
 
     def __init__(
@@ -66,15 +57,15 @@ class Stack:
         env: Mapping[str, str] | None = None,
         services: tuple[str, ...] = SERVICES,
         smtp_fail_ratio: float = 0.0,
-        pg_admin_url: str = PG_ADMIN_URL,
+        pg_admin_url: str,
     ) -> None:
         self.work_dir = work_dir
         work_dir.mkdir(parents=True, exist_ok=True)
         self.db_name = f"lab_{uuid.uuid4().hex[:12]}"
         self._pg_admin_url = pg_admin_url
-        self.database_url = pg_admin_url.rsplit("/", 1)[0] + f"/{self.db_name}"
-        self.redis = RedisProcess(data_dir=work_dir / "redis")
-        self.sink = MailSink(port=free_port(), fail_ratio=smtp_fail_ratio)
+        self.database_url = with_database(pg_admin_url, self.db_name)
+        self.redis = RedisServer(data_dir=work_dir / "redis")
+        self.sink = SmtpSink(fail_ratio=smtp_fail_ratio)
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.env = self._environment(strategy, env or {})
@@ -141,7 +132,7 @@ class Stack:
         """Start service ``name`` (again, after ``kill``/``stop``) and wait until it is ready."""
         service = self.services[name]
         service.start()
-        await poll(lambda: self._ready(service), within_s=within_s, what=f"signup {name} to be ready")
+        await wait_for(lambda: self._ready(service), timeout=within_s, what=f"signup {name} to be ready")
 
     def kill(self, name: str) -> None:
         """SIGKILL service ``name`` and every process it forked."""
@@ -172,31 +163,10 @@ class Stack:
 
     async def _worker_polling(self, *, since: float) -> bool:
         # Every Dramatiq broker command records a heartbeat; before the load only consumers issue any.
-        client = redis.asyncio.Redis.from_url(self.redis.url)
         try:
-            return bool(await client.zcount("dramatiq:__heartbeats__", int(since * 1000), "+inf"))
+            return bool(await asyncio.to_thread(heartbeats_since, self.redis.url, since))
         except redis.RedisError:
             return False
-        finally:
-            await client.aclose()
-
-    async def committed_users(self) -> dict[str, datetime]:
-        """username → created_at of every user that committed."""
-        connection = await asyncpg.connect(asyncpg_dsn(self.database_url), timeout=10)
-        try:
-            rows = await connection.fetch("SELECT username, created_at FROM users")
-        finally:
-            await connection.close()
-        return {row["username"]: row["created_at"] for row in rows}
-
-    async def unpublished_rows(self) -> int:
-        """Outbox rows the relay has not published yet (0 once it has caught up)."""
-        connection = await asyncpg.connect(asyncpg_dsn(self.database_url), timeout=10)
-        try:
-            count: int = await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        finally:
-            await connection.close()
-        return count
 
     async def close(self) -> None:
         """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database.
@@ -219,8 +189,4 @@ class Stack:
             await asyncio.to_thread(service.stop)
         self.sink.stop()
         await asyncio.to_thread(self.redis.stop)
-        admin = await asyncpg.connect(asyncpg_dsn(self._pg_admin_url), timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(self._pg_admin_url, self.db_name)

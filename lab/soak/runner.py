@@ -1,69 +1,31 @@
 """The soak: signups at a steady rate over HTTP while the relay, the worker, Redis, PostgreSQL and SMTP fail.
 
-``just soak`` (``python -m lab.soak``) runs 10,000 signups and writes docs/RELIABILITY.md; the e2e test
-runs a short one. It starts everything privately (a PostgreSQL cluster and a Redis of its own, an SMTP
+``signup soak`` (``just soak``) runs 10,000 signups and writes docs/RELIABILITY.md; the e2e test runs a
+short one. It starts everything privately (a PostgreSQL cluster and a Redis of its own, an SMTP
 sink, ``signup api/relay/worker`` subprocesses), then: SIGKILLs the relay and the worker at random moments
 and restarts them, crashes PostgreSQL once (``pg_ctl -m immediate``), SIGKILLs Redis once after the last
 kill, and has SMTP answer 451 to a random share of attempts. After a deadline it judges the run (see
-lab/soak_verdict.py).
+lab/soak/verdict.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import random
 import secrets
-import sys
-import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from lab.load import Signup, email_of, generate_load
-from lab.postgres import PrivatePostgres
-from lab.run import machine
-from lab.soak_report import write_report
-from lab.soak_verdict import Verdict, judge_api, judge_logs, judge_mail
-from lab.stack import Stack
-from shared.logging import configure_logging, get_logger
+from lab.harness.database import committed_users, unpublished_rows
+from lab.harness.load import Signup, email_of, generate_load
+from lab.harness.postgres import PrivatePostgres
+from lab.harness.stack import Stack
+from lab.soak.plan import SOAK_ENV, SoakPlan
+from lab.soak.verdict import Verdict, judge_api, judge_logs, judge_mail
+from shared.logging import get_logger
 
 log = get_logger()
-
-# Short backoffs, so that a 451 or a crash is retried within the soak's deadline.
-SOAK_ENV = {
-    "SMTP_TIMEOUT_MS": "5000",
-    "RELAY_POLL_INTERVAL_MS": "500",
-    "WORKER_MIN_BACKOFF_MS": "100",
-    "WORKER_MAX_BACKOFF_MS": "2000",
-}
-
-
-@dataclass(frozen=True, kw_only=True)
-class SoakPlan:
-    signups: int = 10_000
-    rate: float = 3.0
-    """Signups started per second, whatever the answers. Each costs an argon2id hash (64 MiB, 0.1 to 0.5 s
-    of CPU): on a shared 2-core machine, with the relay and the worker restarting, the API keeps up with
-    about 4 per second, so 10,000 signups take about an hour."""
-    kill_every_s: tuple[float, float] = (5.0, 20.0)
-    """The relay and the worker are each SIGKILLed after a random pause in this range, again and again."""
-    kills_until: float = 0.8
-    """Share of the load during which kills happen: the Redis restart comes later, so that no worker
-    restart can rescue a message a live worker stranded when Redis went away."""
-    postgres_at: float = 0.4
-    redis_at: float = 0.9
-    down_for_s: tuple[float, float] = (0.2, 3.0)
-    smtp_fail_ratio: float = 0.2
-    redis_down_s: float = 2.0
-    postgres_down_s: float = 3.0
-    outage_grace_s: float = 10.0
-    """503s are expected from the PostgreSQL crash until this long after it is back (pool timeouts)."""
-    drain_timeout_s: float = 180.0
-    settle_s: float = 3.0
-    seed: int | None = None
 
 
 class Soak:
@@ -144,7 +106,7 @@ class Soak:
         """Wait until every committed user has an email, or the deadline; then a little longer for strays."""
         deadline = time.monotonic() + self.plan.drain_timeout_s
         while time.monotonic() < deadline:
-            users = await self.stack.committed_users()
+            users = await committed_users(self.stack.database_url)
             delivered = {r for d in self.stack.sink.snapshot() for r in d.recipients}
             if all(email_of(name).lower() in delivered for name in users):
                 break
@@ -168,10 +130,11 @@ class Soak:
         return await self.judge()
 
     async def judge(self) -> Verdict:
-        users = {name: (email_of(name), at) for name, at in (await self.stack.committed_users()).items()}
+        committed = await committed_users(self.stack.database_url)
+        users = {name: (email_of(name), at) for name, at in committed.items()}
         verdict = Verdict(signups_sent=len(self.signups), committed=len(users), faults=self.faults)
-        verdict.smtp_attempts, verdict.smtp_refused = self.stack.sink.attempts, self.stack.sink.refused
-        verdict.unpublished = await self.stack.unpublished_rows()
+        verdict.smtp_attempts, verdict.smtp_refused = len(self.stack.sink.attempts), self.stack.sink.refused
+        verdict.unpublished = await unpublished_rows(self.stack.database_url)
         judge_mail(verdict, users=users, mail=self.stack.sink.snapshot())
         judge_api(verdict, self.signups, outage=self.outage)
         for name, service in self.stack.services.items():
@@ -190,32 +153,3 @@ async def run_soak(plan: SoakPlan, *, work_dir: Path) -> Verdict:
         return await soak.run()
     finally:
         await soak.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--signups", type=int, default=SoakPlan.signups)
-    parser.add_argument("--rate", type=float, default=SoakPlan.rate, help="signups per second")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--out", default="docs/RELIABILITY.md", help="the report ('' for none)")
-    args = parser.parse_args(argv)
-    configure_logging(service="soak", log_format="console")
-    plan = SoakPlan(signups=args.signups, rate=args.rate, seed=args.seed)
-    work_dir = Path(tempfile.mkdtemp(prefix="signup-soak-"))
-    began, load_before = time.monotonic(), os.getloadavg()
-    verdict = asyncio.run(run_soak(plan, work_dir=work_dir))
-    if args.out:
-        host, load_after = machine(), os.getloadavg()
-        command = " ".join(["python -m lab.soak", *(sys.argv[1:] if argv is None else argv)])
-        run = (
-            f"Run: `{command}`, {(time.monotonic() - began) / 60:.0f} min, on {host['nproc']} CPUs "
-            f"({host['cpu']}), Python {host['python']}; load average (1 min) {load_before[0]:.2f} before, "
-            f"{load_after[0]:.2f} after."
-        )
-        write_report(verdict, plan=plan, path=Path(args.out), run=run)
-    log.info("soak finished", ok=verdict.ok, logs=str(work_dir), problems=verdict.problems())
-    return 0 if verdict.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from lab.soak_verdict import Verdict
-
-if TYPE_CHECKING:
-    from lab.soak import SoakPlan
+from lab.soak.plan import SoakPlan
+from lab.soak.verdict import Verdict
 
 
 def write_report(verdict: Verdict | None, *, plan: SoakPlan, path: Path, run: str = "") -> None:
@@ -70,7 +67,7 @@ _TEMPLATE = """# Reliability: the soak
 
 The promise: **every committed signup gets exactly one email, and no one gets in where they should not.**
 `just soak` checks the first half under faults (the second is tests/integration/test_security.py and
-tests/integration/test_fuzz_api.py); this file was written by `python -m lab.soak` ({date}). A 60-second
+tests/integration/test_fuzz_api.py); this file was written by `signup soak` ({date}). A 60-second
 version (200 signups, the same faults) runs in `just test` as tests/e2e/test_soak.py.
 
 ## Figures
@@ -79,7 +76,7 @@ version (200 signups, the same faults) runs in `just test` as tests/e2e/test_soa
 
 ## How
 
-`python -m lab.soak` starts a private PostgreSQL cluster (`initdb` + `pg_ctl`, never the shared one), a
+`signup soak` starts a private PostgreSQL cluster (`initdb` + `pg_ctl`, never the shared one), a
 private Redis with an append-only file (`appendfsync always`), an SMTP sink, and `signup api`, `signup relay`
 and `signup worker` as subprocesses. It then sends signups over HTTP at a steady rate, never waiting for
 answers, while it:

@@ -1,4 +1,4 @@
-"""Subprocesses an experiment starts, kills and restarts: the ``signup`` services and a private Redis.
+"""Subprocesses an experiment starts, kills and restarts (the ``signup`` services, redis-server), and ports.
 
 Each runs in its own process group (``start_new_session``), so that a signal reaches every process it forked
 (a Dramatiq worker has children) and nothing outlives the experiment.
@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -26,18 +25,10 @@ def free_port() -> int:
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port`` (within 0.2 s)."""
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
-
-
-def poll_until(probe: Callable[[], object], *, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Call ``probe`` until it returns something truthy; raises ``TimeoutError`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Process:
@@ -122,28 +113,3 @@ def signup_process(command: str, *, env: dict[str, str], log_dir: Path) -> Proce
     """``signup <command>`` run with this interpreter, so it uses the same installed code."""
     argv = [sys.executable, "-m", "signup_cli.main", command]
     return Process(command, argv, log_path=log_dir / f"{command}.log", env=env)
-
-
-class RedisProcess(Process):
-    """A private ``redis-server`` on a free port that an experiment may stop and start again.
-
-    It keeps an append-only file fsynced on every write, so a stop/start (a Redis outage) loses no message
-    Redis acknowledged; without it a restart would drop every queued email and blame the strategies.
-    """
-
-    def __init__(self, *, data_dir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data_dir)),
-            *("--save", "", "--appendonly", "yes", "--appendfsync", "always"),
-        ]
-        super().__init__("redis", argv, log_path=data_dir / "redis.log")
-
-    def start(self) -> None:
-        """Start (replaying the append-only file on a restart) and wait until the port answers."""
-        super().start()
-        poll_until(lambda: port_open(self.port) or not self.running, timeout=30, what="redis-server")
-        if not self.running:
-            raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.log_path}")

@@ -1,0 +1,55 @@
+"""The PostgreSQL side of an experiment or a test: throw-away databases, and what the system wrote there."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from shared.database import asyncpg_dsn
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` (any PostgreSQL URL, credentials and options kept) naming ``database`` instead."""
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def admin_url(database_url: str) -> str:
+    """The server of ``database_url``, database ``postgres``, as asyncpg wants it: where databases are
+    created and dropped."""
+    return with_database(asyncpg_dsn(database_url), "postgres")
+
+
+async def drop_database(admin: str, name: str) -> None:
+    """Drop database ``name`` on the server of ``admin``, closing its connections first."""
+    connection = await asyncpg.connect(asyncpg_dsn(admin), timeout=10)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+async def count_unpublished(connection: Any) -> int:
+    """Outbox rows the relay has not published yet (0 once it has caught up), on an asyncpg connection."""
+    return int(await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+
+
+async def unpublished_rows(database_url: str) -> int:
+    """``count_unpublished`` on a connection of its own."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
+    try:
+        return await count_unpublished(connection)
+    finally:
+        await connection.close()
+
+
+async def committed_users(database_url: str) -> dict[str, datetime]:
+    """username → created_at of every user that committed."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
+    try:
+        rows = await connection.fetch("SELECT username, created_at FROM users")
+    finally:
+        await connection.close()
+    return {row["username"]: row["created_at"] for row in rows}

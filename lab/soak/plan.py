@@ -1,0 +1,38 @@
+"""What one soak does: how many signups, how fast, which faults and when, and how long it waits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Short backoffs, so that a 451 or a crash is retried within the soak's deadline.
+SOAK_ENV = {
+    "SMTP_TIMEOUT_MS": "5000",
+    "RELAY_POLL_INTERVAL_MS": "500",
+    "WORKER_MIN_BACKOFF_MS": "100",
+    "WORKER_MAX_BACKOFF_MS": "2000",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoakPlan:
+    signups: int = 10_000
+    rate: float = 3.0
+    """Signups started per second, whatever the answers. Each costs an argon2id hash (64 MiB, 0.1 to 0.5 s
+    of CPU): on a shared 2-core machine, with the relay and the worker restarting, the API keeps up with
+    about 4 per second, so 10,000 signups take about an hour."""
+    kill_every_s: tuple[float, float] = (5.0, 20.0)
+    """The relay and the worker are each SIGKILLed after a random pause in this range, again and again."""
+    kills_until: float = 0.8
+    """Share of the load during which kills happen: the Redis restart comes later, so that no worker
+    restart can rescue a message a live worker stranded when Redis went away."""
+    postgres_at: float = 0.4
+    redis_at: float = 0.9
+    down_for_s: tuple[float, float] = (0.2, 3.0)
+    smtp_fail_ratio: float = 0.2
+    redis_down_s: float = 2.0
+    postgres_down_s: float = 3.0
+    outage_grace_s: float = 10.0
+    """503s are expected from the PostgreSQL crash until this long after it is back (pool timeouts)."""
+    drain_timeout_s: float = 180.0
+    settle_s: float = 3.0
+    seed: int | None = None
