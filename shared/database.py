@@ -69,9 +69,22 @@ verify_emails = sa.Table(
     sa.Index("verify_emails_username_idx", "username"),
 )
 
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    # SHA-256 of the client's key: the key itself is never stored (nor logged).
+    sa.Column("key_hash", sa.Text, primary_key=True),
+    # HMAC-SHA-256 of the request body keyed with the client's key: tells "same request" from "reused key".
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("response", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("idempotency_keys_created_at_idx", "created_at"),
+)
+
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).
 USERNAME_TAKEN_CONSTRAINT = "users_pkey"
 EMAIL_TAKEN_CONSTRAINT = "users_email_lower_key"
+IDEMPOTENCY_KEY_TAKEN_CONSTRAINT = "idempotency_keys_pkey"
 
 
 def asyncpg_dsn(database_url: str) -> str:

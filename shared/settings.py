@@ -45,6 +45,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_port: Port = 8080
     api_max_body_bytes: PositiveInt = 16_384
     """Larger request bodies are refused with 413 before they are parsed."""
+    api_signup_concurrency: NonNegativeInt = 0
+    """Signups at work at once (hashing or in their transaction); 0: one per CPU the process may use."""
+    api_signup_max_waiting: NonNegativeInt = 0
+    """Signups that may wait for a slot; 0: what the slots finish in ``API_SIGNUP_MAX_WAIT_MS``, measured."""
+    api_signup_max_wait_ms: PositiveInt = 1000
+    """A signup that waited this long for a slot is refused with 503 + Retry-After, before any work."""
+    api_signup_deadline_ms: PositiveInt = 10_000
+    """A signup not ready to commit this long after it arrived is rolled back (its client has likely gone)."""
+    api_idempotency_ttl_hours: PositiveInt = 24
+    """How long the answer to a request with an ``Idempotency-Key`` is kept for its retries."""
 
     dispatch_strategy: DispatchStrategy = "outbox"
     """``outbox`` (the design); ``fixed_delay``, ``immediate`` (the course's); ``none`` (bench only)."""

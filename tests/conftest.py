@@ -135,7 +135,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def db(engine: AsyncEngine, redis_server: RedisServer) -> AsyncEngine:
     """An empty database and an empty Redis for this test."""
     async with engine.begin() as connection:
-        await connection.execute(sa.text("TRUNCATE users, outbox, verify_emails RESTART IDENTITY CASCADE"))
+        await connection.execute(
+            sa.text("TRUNCATE users, outbox, verify_emails, idempotency_keys RESTART IDENTITY CASCADE")
+        )
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(redis_server.url)

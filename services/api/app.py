@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -10,9 +12,11 @@ from litestar.plugins.prometheus import PrometheusConfig
 from redis.asyncio import Redis
 
 from services.api import routes
+from services.api.admission import build_admission
 from services.api.dispatch import build_dispatcher
 from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
+from services.api.idempotency import KeyPurge
 from services.api.tracing import tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.settings import Settings
@@ -21,14 +25,17 @@ from shared.settings import Settings
 def create_app(settings: Settings) -> Litestar:
     """Build the Litestar application for ``settings``. Connections open lazily and close on shutdown."""
     engine = create_engine(settings.database_url)
+    sessions = create_sessionmaker(engine)
     dispatcher = build_dispatcher(settings)
     redis = Redis.from_url(settings.redis_url) if dispatcher.needs_redis else None
+    purge = KeyPurge(sessions, ttl=timedelta(hours=settings.api_idempotency_ttl_hours))
     state = State(
         {
             "settings": settings,
             "engine": engine,
-            "sessions": create_sessionmaker(engine),
+            "sessions": sessions,
             "dispatcher": dispatcher,
+            "admission": build_admission(settings),
             "redis": redis,
             "faults": Faults(
                 commit_delay_ms=settings.fault_commit_delay_ms, rollback_ratio=settings.fault_rollback_ratio
@@ -37,6 +44,7 @@ def create_app(settings: Settings) -> Litestar:
     )
 
     async def close() -> None:
+        await purge.stop()
         await dispatcher.close()
         if redis is not None:
             await redis.aclose()
@@ -53,6 +61,7 @@ def create_app(settings: Settings) -> Litestar:
         state=state,
         middleware=[tracing_middleware, PrometheusConfig(app_name="signup_api", group_path=True).middleware],
         exception_handlers=EXCEPTION_HANDLERS,
+        on_startup=[purge.start],
         on_shutdown=[close],
         request_max_body_size=settings.api_max_body_bytes,
         openapi_config=OpenAPIConfig(

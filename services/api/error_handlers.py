@@ -14,7 +14,10 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from services.api.admission import Shed
 from services.api.faults import InjectedRollback
+from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from services.api.idempotency import KeyReused
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound
 from services.api.tracing import trace_id_from_headers
@@ -97,6 +100,18 @@ def injected_rollback(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
 
 
+def shed(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, Shed)
+    log.info("signup shed", reason=exc.reason)
+    body = ErrorBody(error="too many signups at once, retry later")
+    return _json(request, 503, body, **{"Retry-After": str(exc.retry_after_s)})
+
+
+def key_reused(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    field = FieldError(field=IDEMPOTENCY_HEADER, message="used before with another request body")
+    return _json(request, 422, ErrorBody(error="Idempotency-Key reused with another body", fields=[field]))
+
+
 def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
@@ -126,6 +141,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     VerifyEmailNotFound: not_found,
     VerifyEmailExpired: expired,
     InjectedRollback: injected_rollback,
+    Shed: shed,
+    KeyReused: key_reused,
     HTTPException: http_error,
     Exception: unexpected,
 }

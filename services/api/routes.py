@@ -1,17 +1,22 @@
-"""HTTP routes (DESIGN §6): each parses its input, calls one use case and lets errors.py map failures."""
+"""HTTP routes (DESIGN §8): each parses its input, calls one use case, lets error_handlers.py map errors."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated, Any
 
+import msgspec
 import sqlalchemy as sa
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
+from services.api.admission import watch_client
+from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from services.api.idempotency import IdempotencyKey, find_answer
 from services.api.openapi import body_operation
 from services.api.schemas import (
     CreateUserRequest,
@@ -20,7 +25,7 @@ from services.api.schemas import (
     VerifyEmailResponse,
     parse_create_user,
 )
-from services.api.signup import sign_up, verify_email
+from services.api.signup import Taken, sign_up, verify_email
 
 SIGNUPS = Counter("signup_api_signups_total", "Signups that committed")
 
@@ -32,7 +37,8 @@ _ERRORS = {
     409: "the username or the email is taken; `fields` names which",
     410: "the verification link expired",
     413: "the request body is larger than API_MAX_BODY_BYTES",
-    503: "a backing service is down; retry after the Retry-After header's seconds",
+    422: "this Idempotency-Key was used before with another request body",
+    503: "a backing service is down, or too many signups are in progress; retry after Retry-After seconds",
 }
 
 
@@ -48,20 +54,57 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
     status_code=200,
     operation_class=body_operation(CreateUserRequest),
     summary="Create a user; the verification email follows the commit",
+    description=(
+        "With an `Idempotency-Key` header, a retry with the same key and body returns the original answer "
+        "(header `Idempotent-Replayed: true`) instead of creating the user again or answering 409."
+    ),
     raises=[],
-    responses=_errors(400, 409, 413, 503),
+    responses=_errors(400, 409, 413, 422, 503),
 )
-async def create_user(request: Request[Any, Any, Any], state: State) -> CreateUserResponse:
+async def create_user(
+    request: Request[Any, Any, Any],
+    state: State,
+    idempotency_key: Annotated[
+        str | None,
+        HeaderParameter(
+            name=IDEMPOTENCY_HEADER,
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="a unique key per signup (e.g. a UUID); kept for API_IDEMPOTENCY_TTL_HOURS",
+        ),
+    ] = None,
+) -> Response[CreateUserResponse]:
     body = await request.body()
-    user = await sign_up(
-        state.sessions,
-        request=parse_create_user(body),
-        dispatcher=state.dispatcher,
-        faults=state.faults,
-        trace_id=request.scope["state"].get("trace_id"),
-    )
+    signup = parse_create_user(body)
+    key = IdempotencyKey.of(idempotency_key, body) if idempotency_key else None
+    ttl = timedelta(hours=state.settings.api_idempotency_ttl_hours)
+    if key is not None and (stored := await find_answer(state.sessions, key, ttl=ttl)):
+        return _replayed(stored)
+    try:
+        async with watch_client(request.receive) as gone, state.admission.admit(client_gone=gone) as ticket:
+            user = await sign_up(
+                state.sessions,
+                request=signup,
+                dispatcher=state.dispatcher,
+                faults=state.faults,
+                trace_id=request.scope["state"].get("trace_id"),
+                ticket=ticket,
+                idempotency=key,
+                idempotency_ttl=ttl,
+            )
+    except Taken:
+        # The same key and body committed meanwhile (the two met on the username): the original answer.
+        if key is not None and (stored := await find_answer(state.sessions, key, ttl=ttl)):
+            return _replayed(stored)
+        raise
     SIGNUPS.inc()
-    return CreateUserResponse(user=user)
+    return Response(CreateUserResponse(user=user))
+
+
+def _replayed(answer: bytes) -> Response[CreateUserResponse]:
+    original = msgspec.json.decode(answer, type=CreateUserResponse)
+    return Response(original, headers={"Idempotent-Replayed": "true"})
 
 
 @get(

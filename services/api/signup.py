@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.api.admission import Ticket
 from services.api.dispatch import Dispatcher
 from services.api.faults import Faults
+from services.api.idempotency import IdempotencyKey, KeyReused, store_answer
 from services.api.passwords import hash_password
-from services.api.schemas import CreateUserRequest, User
-from shared.database import EMAIL_TAKEN_CONSTRAINT, users, verify_emails
+from services.api.schemas import CreateUserRequest, CreateUserResponse, User
+from shared.database import EMAIL_TAKEN_CONSTRAINT, IDEMPOTENCY_KEY_TAKEN_CONSTRAINT, users, verify_emails
 from shared.logging import get_logger
 from shared.messages import SendVerifyEmail
 
@@ -40,13 +43,21 @@ async def sign_up(
     dispatcher: Dispatcher,
     faults: Faults,
     trace_id: str | None,
+    ticket: Ticket | None = None,
+    idempotency: IdempotencyKey | None = None,
+    idempotency_ttl: timedelta = timedelta(hours=24),
 ) -> User:
     """Create the user and dispatch its verification email in ONE transaction.
 
-    Raises ``Taken`` when the username or email is in use, ``InjectedRollback`` when a fault was injected;
-    database errors propagate. Nothing is written unless everything is.
+    With ``idempotency`` the answer is stored under that key in the same transaction. ``ticket`` is checked
+    after the hash and right before the commit. Raises ``Taken`` when the username or email is in use,
+    ``KeyReused`` when another request committed under the same key, ``Shed`` when the ticket's deadline
+    passed or its client left, ``InjectedRollback`` when a fault was injected; database errors propagate.
+    Nothing is written unless everything is.
     """
     hashed = await hash_password(request.password)
+    if ticket is not None:
+        ticket.check()
     try:
         async with sessions() as session, session.begin():
             row = (
@@ -61,23 +72,31 @@ async def sign_up(
                     .returning(users.c.password_changed_at, users.c.created_at)
                 )
             ).one()
+            user = User(
+                username=request.username,
+                full_name=request.full_name,
+                email=request.email,
+                password_changed_at=row.password_changed_at,
+                created_at=row.created_at,
+            )
+            if idempotency is not None:
+                answer = msgspec.json.encode(CreateUserResponse(user=user))
+                await store_answer(session, idempotency, answer, ttl=idempotency_ttl)
             await dispatcher.dispatch(session, SendVerifyEmail(username=request.username), trace_id=trace_id)
             await faults.before_commit()
+            if ticket is not None:
+                ticket.check()
     except IntegrityError as exc:
         cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper
         if getattr(cause, "sqlstate", None) != _UNIQUE_VIOLATION:
             raise
         constraint = getattr(cause, "constraint_name", None)
+        if constraint == IDEMPOTENCY_KEY_TAKEN_CONSTRAINT:
+            raise KeyReused from None  # the same body would have met the same username first
         raise Taken("email" if constraint == EMAIL_TAKEN_CONSTRAINT else "username") from None
     # ``committed`` marks this line for tools (the lab's latency is measured from it): keep the field.
     log.info("user signed up", username=request.username, committed=True)
-    return User(
-        username=request.username,
-        full_name=request.full_name,
-        email=request.email,
-        password_changed_at=row.password_changed_at,
-        created_at=row.created_at,
-    )
+    return user
 
 
 class VerifyEmailNotFound(Exception):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
+import uvicorn
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
 from shared.settings import Settings
+from tests.support import free_port, wait_for
 
 
 @pytest.fixture
@@ -17,3 +22,35 @@ async def client(settings: Settings, db: AsyncEngine) -> AsyncIterator[AsyncTest
     """The real app on the test database and Redis, emptied for this test."""
     async with AsyncTestClient(create_app(settings)) as client:
         yield client
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app under uvicorn on a free port, in this event loop, and a client for it.
+
+    Litestar's test client runs one request at a time; this serves requests concurrently, as production does,
+    and a client can really go away.
+    """
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+
+            async def up() -> bool:
+                return server.started
+
+            await wait_for(up, timeout=10, what="uvicorn to start")
+            yield http
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+async def served(settings: Settings, db: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the real app served by uvicorn on the test database, emptied for this test."""
+    async with serving(settings) as http:
+        yield http

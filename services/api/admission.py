@@ -1,0 +1,178 @@
+"""Bounded admission for signups: take only what can be finished within a deadline, refuse the rest at once.
+
+A signup costs tens of milliseconds of CPU (the argon2id hash), so a flood larger than the machine can hash
+would otherwise queue without bound: every answer late, clients timing out, and signups committing for
+clients that have gone. ``Admission`` lets ``concurrency`` signups work at once and up to ``max_waiting``
+wait; a signup that finds the wait queue full, or that waited longer than ``max_wait_s``, is ``Shed`` before
+any work (the API answers ``503`` + ``Retry-After``). ``max_waiting`` follows the measured service time, so
+the queue holds about what the working slots can finish within ``max_wait_s``. Other endpoints never wait
+here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from litestar.types import Receive
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.settings import Settings
+
+ShedReason = Literal["queue_full", "queue_timeout", "deadline", "client_gone"]
+
+ADMITTED = Counter("signup_api_admitted_total", "Signups admitted to work")
+SHED = Counter("signup_api_shed_total", "Signups refused with 503 before they committed", ["reason"])
+IN_FLIGHT = Gauge("signup_api_signups_in_flight", "Signups working now (hashing or in their transaction)")
+QUEUE_WAIT = Histogram(
+    "signup_api_queue_wait_seconds",
+    "How long an admitted signup waited for a working slot",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
+)
+
+# Until a signup has been measured: about one argon2id hash plus a transaction on a slow core.
+_INITIAL_SERVICE_S = 0.15
+_EWMA_WEIGHT = 0.2
+
+
+class Shed(Exception):
+    """The signup was refused before it committed; nothing of it was written (503 + ``Retry-After``)."""
+
+    def __init__(self, reason: ShedReason, *, retry_after_s: int) -> None:
+        super().__init__(f"signup shed: {reason}")
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class Ticket:
+    """An admitted signup. ``check()`` refuses it if its deadline passed or its client left."""
+
+    deadline: float
+    retry_after_s: int
+    client_gone: asyncio.Event
+
+    def check(self) -> None:
+        """Raise ``Shed`` if the answer could no longer reach a waiting client in time."""
+        if self.client_gone.is_set():
+            raise Shed("client_gone", retry_after_s=self.retry_after_s)
+        if time.monotonic() > self.deadline:
+            raise Shed("deadline", retry_after_s=self.retry_after_s)
+
+
+class Admission:
+    """At most ``concurrency`` signups at work and a short wait queue in front of them (module doc)."""
+
+    def __init__(
+        self, *, concurrency: int, max_wait_s: float, deadline_s: float, max_waiting: int = 0
+    ) -> None:
+        self.concurrency = concurrency
+        self.max_wait_s = max_wait_s
+        self.deadline_s = deadline_s
+        self._fixed_max_waiting = max_waiting
+        self._slots = asyncio.Semaphore(concurrency)
+        self._waiting = 0
+        self.service_s = _INITIAL_SERVICE_S
+        """A moving average of how long an admitted signup holds its slot."""
+
+    @property
+    def max_waiting(self) -> int:
+        """How many may wait: the setting, or what the slots finish in ``max_wait_s`` at the measured pace."""
+        if self._fixed_max_waiting:
+            return self._fixed_max_waiting
+        return max(1, math.floor(self.concurrency * self.max_wait_s / self.service_s))
+
+    def _retry_after_s(self) -> int:
+        backlog_s = (self._waiting + self.concurrency) * self.service_s / self.concurrency
+        return max(1, math.ceil(backlog_s))
+
+    @contextlib.asynccontextmanager
+    async def admit(self, *, client_gone: asyncio.Event) -> AsyncIterator[Ticket]:
+        """Wait for a working slot and hold it for the block; raises ``Shed`` when the signup is refused."""
+        arrived = time.monotonic()
+        if self._slots.locked() and self._waiting >= self.max_waiting:
+            raise _shed("queue_full", self._retry_after_s())
+        self._waiting += 1
+        try:
+            await _acquire(self._slots, timeout_s=self.max_wait_s, client_gone=client_gone)
+        except TimeoutError:
+            raise _shed("queue_timeout", self._retry_after_s()) from None
+        except _ClientGone:
+            raise _shed("client_gone", self._retry_after_s()) from None
+        finally:
+            self._waiting -= 1
+        started = time.monotonic()
+        ADMITTED.inc()
+        QUEUE_WAIT.observe(started - arrived)
+        IN_FLIGHT.inc()
+        try:
+            yield Ticket(arrived + self.deadline_s, self._retry_after_s(), client_gone)
+        finally:
+            IN_FLIGHT.dec()
+            self._slots.release()
+            took = time.monotonic() - started
+            self.service_s += _EWMA_WEIGHT * (took - self.service_s)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _shed(reason: ShedReason, retry_after_s: int) -> Shed:
+    SHED.labels(reason=reason).inc()
+    return Shed(reason, retry_after_s=retry_after_s)
+
+
+async def _acquire(slots: asyncio.Semaphore, *, timeout_s: float, client_gone: asyncio.Event) -> None:
+    """Acquire ``slots`` within ``timeout_s``; raise ``_ClientGone`` if the client leaves first."""
+    if not slots.locked():
+        await slots.acquire()
+        return
+    acquire = asyncio.ensure_future(slots.acquire())
+    gone = asyncio.ensure_future(client_gone.wait())
+    try:
+        done, _ = await asyncio.wait({acquire, gone}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if acquire in done:
+        return
+    if not acquire.cancel():  # it acquired as we gave up: hand the slot back
+        slots.release()
+    raise _ClientGone if gone in done else TimeoutError
+
+
+@contextlib.asynccontextmanager
+async def watch_client(receive: Receive) -> AsyncIterator[asyncio.Event]:
+    """An event set when the client disconnects, for a request whose body has been read already.
+
+    Once the body is read, the ASGI server answers ``receive()`` only when the client goes away.
+    """
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        watcher.cancel()
+
+
+def build_admission(settings: Settings) -> Admission:
+    """The admission of ``settings``: ``API_SIGNUP_CONCURRENCY`` (0: one per CPU this process may use)."""
+    concurrency = settings.api_signup_concurrency or len(os.sched_getaffinity(0))
+    return Admission(
+        concurrency=concurrency,
+        max_wait_s=settings.api_signup_max_wait_ms / 1000,
+        deadline_s=settings.api_signup_deadline_ms / 1000,
+        max_waiting=settings.api_signup_max_waiting,
+    )

@@ -1,0 +1,146 @@
+"""Holding the load on the real API and PostgreSQL: shed what cannot be served in time, make retries safe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import msgspec
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.database import idempotency_keys, outbox, users
+from shared.settings import Settings
+from tests.integration.conftest import serving
+from tests.integration.relay_helpers import running_relay
+from tests.integration.test_api_signup import count, signup_body
+from tests.integration.test_worker import running_worker
+from tests.support import SmtpSink, wait_for
+
+
+async def test_a_flood_beyond_the_limit_is_shed_fast_and_every_accepted_signup_gets_its_email(
+    db: AsyncEngine, settings: Settings, sink: SmtpSink
+) -> None:
+    # One at work, two waiting (patiently: what is measured is the refusal of the rest, on any machine).
+    tight = msgspec.structs.replace(
+        settings,
+        api_signup_concurrency=1,
+        api_signup_max_waiting=2,
+        api_signup_max_wait_ms=60_000,
+        api_signup_deadline_ms=120_000,
+    )
+    async with serving(tight) as http:
+
+        async def sign_up(n: int) -> tuple[httpx.Response, float]:
+            started = time.monotonic()
+            response = await http.post("/v1/create_user", json=signup_body(f"flood_{n}", f"f{n}@example.com"))
+            return response, time.monotonic() - started
+
+        answers = await asyncio.gather(*(sign_up(n) for n in range(12)))
+        health = await http.get("/healthz")
+    assert health.status_code == 200
+    accepted = [response for response, _ in answers if response.status_code == 200]
+    shed = [(response, took) for response, took in answers if response.status_code == 503]
+    assert len(accepted) + len(shed) == 12, [response.status_code for response, _ in answers]
+    assert 3 <= len(accepted) < 12 and shed
+    for response, took in shed:
+        assert int(response.headers["retry-after"]) >= 1 and took < 0.5
+        assert response.json()["error"] == "too many signups at once, retry later"
+    assert await count(db, users) == len(accepted) == await count(db, outbox)
+    with running_worker(settings):
+        async with running_relay(settings):
+
+            def mailed() -> list[str]:
+                return sorted(to for mail in sink.snapshot() for to in mail.recipients)
+
+            expected = sorted(r.json()["user"]["email"] for r in accepted)
+
+            async def all_mailed() -> bool:
+                return mailed() == expected
+
+            await wait_for(all_mailed, timeout=30, what="one email for every accepted signup")
+    assert mailed() == expected
+
+
+async def test_a_retry_with_the_same_key_returns_the_original_answer(client, db) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = await client.post("/v1/create_user", json=signup_body(), headers=key)
+    again = await client.post("/v1/create_user", json=signup_body(), headers=key)
+
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert await count(db, users) == 1 == await count(db, outbox)
+    # Without the key the same body is a second signup attempt, as before: 409.
+    assert (await client.post("/v1/create_user", json=signup_body())).status_code == 409
+
+
+async def test_concurrent_duplicates_with_one_key_create_one_user(db, settings) -> None:
+    # Never shed, on any machine: what is tested is the key under concurrency.
+    patient = msgspec.structs.replace(settings, api_signup_max_wait_ms=60_000, api_signup_deadline_ms=120_000)
+    key = {"Idempotency-Key": "retry-storm-1"}
+    async with serving(patient) as http:
+        answers = await asyncio.gather(
+            *(http.post("/v1/create_user", json=signup_body(), headers=key) for _ in range(6))
+        )
+    assert [answer.status_code for answer in answers] == [200] * 6
+    assert len({answer.text for answer in answers}) == 1
+    assert await count(db, users) == 1 == await count(db, outbox) == await count(db, idempotency_keys)
+
+
+async def test_the_same_key_with_another_body_is_refused(client, db) -> None:
+    key = {"Idempotency-Key": "k-1"}
+    assert (await client.post("/v1/create_user", json=signup_body(), headers=key)).status_code == 200
+    other = await client.post("/v1/create_user", json=signup_body("bob", "bob@example.com"), headers=key)
+
+    assert other.status_code == 422
+    assert other.json()["fields"] == [
+        {"field": "Idempotency-Key", "message": "used before with another request body"}
+    ]
+    assert await count(db, users) == 1
+
+
+async def test_an_error_is_not_stored_a_retry_runs_again(client, db) -> None:
+    await client.post("/v1/create_user", json=signup_body())
+    key = {"Idempotency-Key": "k-2"}
+    taken = signup_body(email="other@example.com")
+    assert (await client.post("/v1/create_user", json=taken, headers=key)).status_code == 409
+    assert (await client.post("/v1/create_user", json=taken, headers=key)).status_code == 409
+    assert await count(db, idempotency_keys) == 0
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "a key with spaces", "ключ"])
+async def test_a_malformed_key_is_a_400_naming_the_header(client, db, key) -> None:
+    response = await client.post(
+        "/v1/create_user", json=signup_body(), headers={"Idempotency-Key": key.encode()}
+    )
+    assert response.status_code == 400, response.text
+    assert await count(db, users) == 0
+
+
+async def test_the_key_is_never_stored_or_logged(client, db, sensitive) -> None:
+    secret_key = f"key-{uuid.uuid4()}"
+    sensitive.append(secret_key)
+    response = await client.post(
+        "/v1/create_user", json=signup_body(), headers={"Idempotency-Key": secret_key}
+    )
+    assert response.status_code == 200
+    async with db.connect() as connection:
+        row = (await connection.execute(idempotency_keys.select())).one()
+    assert secret_key not in (row.key_hash, row.fingerprint) and b"correct horse" not in row.response
+
+
+async def test_a_client_that_leaves_before_the_commit_leaves_no_user(db, settings, log_tee) -> None:
+    slow_commit = msgspec.structs.replace(settings, fault_commit_delay_ms=1000)
+    start = len(log_tee.lines)
+    async with serving(slow_commit) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/create_user", json=signup_body(), timeout=0.3)
+
+        async def shed_logged() -> bool:
+            return any('"client_gone"' in line for line in log_tee.lines[start:])
+
+        await wait_for(shed_logged, timeout=10, what="the signup to be shed")
+    assert await count(db, users) == 0 and await count(db, outbox) == 0
