@@ -1,20 +1,17 @@
-"""The worker's one factory, and the module the Dramatiq CLI loads (``dramatiq services.worker.entry:setup``).
+"""The worker's one factory, ``build_worker(settings)``, which ``signup worker`` (main.py) runs.
 
-``build_worker(settings)`` builds the broker, its middleware and the ``send_verify_email`` actor; nothing
-happens at import time. ``setup()`` is what a worker process calls at start: settings, logging, broker,
-``dramatiq.set_broker``. The actor is bound to its broker explicitly, so no global is needed to declare it.
+It builds the broker, its middleware and the ``send_verify_email`` actor; nothing happens at import time. The
+actor is bound to its broker explicitly, so Dramatiq's global broker is never set.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
 import msgspec
 from dramatiq import Broker, Middleware, Worker
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,11 +20,10 @@ from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.metrics import WorkerMetrics
 from services.worker.middleware import FailureObserver, MessageContext
 from services.worker.verify import send_verify_email
-from shared.broker import create_broker
+from shared.broker import SignupRedisBroker, create_broker
 from shared.database import create_engine, create_sessionmaker, database_unavailable
-from shared.logging import configure_logging
 from shared.messages import SEND_VERIFY_EMAIL_ACTOR, SEND_VERIFY_EMAIL_QUEUE, SendVerifyEmail
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 
 
 class BadPayload(PermanentError):
@@ -99,8 +95,7 @@ class _Lifecycle(Middleware):
         self.context = context
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        s = self.context.settings
-        self.context.metrics.serve(port=s.worker_metrics_port, tries=s.worker_processes)
+        self.context.metrics.serve(port=self.context.settings.worker_metrics_port)
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         from dramatiq.asyncio import get_event_loop_thread
@@ -110,7 +105,9 @@ class _Lifecycle(Middleware):
             loop_thread.run_coroutine(self.context.engine.dispose())
 
 
-def build_worker(settings: Settings, *, mailer: Mailer | None = None) -> tuple[RedisBroker, WorkerContext]:
+def build_worker(
+    settings: Settings, *, mailer: Mailer | None = None
+) -> tuple[SignupRedisBroker, WorkerContext]:
     """The worker's broker with its middleware and actor, and the context its messages share."""
     context = WorkerContext(
         settings=settings, mailer=mailer or SmtpMailer(settings), engine=create_engine(settings.database_url)
@@ -121,14 +118,3 @@ def build_worker(settings: Settings, *, mailer: Mailer | None = None) -> tuple[R
     )
     declare_actor(broker, context)
     return broker, context
-
-
-def setup() -> None:
-    """Called by the Dramatiq CLI in each worker process: logging, the global broker, then the actor."""
-    settings = load_settings()
-    # The CLI points stdout at a pipe to its main process, which writes to stderr; log to the real stdout.
-    configure_logging(
-        service="worker", log_format=settings.log_format, log_level=settings.log_level, stream=sys.__stdout__
-    )
-    broker, _ = build_worker(settings)
-    dramatiq.set_broker(broker)

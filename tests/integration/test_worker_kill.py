@@ -47,7 +47,6 @@ def start_worker(settings: Settings, sink: SmtpSink) -> subprocess.Popen[bytes]:
         "SMTP_HOST": sink.host,
         "SMTP_PORT": str(sink.port),
         "WORKER_METRICS_PORT": "0",
-        "WORKER_PROCESSES": "1",
         "WORKER_THREADS": "2",
         "LOG_FORMAT": "json",
     }
