@@ -104,6 +104,14 @@ def mail_for(address: str, *, out_dir: Path, dev: Dev) -> bool:
     return stored or printed
 
 
+def dev_ready(dev: Dev, api: str) -> bool:
+    assert dev.process.poll() is None, f"signup dev exited early:\n{dev.output()[-3000:]}"
+    try:
+        return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
     dev_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -113,15 +121,7 @@ def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
     dev = Dev(env=dev_env, cwd=tmp_path)
     try:
         api = f"http://127.0.0.1:{dev_env['API_PORT']}"
-
-        def ready() -> bool:
-            assert dev.process.poll() is None, f"signup dev exited early:\n{dev.output()[-3000:]}"
-            try:
-                return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=60, interval=0.2, what="the API to be ready")
+        wait_until(lambda: dev_ready(dev, api), timeout=60, interval=0.2, what="the API to be ready")
         user = f"dev_{uuid.uuid4().hex[:8]}"
         address = f"{user}@example.com"
         response = httpx.post(
@@ -159,3 +159,17 @@ def test_dev_stops_everything_and_fails_when_a_service_dies(dev_env: dict[str, s
             assert dev.left_behind() == []
         finally:
             dev.kill()
+
+
+def test_a_sigkilled_dev_leaves_no_service_running(dev_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL gives ``signup dev`` no chance to stop anything: each service must notice and stop itself."""
+    dev = Dev(env=dev_env, cwd=tmp_path)
+    try:
+        api = f"http://127.0.0.1:{dev_env['API_PORT']}"
+        wait_until(lambda: dev_ready(dev, api), timeout=60, interval=0.2, what="the API to be ready")
+        assert len(dev.left_behind()) >= 5
+        dev.process.kill()
+        dev.process.wait(timeout=10)
+        wait_until(lambda: dev.left_behind() == [], timeout=30, what="every service to stop")
+    finally:
+        dev.kill()
