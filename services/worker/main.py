@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import redis
 from dramatiq import Worker
+from dramatiq.common import join_all
 from dramatiq.errors import BrokerConnectionError
 
 from services.worker.entry import build_worker
@@ -65,6 +66,12 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
 def stop(worker: Worker, broker: SignupRedisBroker, events: queue.SimpleQueue[int]) -> None:
     """Stop ``worker`` (see ``stop_worker``), then hand back to Redis whatever this process still holds."""
     graceful = stop_worker(worker, events)
+    if not graceful:
+        # Worker.stop keeps its consumers fetching until the threads are done (for the heartbeat); what they
+        # fetched after the hand back would wait for the heartbeat timeout.
+        for consumer in worker.consumers.values():
+            consumer.stop()
+        join_all(worker.consumers.values(), _STOP_SLACK_S * 1000)
     handed_back = hand_back(broker)
     try:
         if graceful:
