@@ -1,7 +1,7 @@
 """The Dramatiq broker every process shares (relay and course strategies enqueue; the worker consumes).
 
-``create_broker(settings)`` builds it; nothing here runs at import time. The worker's entry module sets it
-as Dramatiq's global broker before any actor is declared (see services/worker).
+``create_broker(settings)`` builds it; nothing here runs at import time. The worker declares its actor on
+it explicitly (``services.worker.entry.build_worker``), so Dramatiq's global broker is never needed.
 """
 
 from __future__ import annotations
@@ -69,17 +69,37 @@ class SignupRedisBroker(RedisBroker):
         return _Consumer
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        self.hand_back(queue_name)
+        consumer: Consumer = super().consume(queue_name, prefetch, timeout)
+        return consumer
+
+    def hand_back(self, queue_name: str) -> int:
+        """Put every message this broker holds on ``queue_name`` (fetched, not yet acked) back on that queue.
+
+        Returns how many it held. Raises ``ConnectionClosed`` when Redis cannot be reached.
+        """
         try:
             held = self.client.smembers(f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}")
             if held:
                 self.do_requeue(queue_name, *held)
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None
-        consumer: Consumer = super().consume(queue_name, prefetch, timeout)
-        return consumer
+        return len(held)
+
+    def hand_back_all(self) -> int:
+        """``hand_back`` on every declared queue and delay queue: what a stopping worker must not keep.
+
+        Dramatiq's ``Worker.stop`` requeues the messages waiting in the worker's memory, but not those its
+        consumer fetched and had not handed out yet, nor one a worker thread did not finish in time; without
+        this they would wait for the heartbeat timeout. Raises ``ConnectionClosed`` when Redis is down.
+        """
+        queues = self.get_declared_queues() | self.get_declared_delay_queues()
+        return sum(self.hand_back(queue_name) for queue_name in sorted(queues))
 
 
-def create_broker(settings: Settings, *, extra_middleware: list[Middleware] | None = None) -> RedisBroker:
+def create_broker(
+    settings: Settings, *, extra_middleware: list[Middleware] | None = None
+) -> SignupRedisBroker:
     """A ``SignupRedisBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings."""
     middleware: list[Middleware] = [
         AgeLimit(max_age=MAX_AGE_MS),

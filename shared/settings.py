@@ -75,7 +75,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_max_retries: NonNegativeInt = 10
     worker_min_backoff_ms: NonNegativeInt = 1000
     worker_max_backoff_ms: NonNegativeInt = 300_000
-    worker_processes: PositiveInt = 1
     worker_threads: PositiveInt = 8
     worker_skip_retry_missing_user: bool = False
     """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""

@@ -1,10 +1,11 @@
 """``signup dev``: migrate, then api + relay + worker + mailsink in the foreground (DESIGN §8).
 
-Each service is a child process in its own process group (the Dramatiq CLI forks worker processes of its
-own, and none of them may outlive ``signup dev``). Their output is merged into one stream, each line
-prefixed with the service's name. Ctrl-C or SIGTERM stops them all: SIGTERM to each service, SIGKILL to
-each whole process group after ``STOP_TIMEOUT_S``. A child that exits on its own stops the rest, and
-``signup dev`` exits non-zero.
+Each service is a child process in a session of its own, so that a terminal's Ctrl-C (or a signal to
+``signup dev``'s process group) reaches only ``signup dev``, which then stops every service in one way.
+Their output is merged into one stream, each line prefixed with the service's name. Ctrl-C or SIGTERM stops
+them all: SIGTERM to each service, SIGKILL to each whole process group after ``STOP_TIMEOUT_S``. A child that
+exits on its own stops the rest, and ``signup dev`` exits non-zero. On Linux a service also stops when
+``signup dev`` is SIGKILLed (``supervise.stop_with_supervisor``).
 """
 
 from __future__ import annotations
@@ -100,9 +101,8 @@ def supervise(
 def stop_all(children: Sequence[Child], *, stream: LogStream, timeout: float = STOP_TIMEOUT_S) -> None:
     """SIGTERM every child, wait up to ``timeout`` seconds, then SIGKILL every process group still there.
 
-    SIGTERM goes to the leader only: Dramatiq's main process forwards it to its worker processes, which
-    take a second SIGTERM as "exit now" and would drop the messages they hold. What is left in a group
-    after its leader has exited has nobody to stop it, so it is killed at once.
+    A service is one process that stops itself on SIGTERM. Anything still left in a group after its leader
+    has exited has nobody to stop it, so it is killed at once.
     """
     for child in children:
         child.terminate()

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from shared.settings import Settings, SettingsError, load_settings
+from signup_cli.supervise import stop_with_supervisor
 
 # subcommand → "module:function"; the function takes (settings, args) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,6 +73,7 @@ def resolve(target: str) -> Callable[[Settings, argparse.Namespace], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_with_supervisor()
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()

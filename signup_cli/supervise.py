@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +16,9 @@ from typing import IO, TextIO
 # ANSI colours handed out to services in order; the prefix is only coloured on a terminal.
 _COLOURS = ("36", "33", "35", "32", "34", "91", "96")
 _PREFIX_WIDTH = 8
+# Set in each child's environment to ``signup dev``'s pid; the child then stops when ``signup dev`` dies.
+SUPERVISOR_PID = "SIGNUP_DEV_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class LogStream:
@@ -55,7 +61,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=dict(env),
+            env={**env, SUPERVISOR_PID: str(os.getpid())},
             start_new_session=True,
         )
         assert process.stdout is not None
@@ -71,7 +77,7 @@ class Child:
         return self.process.poll()
 
     def alive(self) -> bool:
-        """Whether the leader or any process of its group (e.g. Dramatiq's worker processes) still exists.
+        """Whether the leader or any process of its group (anything it started) still exists.
 
         The group id cannot be reused while a member holds it, so probing it after the leader is gone is safe.
         """
@@ -84,7 +90,7 @@ class Child:
         return True
 
     def terminate(self) -> None:
-        """Ask the leader to stop (SIGTERM); it stops the processes it started itself."""
+        """Ask the leader to stop (SIGTERM)."""
         if self.process.poll() is None:
             self.process.terminate()
 
@@ -103,3 +109,21 @@ def _pump(name: str, pipe: IO[bytes], stream: LogStream) -> None:
     with pipe:
         for raw in iter(pipe.readline, b""):
             stream.write(name, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+
+def stop_with_supervisor() -> None:
+    """In a child of ``signup dev``: get SIGTERM when ``signup dev`` dies, even of SIGKILL (Linux only).
+
+    A SIGKILLed supervisor cannot stop its children, and each runs in a session of its own, so nothing
+    else would. The variable is removed, so that processes this child starts do not act on it. Linux sends
+    the signal when the *thread* that forked the child ends, so ``signup dev`` starts its children from its
+    main thread.
+    """
+    supervisor = os.environ.pop(SUPERVISOR_PID, None)
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return  # not fatal: SIGINT and SIGTERM to ``signup dev`` still stop everything
+    if os.getppid() != int(supervisor):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -108,8 +108,11 @@ class SignupProcess:
             raise
 
 
-def start_signup(*args: str, env: dict[str, str], log_dir: Path) -> SignupProcess:
-    """Start ``signup ARGS`` (``python -m signup_cli.main``) with ``env`` over the current environment."""
+def start_signup(*args: str, env: dict[str, str], log_dir: Path, new_session: bool = False) -> SignupProcess:
+    """Start ``signup ARGS`` (``python -m signup_cli.main``) with ``env`` over the current environment.
+
+    ``new_session`` makes it the leader of a process group of its own, which a test may signal as a whole.
+    """
     log_path = log_dir / f"signup-{args[0]}-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -118,5 +121,6 @@ def start_signup(*args: str, env: dict[str, str], log_dir: Path) -> SignupProces
             cwd=repo_root(),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
     return SignupProcess(process, log_path)

@@ -20,7 +20,7 @@ from lab.harness.stack import Stack
 
 # Every cell's worker gets the same retry policy; a shorter cap than production's 5 minutes keeps the
 # retrying strategies' recoveries inside the cell's deadline.
-COMMON_ENV = {"WORKER_PROCESSES": "1", "WORKER_THREADS": "4", "WORKER_MAX_BACKOFF_MS": "8000"}
+COMMON_ENV = {"WORKER_THREADS": "4", "WORKER_MAX_BACKOFF_MS": "8000"}
 GRACE_S = 3.0
 """After the last signup plus the strategy's delay and commit delay: time for every message's first try."""
 REDELIVERY_S = 30.0

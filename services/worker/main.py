@@ -1,43 +1,122 @@
-"""``signup worker``: run the Dramatiq CLI on ``services.worker.entry:setup`` (DESIGN §4, §8).
+"""``signup worker``: one Dramatiq ``Worker`` in this process until SIGTERM or SIGINT, then exit 0.
 
-The process is replaced by Dramatiq's (``exec``), so SIGINT/SIGTERM reach its main process directly, which
-hands them to its worker processes: they finish the messages they hold, then stop.
+The first signal stops it gracefully: its threads finish the messages in hand for up to ``STOP_GRACE_S``, and
+everything else this process holds goes back to Redis. A second signal stops waiting: what is still held goes
+back to Redis at once and the process exits. The same holds when the signal reaches the whole process group
+(systemd, honcho, a terminal): there is only one process, and it counts signals, not senders. Run more
+``signup worker`` processes to scale (``docker compose up --scale worker=N``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import queue
+import signal
+import threading
+from collections.abc import Mapping
 
-from shared.messages import registered
+import redis
+from dramatiq import Worker
+from dramatiq.common import join_all
+from dramatiq.errors import BrokerConnectionError
+
+from services.worker.entry import build_worker
+from shared.broker import SignupRedisBroker
+from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 
-# An idle Dramatiq consumer sleeps up to this between polls; the default (1000 ms) then dominates
+log = get_logger()
+
+# An idle Dramatiq consumer sleeps up to this between polls; Dramatiq's default (1000 ms) then dominates
 # commit-to-email time. Polling every 50 ms costs Redis almost nothing (DESIGN §4).
-DEFAULT_WORKER_TIMEOUT_MS = "50"
-
-
-def dramatiq_argv(settings: Settings) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        "services.worker.entry:setup",
-        "--processes",
-        str(settings.worker_processes),
-        "--threads",
-        str(settings.worker_threads),
-        "--queues",
-        *sorted({message.queue for message in registered()}),
-        "--skip-logging",
-    ]
+POLL_TIMEOUT_VARIABLE = "dramatiq_worker_timeout"
+DEFAULT_POLL_TIMEOUT_MS = 50
+# How long the messages in hand may take to finish: below the 10 s that compose, systemd and Kubernetes
+# wait before SIGKILL, with room to stop the consumers and hand back the rest.
+STOP_GRACE_S = 5.0
+_STOP_SLACK_S = 2.0
+_STOPPED = 0  # put on the signal queue when Worker.stop has returned; never a signal number
 
 
 def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
-    env = dict(os.environ)
-    # Read by Dramatiq at import time, so it must be in the environment of the process we exec.
-    env.setdefault("dramatiq_worker_timeout", DEFAULT_WORKER_TIMEOUT_MS)
-    argv = dramatiq_argv(settings)
-    os.execve(argv[0], argv, env)  # noqa: S606 - argv is ours, no shell involved
-    return 0  # pragma: no cover - execve does not return
+    """Consume until the first SIGTERM/SIGINT, stop as described above and return 0."""
+    poll_timeout_ms = poll_timeout(os.environ)
+    configure_logging(service="worker", log_format=settings.log_format, log_level=settings.log_level)
+    broker, _ = build_worker(settings)
+    events: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # SimpleQueue.put may be called from a signal handler; the main thread does the work.
+        signal.signal(signum, lambda received, _frame: events.put(received))
+    queues = broker.get_declared_queues()  # those of the declared actors (their delay queues follow)
+    worker = Worker(
+        broker, queues=queues, worker_threads=settings.worker_threads, worker_timeout=poll_timeout_ms
+    )
+    worker.start()
+    try:
+        log.info("worker.started", queues=sorted(queues), threads=settings.worker_threads)
+        received = signal.Signals(events.get())
+        log.info("worker.stopping", signal=received.name, grace_s=STOP_GRACE_S)
+    finally:
+        # Even if logging fails (a stdout nobody reads any more, under a SIGKILLed `signup dev`).
+        stop(worker, broker, events)
+    return 0
+
+
+def stop(worker: Worker, broker: SignupRedisBroker, events: queue.SimpleQueue[int]) -> None:
+    """Stop ``worker`` (see ``stop_worker``), then hand back to Redis whatever this process still holds."""
+    graceful = stop_worker(worker, events)
+    if not graceful:
+        # Worker.stop keeps its consumers fetching until the threads are done (for the heartbeat); what they
+        # fetched after the hand back would wait for the heartbeat timeout.
+        for consumer in worker.consumers.values():
+            consumer.stop()
+        join_all(worker.consumers.values(), _STOP_SLACK_S * 1000)
+    handed_back = hand_back(broker)
+    try:
+        if graceful:
+            log.info("worker.stopped", handed_back=handed_back)
+        else:
+            log.warning("worker.stopped without waiting", handed_back=handed_back)
+    finally:
+        if not graceful:
+            # The event loop thread (not a daemon) may still run the message in hand, and the interpreter
+            # would wait for it; that message is back in Redis, so there is nothing left to wait for.
+            os._exit(0)
+
+
+def poll_timeout(environ: Mapping[str, str]) -> int:
+    """The consumer's idle poll timeout in ms: ``dramatiq_worker_timeout``, else ``DEFAULT_POLL_TIMEOUT_MS``.
+
+    Dramatiq reads the same variable when it is imported, and fails there on anything but an integer.
+    """
+    return int(environ.get(POLL_TIMEOUT_VARIABLE) or DEFAULT_POLL_TIMEOUT_MS)
+
+
+def stop_worker(worker: Worker, events: queue.SimpleQueue[int]) -> bool:
+    """Run ``worker.stop`` (threads finish their messages, prefetched ones go back) in a helper thread.
+
+    Returns True when it finished; False when a second signal came first or it overran the grace period.
+    """
+
+    def stop_then_report() -> None:
+        try:
+            worker.stop(timeout=int(STOP_GRACE_S * 1000))
+        finally:
+            events.put(_STOPPED)
+
+    threading.Thread(target=stop_then_report, name="worker-stop", daemon=True).start()
+    try:
+        return events.get(timeout=STOP_GRACE_S + _STOP_SLACK_S) == _STOPPED
+    except queue.Empty:
+        return False
+
+
+def hand_back(broker: SignupRedisBroker) -> int | None:
+    """Requeue what this process still holds (``SignupRedisBroker.hand_back_all``); None if Redis is down."""
+    try:
+        return broker.hand_back_all()
+    except (BrokerConnectionError, redis.RedisError) as exc:
+        # The heartbeat timeout still redelivers them: say so, and stop all the same.
+        log.warning("worker.hand_back failed", error=type(exc).__name__)
+        return None

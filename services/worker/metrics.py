@@ -1,7 +1,8 @@
 """Worker metrics (Prometheus): emails sent by kind, retries scheduled and dead letters by message.
 
-Each worker process serves its own counters on the first free port from ``WORKER_METRICS_PORT`` upwards
-(``WORKER_PROCESSES`` ports at most): scrape each, or sum them. 0 turns metrics off.
+Each ``signup worker`` process serves its own counters on ``WORKER_METRICS_PORT``: scrape each, or sum them.
+Several on one host need a port each (a taken port is logged and the worker runs without metrics); 0 turns
+metrics off.
 """
 
 from __future__ import annotations
@@ -37,16 +38,14 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
-    def serve(self, *, port: int, tries: int) -> int | None:
-        """Serve on the first free port of ``port`` … ``port + tries - 1``; None if off or none was free."""
+    def serve(self, *, port: int) -> int | None:
+        """Serve ``/metrics`` on ``port`` (a daemon thread); None if ``port`` is 0 or already taken."""
         if port == 0:
             return None
-        for candidate in range(port, port + max(tries, 1)):
-            try:
-                start_http_server(candidate, registry=self.registry)
-            except OSError:
-                continue
-            log.info("metrics endpoint", port=candidate)
-            return candidate
-        log.warning("no free port for metrics", first_port=port)
-        return None
+        try:
+            start_http_server(port, registry=self.registry)
+        except OSError as exc:
+            log.warning("metrics port unavailable", port=port, error=exc.strerror)
+            return None
+        log.info("metrics endpoint", port=port)
+        return port

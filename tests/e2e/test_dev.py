@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,21 +97,27 @@ def mail_for(address: str, *, out_dir: Path, dev: Dev) -> bool:
     return stored or printed
 
 
+# What each service logs once it handles SIGTERM itself (the API is asked over HTTP).
+STARTED = ("relay.started", "worker.started", "mailsink listening")
+
+
+def dev_ready(dev: Dev, api: str) -> bool:
+    assert dev.process.poll() is None, f"signup dev exited early:\n{dev.output()[-3000:]}"
+    if not all(any(started in line for line in dev.lines) for started in STARTED):
+        return False
+    try:
+        return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
     dev_env: dict[str, str], tmp_path: Path
 ) -> None:
     dev = Dev(env=dev_env, cwd=tmp_path)
     try:
         api = f"http://127.0.0.1:{dev_env['API_PORT']}"
-
-        def ready() -> bool:
-            assert dev.process.poll() is None, f"signup dev exited early:\n{dev.output()[-3000:]}"
-            try:
-                return httpx.get(f"{api}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=60, interval=0.2, what="the API to be ready")
+        wait_until(lambda: dev_ready(dev, api), timeout=60, interval=0.2, what="the API to be ready")
         user = f"dev_{uuid.uuid4().hex[:8]}"
         address = f"{user}@example.com"
         response = httpx.post(
@@ -128,7 +135,8 @@ def test_dev_runs_a_signup_through_to_the_email_and_ctrl_c_stops_everything(
             assert any(line.startswith(f"{name:<8} |") for line in dev.lines), name
 
         assert len(dev.left_behind()) >= 5  # dev itself and its four services
-        dev.process.send_signal(signal.SIGINT)
+        # Ctrl-C signals the terminal's foreground process group; the services have sessions of their own.
+        os.killpg(dev.process.pid, signal.SIGINT)
         assert dev.process.wait(timeout=30) == 0, dev.output()[-3000:]
         assert dev.left_behind() == []
         assert "did not stop" not in dev.output()  # every service stopped on SIGTERM, none was killed
@@ -148,3 +156,37 @@ def test_dev_stops_everything_and_fails_when_a_service_dies(dev_env: dict[str, s
             assert dev.left_behind() == []
         finally:
             dev.kill()
+
+
+def test_a_sigkilled_dev_leaves_no_service_running(dev_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGKILL gives ``signup dev`` no chance to stop anything: each service must notice and stop itself."""
+    dev = Dev(env=dev_env, cwd=tmp_path)
+    try:
+        api = f"http://127.0.0.1:{dev_env['API_PORT']}"
+        wait_until(lambda: dev_ready(dev, api), timeout=60, interval=0.2, what="the API to be ready")
+        assert len(dev.left_behind()) >= 5
+        dev.process.kill()
+        dev.process.wait(timeout=10)
+        wait_until(lambda: dev.left_behind() == [], timeout=10, what="every service to stop")
+    finally:
+        dev.kill()
+
+
+def test_dev_stops_everything_on_sigterm_to_every_process(dev_env: dict[str, str], tmp_path: Path) -> None:
+    """As systemd's default ``KillMode=control-group`` does: each service gets SIGTERM twice, from systemd
+    and from ``signup dev``."""
+    dev = Dev(env=dev_env, cwd=tmp_path)
+    try:
+        api = f"http://127.0.0.1:{dev_env['API_PORT']}"
+        wait_until(lambda: dev_ready(dev, api), timeout=60, interval=0.2, what="every service to start")
+        started = time.monotonic()
+        dev.process.terminate()  # the main process first, then the others (as systemd does)
+        for pid in dev.left_behind():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        assert dev.process.wait(timeout=30) == 0, dev.output()[-3000:]
+        assert time.monotonic() - started < 10
+        assert dev.left_behind() == []
+        assert "did not stop" not in dev.output()
+    finally:
+        dev.kill()

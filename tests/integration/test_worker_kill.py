@@ -47,11 +47,10 @@ def start_worker(settings: Settings, sink: SmtpSink) -> subprocess.Popen[bytes]:
         "SMTP_HOST": sink.host,
         "SMTP_PORT": str(sink.port),
         "WORKER_METRICS_PORT": "0",
-        "WORKER_PROCESSES": "1",
         "WORKER_THREADS": "2",
         "LOG_FORMAT": "json",
     }
-    # Its own process group: killing the group kills Dramatiq's main and worker processes at once.
+    # Its own process group, which the test kills as a whole.
     return subprocess.Popen(
         [sys.executable, "-m", "signup_cli.main", "worker"],
         env=env,
@@ -63,7 +62,7 @@ def start_worker(settings: Settings, sink: SmtpSink) -> subprocess.Popen[bytes]:
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL Dramatiq's main process and its worker processes at once, as a machine failure would."""
+    """SIGKILL the worker and anything it started, as a machine failure would."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -72,8 +71,7 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to Dramatiq's main process only: it forwards it to its workers. (A second SIGTERM sent to
-    the whole group makes a worker process exit at once, and it then hangs on the event loop thread.)"""
+    """SIGTERM, then wait for the exit (the group is killed after 30 s, so nothing outlives the test)."""
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
