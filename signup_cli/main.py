@@ -17,7 +17,7 @@ from signup_cli.supervise import stop_with_supervisor
 # subcommand → "module:function"; the function takes (settings, args) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("signup_cli.commands:migrate", "create the database if missing and upgrade it to head"),
-    "api": ("services.api.server:run", "serve the HTTP API"),
+    "api": ("services.api.main:run", "serve the HTTP API"),
     "relay": ("services.relay.main:run", "move committed outbox rows to Redis"),
     "worker": ("services.worker.main:run", "send verification emails (Dramatiq worker)"),
     "mailsink": ("services.worker.mailsink:run", "a development SMTP server that prints and stores mail"),
