@@ -1,10 +1,11 @@
-"""``signup bench [--quick] [--out-dir DIR]``: five benchmarks, each a ratio to a baseline of the same run.
+"""``signup bench [--quick] [--out-dir DIR]``: six benchmarks, each a ratio to a baseline of the same run.
 
 1. commit → email latency per strategy; 2. the API's cost of the outbox and its saturation against the
 argon2id hashing bound; 3. relay drain against a plain ``broker.enqueue`` loop; 4. claim cost against table
-size; 5. one worker's email throughput. Prints each table and writes ``BENCHMARKS.md`` and ``bench.json`` to
-``--out-dir`` (in ``BENCHMARKS.md`` only the part between the bench markers is replaced, so hand-written
-analysis around it survives a re-run). Exit code 0 when every section ran.
+size; 5. one worker's email throughput; 6. overload at 1x, 2x and 5x the hashing capacity (with a chart,
+``overload.png``). Prints each table and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir`` (in
+``BENCHMARKS.md`` only the part between the bench markers is replaced, so hand-written analysis around it
+survives a re-run). Exit code 0 when every section ran.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncpg
 
 from lab.bench.e2e import api_section, hashing_bound, latency_section
 from lab.bench.model import FULL, QUICK, BenchPlan, Section
+from lab.bench.overload import chart, overload_section
 from lab.bench.relay import drain_section
 from lab.bench.worker import claim_section, worker_section
 from lab.harness.database import admin_url
@@ -77,6 +79,8 @@ async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> lis
         for run_section in (drain_section, claim_section, worker_section):
             done.append(await run_section(stack, plan))
             say(table(done[-1]))
+    done.append(await overload_section(capacity=parallel, plan=plan, work_dir=work_dir, pg=pg))
+    say(table(done[-1]))
     return done
 
 
@@ -105,6 +109,9 @@ def write_reports(done: list[Section], meta: dict[str, Any], out_dir: Path) -> P
         "sections": {s.key: {"title": s.title, "rows": s.rows, "figures": s.figures} for s in done},
     }
     (out_dir / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
+    overload = next((s for s in done if s.key == "overload"), None)
+    if overload is not None and chart(overload, out_dir / "overload.png") is None:
+        print("no chart: docs/overload.png needs matplotlib (the dev dependency group)")
     generated = "\n".join([START, header(meta), *(table(s) for s in done), END])
     doc = out_dir / "BENCHMARKS.md"
     old = doc.read_text() if doc.exists() else ""

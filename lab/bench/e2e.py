@@ -64,7 +64,7 @@ def _services(strategy: str) -> tuple[str, ...]:
     return ("api", "relay", "worker") if strategy == "outbox" else ("api", "worker")
 
 
-async def _first_emails(stack: Stack, accepted: list[Signup], *, within_s: float) -> dict[str, float]:
+async def first_emails(stack: Stack, accepted: list[Signup], *, within_s: float) -> dict[str, float]:
     """username → first email receive time, once every accepted signup has one (or ``within_s`` passed)."""
     wanted = {signup.username for signup in accepted}
 
@@ -96,7 +96,7 @@ async def _latency_cell(strategy: str, *, rate: float, plan: BenchPlan, work_dir
         signups = await generate_load(stack.api_url, rate=rate, duration_s=plan.duration_s, prefix=strategy)
         accepted = [s for s in signups if s.accepted]
         wait_s = 30 + (FIXED_DELAY_MS / 1000 if strategy == "fixed_delay" else 0)
-        first = await _first_emails(stack, accepted, within_s=wait_s)
+        first = await first_emails(stack, accepted, within_s=wait_s)
         # The API's post-commit log line, not the response: a busy machine can delay the response by seconds.
         commits = commit_times(stack.services["api"].log_lines())
     latency = latency_of(

@@ -29,6 +29,7 @@ class BenchPlan:
     claim_repeats: int
     worker_emails: int
     hash_samples: int
+    overload_s: float
 
 
 FULL = BenchPlan(
@@ -40,6 +41,7 @@ FULL = BenchPlan(
     claim_repeats=30,
     worker_emails=2_000,
     hash_samples=10,
+    overload_s=30,
 )
 QUICK = BenchPlan(
     rate=4,
@@ -50,6 +52,7 @@ QUICK = BenchPlan(
     claim_repeats=10,
     worker_emails=100,
     hash_samples=3,
+    overload_s=3,
 )
 
 

@@ -5,8 +5,8 @@ would otherwise queue without bound: every answer late, clients timing out, and 
 clients that have gone. ``Admission`` lets ``concurrency`` signups work at once and up to ``max_waiting``
 wait; a signup that finds the wait queue full, or that waited longer than ``max_wait_s``, is ``Shed`` before
 any work (the API answers ``503`` + ``Retry-After``). ``max_waiting`` follows the measured service time, so
-the queue holds about what the working slots can finish within ``max_wait_s``. Other endpoints never wait
-here.
+the queue holds about what the working slots can finish within half of ``max_wait_s``. Other endpoints
+never wait here.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ QUEUE_WAIT = Histogram(
 
 # Until a signup has been measured: about one argon2id hash plus a transaction on a slow core.
 _INITIAL_SERVICE_S = 0.15
+# The queue is sized for half of ``max_wait_s`` at the measured pace: the pace is an average, and a signup
+# that outwaits ``max_wait_s`` is refused only after that wait (slow), while one over the queue's bound is
+# refused at once (fast). The headroom keeps nearly every refusal a fast one.
+QUEUE_HEADROOM = 0.5
 _EWMA_WEIGHT = 0.2
 
 
@@ -83,10 +87,10 @@ class Admission:
 
     @property
     def max_waiting(self) -> int:
-        """How many may wait: the setting, or what the slots finish in ``max_wait_s`` at the measured pace."""
+        """How many may wait: the setting, or what the slots finish in half of ``max_wait_s``, measured."""
         if self._fixed_max_waiting:
             return self._fixed_max_waiting
-        return max(1, math.floor(self.concurrency * self.max_wait_s / self.service_s))
+        return max(1, math.floor(QUEUE_HEADROOM * self.concurrency * self.max_wait_s / self.service_s))
 
     def _retry_after_s(self) -> int:
         backlog_s = (self._waiting + self.concurrency) * self.service_s / self.concurrency

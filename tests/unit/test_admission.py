@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.api.admission import Admission, Shed
+from services.api.admission import QUEUE_HEADROOM, Admission, Shed
 
 
 def admission(**overrides: float) -> Admission:
@@ -75,10 +75,10 @@ async def test_the_ticket_refuses_the_commit_past_the_deadline_or_without_a_clie
 
 async def test_the_wait_queue_follows_the_measured_pace() -> None:
     gate = admission(concurrency=2, max_wait_s=1.0, max_waiting=0)
-    assert gate.max_waiting == 13  # two slots, one second, the first guess of 0.15 s a signup
+    assert gate.max_waiting == 6  # two slots, half of one second, the first guess of 0.15 s a signup
     for _ in range(30):
         async with gate.admit(client_gone=asyncio.Event()):
             await asyncio.sleep(0.02)
     assert 0.02 <= gate.service_s < 0.15
-    assert gate.max_waiting == math.floor(2 * 1.0 / gate.service_s) > 13
+    assert gate.max_waiting == math.floor(QUEUE_HEADROOM * 2 * 1.0 / gate.service_s) > 6
     assert admission(max_waiting=7).max_waiting == 7
