@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.plugins.prometheus import PrometheusConfig
 from redis.asyncio import Redis
 
@@ -16,6 +18,7 @@ from services.api.faults import Faults
 from services.api.tracing import tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.settings import Settings
+from shared.telemetry import tracing_enabled
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -51,7 +54,11 @@ def create_app(settings: Settings) -> Litestar:
             routes.metrics,
         ],
         state=state,
-        middleware=[tracing_middleware, PrometheusConfig(app_name="signup_api", group_path=True).middleware],
+        middleware=[
+            *_opentelemetry(),
+            tracing_middleware,
+            PrometheusConfig(app_name="signup_api", group_path=True).middleware,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         on_shutdown=[close],
         request_max_body_size=settings.api_max_body_bytes,
@@ -63,3 +70,14 @@ def create_app(settings: Settings) -> Litestar:
         ),
         logging_config=None,
     )
+
+
+def _opentelemetry() -> list[DefineMiddleware]:
+    """Litestar's OpenTelemetry middleware, outermost, when this process traces; nothing otherwise."""
+    if not tracing_enabled():
+        return []
+    # Probes and scrapes are not requests anyone follows; the ASGI receive/send spans only add noise.
+    config = OpenTelemetryConfig(
+        exclude=["^/healthz", "^/readyz", "^/metrics"], exclude_spans=["receive", "send"]
+    )
+    return [config.middleware]

@@ -20,6 +20,7 @@ from shared.broker import create_broker
 from shared.database import create_engine
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
+from shared.telemetry import configure_tracing
 
 
 class _Lifecycle(Middleware):
@@ -60,5 +61,6 @@ def setup() -> None:
     configure_logging(
         service="worker", log_format=settings.log_format, log_level=settings.log_level, stream=sys.__stdout__
     )
+    configure_tracing(service="worker")
     broker, _ = build_worker(settings)
     dramatiq.set_broker(broker)
