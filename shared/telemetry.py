@@ -20,6 +20,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACER_NAME = "signup-outbox"
+# messaging.system of the relay's and the worker's spans: the message format, ids, queues and retries a
+# consumer sees are Dramatiq's; Redis is only the store Dramatiq's broker keeps them in.
+MESSAGING_SYSTEM = "dramatiq"
 # The row carries W3C trace context only (traceparent, tracestate), whatever OTEL_PROPAGATORS says: baggage
 # is the caller's and does not belong in a table.
 _W3C = TraceContextTextMapPropagator()

@@ -12,15 +12,16 @@ import sys
 import dramatiq
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Retries
 
 from services.worker.actors import WorkerContext, declare_actors
 from services.worker.mailer import Mailer, SmtpMailer
-from services.worker.middleware import FailureObserver, MessageContext
+from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
 from shared.broker import create_broker
 from shared.database import create_engine
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
-from shared.telemetry import configure_tracing
+from shared.telemetry import configure_tracing, tracing_enabled
 
 
 class _Lifecycle(Middleware):
@@ -50,6 +51,9 @@ def build_worker(settings: Settings, *, mailer: Mailer | None = None) -> tuple[R
         settings,
         extra_middleware=[MessageContext(), FailureObserver(context.metrics), _Lifecycle(context)],
     )
+    if tracing_enabled():
+        # Before Retries, so that its after-hook sees whether Retries dead-lettered the message.
+        broker.add_middleware(MessageSpans(), before=Retries)
     declare_actors(broker, context)
     return broker, context
 
