@@ -1,7 +1,7 @@
 """structlog set-up shared by every process (DESIGN §9).
 
 One JSON object per line on stdout (``LOG_FORMAT=console`` for people). Every line carries ``timestamp``,
-``level``, ``service``, ``event`` and ``trace_id``; request- or message-scoped keys (``trace_id``,
+``level``, ``service``, ``event`` and ``request_id``; request- or message-scoped keys (``request_id``,
 ``username``, ``event_id``, ``message_id``) are bound with ``structlog.contextvars`` by the edges. The
 standard library's loggers (uvicorn, dramatiq, alembic) are routed through the same processors.
 """
@@ -53,7 +53,7 @@ def _scrub_database_details(_: WrappedLogger, __: str, event_dict: EventDict) ->
 def _defaults(service: str) -> Processor:
     def add(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         event_dict.setdefault("service", service)
-        event_dict.setdefault("trace_id", None)
+        event_dict.setdefault("request_id", None)
         return event_dict
 
     return add

@@ -1,4 +1,4 @@
-"""``signup trace USERNAME``: one signup's timeline from the database, with its trace id (DESIGN §8)."""
+"""``signup trace USERNAME``: one signup's timeline from the database, with its request id (DESIGN §8)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
         steps.append(
             (
                 event.created_at,
-                f"outbox {event.actor} created  event_id={event.event_id} trace_id={event.trace_id}",
+                f"outbox {event.actor} created  event_id={event.event_id} request_id={event.trace_id}",
             )
         )
         if event.published_at is not None:

@@ -58,7 +58,7 @@ async def create_user(request: Request[Any, Any, Any], state: State) -> CreateUs
         request=parse_create_user(body),
         dispatcher=state.dispatcher,
         faults=state.faults,
-        trace_id=request.scope["state"].get("trace_id"),
+        trace_id=request.scope["state"].get("request_id"),
     )
     SIGNUPS.inc()
     return CreateUserResponse(user=user)

@@ -1,4 +1,4 @@
-"""Trace ids: one per request, taken from the caller or made here, bound to every log line (DESIGN §6, §9)."""
+"""Request ids: one per request, from the caller or made here, bound to every log line (DESIGN §6, §9)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}
 log = get_logger()
 
 
-def trace_id_from_headers(headers: dict[str, str]) -> str:
+def request_id_from_headers(headers: dict[str, str]) -> str:
     """``X-Request-ID`` if it is safe, else the ``traceparent`` trace id, else a new random id."""
     request_id = headers.get(REQUEST_ID_HEADER, "")
     if _SAFE_ID.match(request_id):
@@ -32,7 +32,7 @@ def trace_id_from_headers(headers: dict[str, str]) -> str:
 
 
 def tracing_middleware(app: ASGIApp) -> ASGIApp:
-    """Bind ``trace_id`` for the request, echo it in ``X-Request-ID`` and log one line per request.
+    """Bind ``request_id`` for the request, echo it in ``X-Request-ID`` and log one line per request.
 
     The line has the path but not the query string: the verification link carries its secret there.
     """
@@ -42,8 +42,8 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
-        trace_id = trace_id_from_headers(headers)
-        scope.setdefault("state", {})["trace_id"] = trace_id
+        request_id = request_id_from_headers(headers)
+        scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = time.perf_counter()
 
@@ -51,11 +51,11 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", trace_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(trace_id=trace_id)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
             await app(scope, receive, send_with_id)
         finally:

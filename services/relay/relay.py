@@ -140,7 +140,7 @@ class Relay:
     def _published(self, rows: list[store.OutboxRow], started: float) -> None:
         self.metrics.published.inc(len(rows))
         for row in rows:
-            log.debug("relay.event_published", trace_id=row.trace_id, event_id=str(row.event_id))
+            log.debug("relay.event_published", request_id=row.trace_id, event_id=str(row.event_id))
         log.info(
             "relay.batch_published",
             count=len(rows),

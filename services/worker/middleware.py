@@ -21,7 +21,7 @@ log = get_logger()
 
 
 class MessageContext(Middleware):
-    """Binds ``trace_id``, ``message_id`` and ``event_id`` to every log line of a message, then clears them.
+    """Binds ``request_id`` (option ``trace_id``), ``message_id`` and ``event_id`` to a message's log lines.
 
     They are cleared after the ack or nack, so Dramatiq's own lines about a retry carry them too.
     """
@@ -29,7 +29,7 @@ class MessageContext(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            trace_id=message.options.get("trace_id"),
+            request_id=message.options.get("trace_id"),
             message_id=message.message_id,
             event_id=message.message_id,
         )
