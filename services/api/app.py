@@ -15,7 +15,7 @@ from services.api import routes
 from services.api.dispatch import build_dispatcher
 from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
-from services.api.tracing import tracing_middleware
+from services.api.tracing import UNTRACED_PATHS, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
@@ -76,8 +76,8 @@ def _opentelemetry() -> list[DefineMiddleware]:
     """Litestar's OpenTelemetry middleware, outermost, when this process traces; nothing otherwise."""
     if not tracing_enabled():
         return []
-    # Probes and scrapes are not requests anyone follows; the ASGI receive/send spans only add noise.
+    # The ASGI receive/send spans only add noise.
     config = OpenTelemetryConfig(
-        exclude=["^/healthz", "^/readyz", "^/metrics"], exclude_spans=["receive", "send"]
+        exclude=[f"^{path}$" for path in UNTRACED_PATHS], exclude_spans=["receive", "send"]
     )
     return [config.middleware]

@@ -5,17 +5,21 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from contextlib import nullcontext
 
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from shared.logging import get_logger
 
 REQUEST_ID_HEADER = "x-request-id"
 # Not an OpenTelemetry convention (there is none for a request id); namespaced as the conventions ask.
 REQUEST_ID_ATTRIBUTE = "signup.request_id"
+# Probes and scrapes: no one follows them, and /readyz's SQL would otherwise start a trace per probe.
+UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics")
 # Accept a caller's id only if it is short and plain: it lands in logs, headers and the database.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # W3C traceparent: version-traceid-parentid-flags; the 32-hex trace id is the part we keep.
@@ -61,8 +65,10 @@ def tracing_middleware(app: ASGIApp) -> ASGIApp:
 
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        untraced = scope["path"] in UNTRACED_PATHS
         try:
-            await app(scope, receive, send_with_id)
+            with suppress_instrumentation() if untraced else nullcontext():
+                await app(scope, receive, send_with_id)
         finally:
             log.info(
                 "request",

@@ -39,6 +39,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-def spans(exporter: InMemorySpanExporter, settings: Settings) -> InMemorySpanExporter:
+def spans(exporter: InMemorySpanExporter, db: AsyncEngine) -> InMemorySpanExporter:
+    """The exporter, emptied after the database was (so that the fixture's SQL is not among the spans)."""
     exporter.clear()
     return exporter

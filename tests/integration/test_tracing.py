@@ -156,3 +156,14 @@ async def test_a_row_without_trace_context_publishes_and_starts_a_new_trace(
     assert consume.parent is None and attrs(consume)["messaging.message.id"] == event_id
     assert consume.context.trace_id != publish.context.trace_id
     assert smtp.context.trace_id == consume.context.trace_id
+
+
+async def test_probes_start_no_trace(spans, client) -> None:
+    """A readiness probe runs SQL; a trace per probe would bury the signups'."""
+    for path in ("/readyz", "/healthz", "/metrics"):
+        assert (await client.get(path)).status_code == 200
+    await sign_up(client, "otel-after-probes")  # a traced request after them: spans are being recorded
+    done = await finished(spans, "POST /v1/create_user")
+    assert {span.context.trace_id for span in done} == {
+        named(done, "POST /v1/create_user")[0].context.trace_id
+    }
