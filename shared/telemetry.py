@@ -1,4 +1,4 @@
-"""OpenTelemetry set-up shared by every process, and the W3C trace context an outbox row carries (DESIGN §11).
+"""OpenTelemetry set-up shared by every process, and the W3C trace context an outbox row carries (DESIGN §12).
 
 ``configure_tracing(service=...)`` is called by each service's factory or ``run``, never at import. It reads
 the standard variables: ``OTEL_SDK_DISABLED``, ``OTEL_SERVICE_NAME`` (default: the service's own name),

@@ -45,7 +45,7 @@ class MessageContext(Middleware):
 
 
 class MessageSpans(Middleware):
-    """A CONSUMER span per delivery, the child of the context the outbox row stored (DESIGN §11).
+    """A CONSUMER span per delivery, the child of the context the outbox row stored (DESIGN §12).
 
     Each attempt is a span of its own, so retries show as siblings in the signup's trace; a message from
     a row without context starts a new trace. Must sit before ``Retries`` in the middleware list: after-hooks

@@ -1,4 +1,4 @@
-"""One trace per signup: the real API, relay and worker in this process, spans in memory (DESIGN §11)."""
+"""One trace per signup: the real API, relay and worker in this process, spans in memory (DESIGN §12)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from shared.settings import setting_names
 from signup_cli.main import COMMANDS
 from tests.support import repo_root
 
-# Read by shared/telemetry.py and the OpenTelemetry SDK, as OpenTelemetry names them (DESIGN §11).
+# Read by shared/telemetry.py and the OpenTelemetry SDK, as OpenTelemetry names them (DESIGN §12).
 OTEL_VARIABLES = {
     "OTEL_SDK_DISABLED",
     "OTEL_TRACES_EXPORTER",
