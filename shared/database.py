@@ -41,6 +41,8 @@ outbox = sa.Table(
     sa.Column("queue", sa.Text, nullable=False),
     sa.Column("payload", JSONB, nullable=False),
     sa.Column("trace_id", sa.Text),
+    # W3C {"traceparent": ..., "tracestate": ...} of the span that wrote the row (DESIGN §12); None before.
+    sa.Column("trace_context", JSONB),
     sa.Column("available_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("published_at", sa.DateTime(timezone=True)),

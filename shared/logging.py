@@ -1,9 +1,10 @@
 """structlog set-up shared by every process (DESIGN §9).
 
 One JSON object per line on stdout (``LOG_FORMAT=console`` for people). Every line carries ``timestamp``,
-``level``, ``service``, ``event`` and ``trace_id``; request- or message-scoped keys (``trace_id``,
-``username``, ``event_id``, ``message_id``) are bound with ``structlog.contextvars`` by the edges. The
-standard library's loggers (uvicorn, dramatiq, alembic) are routed through the same processors.
+``level``, ``service``, ``event`` and ``request_id``; request- or message-scoped keys (``request_id``,
+``username``, ``event_id``, ``message_id``) are bound with ``structlog.contextvars`` by the edges. A line
+written inside an OpenTelemetry span also carries its ``trace_id`` and ``span_id`` (hex, as tracing UIs show).
+The standard library's loggers (uvicorn, dramatiq, alembic) are routed through the same processors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 # Keys whose values must never reach a log line, whoever passes them.
@@ -50,10 +52,18 @@ def _scrub_database_details(_: WrappedLogger, __: str, event_dict: EventDict) ->
     return event_dict
 
 
+def _add_span(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict["trace_id"] = format(span_context.trace_id, "032x")
+        event_dict["span_id"] = format(span_context.span_id, "016x")
+    return event_dict
+
+
 def _defaults(service: str) -> Processor:
     def add(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         event_dict.setdefault("service", service)
-        event_dict.setdefault("trace_id", None)
+        event_dict.setdefault("request_id", None)
         return event_dict
 
     return add
@@ -72,6 +82,7 @@ def configure_logging(
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _defaults(service),
+        _add_span,
         _redact,
     ]
     renderer: Processor = (

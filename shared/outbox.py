@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.database import outbox
 from shared.messages import Message
+from shared.telemetry import current_trace_context
 
 
 async def add_outbox_event(
@@ -23,7 +24,8 @@ async def add_outbox_event(
 
     The row commits or rolls back with whatever else the transaction wrote: that is the whole point. The
     row names the message's actor and queue, so the relay needs no knowledge of message types.
-    ``available_at`` (default: now, by the database's clock) delays publication.
+    ``available_at`` (default: now, by the database's clock) delays publication. The current span's W3C
+    trace context is stored with it, so that the worker's span continues the writer's trace.
     """
     event_id = uuid.uuid4()
     values = {
@@ -32,6 +34,7 @@ async def add_outbox_event(
         "queue": message.queue,
         "payload": msgspec.to_builtins(message),
         "trace_id": trace_id,
+        "trace_context": current_trace_context(),
     }
     if available_at is not None:
         values["available_at"] = available_at

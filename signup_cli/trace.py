@@ -1,4 +1,4 @@
-"""``signup trace USERNAME``: one signup's timeline from the database, with its trace id (DESIGN §8)."""
+"""``signup trace USERNAME``: a signup's timeline from the database, request and trace ids (DESIGN §8)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from shared.database import create_engine, outbox, users, verify_emails
 from shared.settings import Settings
+from shared.telemetry import trace_id_of
 
 Step = tuple[datetime, str]
 
@@ -39,7 +40,8 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
         steps.append(
             (
                 event.created_at,
-                f"outbox {event.actor} created  event_id={event.event_id} trace_id={event.trace_id}",
+                f"outbox {event.actor} created  event_id={event.event_id} request_id={event.trace_id} "
+                f"trace_id={trace_id_of(event.trace_context) or '-'}",
             )
         )
         if event.published_at is not None:

@@ -1,7 +1,7 @@
 """idempotency_keys: the answers to POST /v1/create_user requests that carried an Idempotency-Key.
 
-Revision ID: 0004
-Revises: 0001
+Revision ID: 0004_idempotency_keys
+Revises: 0003_trace_context
 Create Date: 2026-11-27
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0001"
+revision = "0004_idempotency_keys"
+down_revision = "0003_trace_context"
 branch_labels = None
 depends_on = None
 

@@ -6,8 +6,10 @@ from datetime import timedelta
 
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.plugins.prometheus import PrometheusConfig
 from redis.asyncio import Redis
 
@@ -17,9 +19,10 @@ from services.api.dispatch import build_dispatcher
 from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
 from services.api.idempotency import KeyPurge
-from services.api.tracing import tracing_middleware
+from services.api.tracing import UNTRACED_PATHS, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.settings import Settings
+from shared.telemetry import tracing_enabled
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -59,7 +62,11 @@ def create_app(settings: Settings) -> Litestar:
             routes.metrics,
         ],
         state=state,
-        middleware=[tracing_middleware, PrometheusConfig(app_name="signup_api", group_path=True).middleware],
+        middleware=[
+            *_opentelemetry(),
+            tracing_middleware,
+            PrometheusConfig(app_name="signup_api", group_path=True).middleware,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         on_startup=[purge.start],
         on_shutdown=[close],
@@ -72,3 +79,14 @@ def create_app(settings: Settings) -> Litestar:
         ),
         logging_config=None,
     )
+
+
+def _opentelemetry() -> list[DefineMiddleware]:
+    """Litestar's OpenTelemetry middleware, outermost, when this process traces; nothing otherwise."""
+    if not tracing_enabled():
+        return []
+    # The ASGI receive/send spans only add noise.
+    config = OpenTelemetryConfig(
+        exclude=[f"^{path}$" for path in UNTRACED_PATHS], exclude_spans=["receive", "send"]
+    )
+    return [config.middleware]

@@ -20,7 +20,7 @@ from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KeyReused
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound
-from services.api.tracing import trace_id_from_headers
+from services.api.tracing import request_id_from_headers
 from shared.database import database_unavailable
 from shared.logging import get_logger
 
@@ -43,15 +43,15 @@ UNAVAILABLE = (
 )
 
 
-def _trace_id(request: Request[Any, Any, Any]) -> str | None:
-    trace_id = request.scope.get("state", {}).get("trace_id")
-    return trace_id if isinstance(trace_id, str) else None
+def _request_id(request: Request[Any, Any, Any]) -> str | None:
+    request_id = request.scope.get("state", {}).get("request_id")
+    return request_id if isinstance(request_id, str) else None
 
 
 def _json(
     request: Request[Any, Any, Any], status: int, body: ErrorBody, **headers: str
 ) -> Response[ErrorBody]:
-    body.trace_id = _trace_id(request)
+    body.trace_id = _request_id(request)
     return Response(body, status_code=status, headers=headers or None)
 
 
@@ -115,14 +115,18 @@ def key_reused(request: Request[Any, Any, Any], exc: Exception) -> Response[Erro
 def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
-    if _trace_id(request) is None:
+    if _request_id(request) is None:
         # Litestar raises 404 (no such path) and 405 in its router, before any middleware runs: these
-        # answers get their trace id and their request log line here.
-        trace_id = trace_id_from_headers(dict(request.headers))
-        request.scope.setdefault("state", {})["trace_id"] = trace_id
-        headers["X-Request-ID"] = trace_id
+        # answers get their request id and their request log line here.
+        request_id = request_id_from_headers(dict(request.headers))
+        request.scope.setdefault("state", {})["request_id"] = request_id
+        headers["X-Request-ID"] = request_id
         log.info(
-            "request", method=request.method, path=request.url.path, status=exc.status_code, trace_id=trace_id
+            "request",
+            method=request.method,
+            path=request.url.path,
+            status=exc.status_code,
+            request_id=request_id,
         )
     return _json(request, exc.status_code, ErrorBody(error=exc.detail), **headers)
 

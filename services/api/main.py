@@ -11,6 +11,7 @@ import uvicorn
 from services.api.app import create_app
 from shared.logging import configure_logging
 from shared.settings import Settings
+from shared.telemetry import configure_tracing
 
 # How long requests in progress may take to finish after a stop signal: below the 10 s that compose, systemd
 # and Kubernetes wait before SIGKILL.
@@ -19,6 +20,7 @@ STOP_GRACE_S = 5
 
 def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     configure_logging(service="api", log_format=settings.log_format, log_level=settings.log_level)
+    configure_tracing(service="api")
     # uvicorn stops gracefully on SIGTERM, then raises it again once the handler it replaced is back, so that
     # the exit status shows the signal: a supervisor would count that as a failure. Exit 0, as on SIGINT.
     signal.signal(signal.SIGTERM, _exit_zero)

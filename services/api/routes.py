@@ -88,7 +88,7 @@ async def create_user(
                 request=signup,
                 dispatcher=state.dispatcher,
                 faults=state.faults,
-                trace_id=request.scope["state"].get("trace_id"),
+                trace_id=request.scope["state"].get("request_id"),
                 ticket=ticket,
                 idempotency=key,
                 idempotency_ttl=ttl,

@@ -24,7 +24,8 @@ def to_message(row: OutboxRow) -> dramatiq.Message[object]:
         actor_name=row.actor,
         args=(row.payload,),
         kwargs={},
-        options={"trace_id": row.trace_id},
+        # The row's W3C context rides along, so the worker's span continues the signup's trace.
+        options={"trace_id": row.trace_id, "trace_context": row.trace_context},
         message_id=str(row.event_id),
     )
 

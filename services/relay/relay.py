@@ -22,6 +22,7 @@ from services.relay import store
 from services.relay.listener import listen_forever
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import enqueue_batch
+from services.relay.spans import publish_span
 from shared.broker import create_broker
 from shared.database import asyncpg_dsn
 from shared.logging import get_logger
@@ -125,9 +126,10 @@ class Relay:
                     lookahead_ms=self.settings.relay_lookahead_ms,
                 )
                 if rows:
-                    # redis-py is synchronous: keep the event loop (and the NOTIFY listener) running.
-                    await asyncio.shield(asyncio.to_thread(enqueue_batch, self.broker, rows))
-                    await store.mark_published(connection, ids=[row.id for row in rows])
+                    with publish_span(rows):
+                        # redis-py is synchronous: keep the event loop (and the NOTIFY listener) running.
+                        await asyncio.shield(asyncio.to_thread(enqueue_batch, self.broker, rows))
+                        await store.mark_published(connection, ids=[row.id for row in rows])
         except Exception as exc:
             await self._failed(rows, exc)
             raise
@@ -138,7 +140,7 @@ class Relay:
     def _published(self, rows: list[store.OutboxRow], started: float) -> None:
         self.metrics.published.inc(len(rows))
         for row in rows:
-            log.debug("relay.event_published", trace_id=row.trace_id, event_id=str(row.event_id))
+            log.debug("relay.event_published", request_id=row.trace_id, event_id=str(row.event_id))
         log.info(
             "relay.batch_published",
             count=len(rows),

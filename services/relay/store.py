@@ -17,7 +17,7 @@ import msgspec
 PURGE_BATCH = 1000
 
 _CLAIM = """
-SELECT id, event_id, actor, queue, payload::text AS payload, trace_id,
+SELECT id, event_id, actor, queue, payload::text AS payload, trace_id, trace_context::text AS trace_context,
        CASE WHEN available_at <= now() THEN NULL
             ELSE ceil(extract(epoch FROM available_at - now()) * 1000)::bigint END AS delay_ms
 FROM outbox
@@ -47,7 +47,7 @@ FROM outbox WHERE published_at IS NULL AND available_at <= now()
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """A claimed outbox row; ``delay_ms`` is None when the row is due now."""
+    """A claimed outbox row; ``delay_ms`` is None when the row is due now, ``trace_context`` for old rows."""
 
     id: int
     event_id: uuid.UUID
@@ -56,6 +56,7 @@ class OutboxRow:
     payload: Any
     trace_id: str | None
     delay_ms: int | None
+    trace_context: dict[str, str] | None = None
 
 
 async def claim(connection: Any, *, limit: int, lookahead_ms: int) -> list[OutboxRow]:
@@ -72,6 +73,7 @@ async def claim(connection: Any, *, limit: int, lookahead_ms: int) -> list[Outbo
             queue=r["queue"],
             payload=msgspec.json.decode(r["payload"]),
             trace_id=r["trace_id"],
+            trace_context=None if r["trace_context"] is None else msgspec.json.decode(r["trace_context"]),
             delay_ms=None if r["delay_ms"] is None else max(int(r["delay_ms"]), 0),
         )
         for r in records

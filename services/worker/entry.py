@@ -7,13 +7,15 @@ at import time. Actors are bound to their broker explicitly, so Dramatiq's globa
 from __future__ import annotations
 
 from dramatiq import Broker, Middleware, Worker
+from dramatiq.middleware import Retries
 
 from services.worker.actors import WorkerContext, declare_actors
 from services.worker.mailer import Mailer, SmtpMailer
-from services.worker.middleware import FailureObserver, MessageContext
+from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
 from shared.broker import SignupRedisBroker, create_broker
 from shared.database import create_engine
 from shared.settings import Settings
+from shared.telemetry import tracing_enabled
 
 
 class _Lifecycle(Middleware):
@@ -44,5 +46,8 @@ def build_worker(
         settings,
         extra_middleware=[MessageContext(), FailureObserver(context.metrics), _Lifecycle(context)],
     )
+    if tracing_enabled():
+        # Before Retries, so that its after-hook sees whether Retries dead-lettered the message.
+        broker.add_middleware(MessageSpans(), before=Retries)
     declare_actors(broker, context)
     return broker, context

@@ -6,9 +6,11 @@ from email.message import EmailMessage
 from typing import Protocol
 
 import aiosmtplib
+from opentelemetry.trace import SpanKind
 
 from services.worker.errors import PermanentError, TransientError
 from shared.settings import Settings
+from shared.telemetry import tracer
 
 
 class Mailer(Protocol):
@@ -24,6 +26,17 @@ class SmtpMailer:
         self._settings = settings
 
     async def send(self, message: EmailMessage) -> None:
+        s = self._settings
+        # A CLIENT span by hand (no SMTP instrumentation exists); it names the server, never the recipient.
+        attributes: dict[str, str | int] = {
+            "server.address": s.smtp_host,
+            "server.port": s.smtp_port,
+            "network.protocol.name": "smtp",
+        }
+        with tracer().start_as_current_span("smtp send", kind=SpanKind.CLIENT, attributes=attributes):
+            await self._send(message)
+
+    async def _send(self, message: EmailMessage) -> None:
         s = self._settings
         try:
             await aiosmtplib.send(

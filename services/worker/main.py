@@ -25,6 +25,7 @@ from services.worker.entry import build_worker
 from shared.broker import SignupRedisBroker
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
+from shared.telemetry import configure_tracing
 
 log = get_logger()
 
@@ -43,6 +44,7 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     """Consume until the first SIGTERM/SIGINT, stop as described above and return 0."""
     poll_timeout_ms = poll_timeout(os.environ)
     configure_logging(service="worker", log_format=settings.log_format, log_level=settings.log_level)
+    configure_tracing(service="worker")
     broker, _ = build_worker(settings)
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT):

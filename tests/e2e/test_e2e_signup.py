@@ -178,9 +178,9 @@ async def test_two_hundred_signups_two_hundred_emails_each_verified(services, se
         assert (await client.get(tampered)).status_code == 404
 
     for name in ("api", "relay", "worker"):
-        assert any(line.get("trace_id") == "trace-7" for line in services.logs(name)), name
+        assert any(line.get("request_id") == "trace-7" for line in services.logs(name)), name
     assert any(
-        line.get("trace_id") == "trace-7" and line["event"] == "verification email sent"
+        line.get("request_id") == "trace-7" and line["event"] == "verification email sent"
         for line in services.logs("worker")
     )
     trace = subprocess.run(
@@ -195,7 +195,7 @@ async def test_two_hundred_signups_two_hundred_emails_each_verified(services, se
     for step in (
         "user created",
         "outbox send_verify_email created",
-        "trace_id=trace-7",
+        "request_id=trace-7",
         "outbox send_verify_email published",
     ):
         assert step in trace, trace

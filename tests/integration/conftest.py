@@ -1,19 +1,25 @@
-"""Fixtures for the integration tests of the API."""
+"""Fixtures for the integration tests of the API, and tracing into memory."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 import uvicorn
 from litestar.testing import AsyncTestClient
+from opentelemetry import trace
+from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
 from shared.settings import Settings
+from shared.telemetry import configure_tracing
 from tests.support import free_port, wait_for
 
 
@@ -22,6 +28,26 @@ async def client(settings: Settings, db: AsyncEngine) -> AsyncIterator[AsyncTest
     """The real app on the test database and Redis, emptied for this test."""
     async with AsyncTestClient(create_app(settings)) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """Tracing on, into memory, for this module's tests only; off again (and uninstrumented) after them."""
+    exporter = InMemorySpanExporter()
+    assert configure_tracing("test", processor=SimpleSpanProcessor(exporter))
+    yield exporter
+    AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
+    # The API sets the global provider once per process; tests put it back the way OpenTelemetry's own
+    # test utilities do, so that later tests run untraced as in production without an exporter.
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+
+
+@pytest.fixture
+def spans(exporter: InMemorySpanExporter, db: AsyncEngine) -> InMemorySpanExporter:
+    """The exporter, emptied after the database was (so that the fixture's SQL is not among the spans)."""
+    exporter.clear()
+    return exporter
 
 
 @contextlib.asynccontextmanager

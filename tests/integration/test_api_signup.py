@@ -219,7 +219,7 @@ async def test_trace_id_comes_from_traceparent_or_is_generated(client) -> None:
     assert len(generated) == 32 and generated != "bad id"
 
 
-async def test_one_signups_log_lines_carry_its_trace_id(client, log_tee: LogTee, sensitive) -> None:
+async def test_one_signups_log_lines_carry_its_request_id(client, log_tee: LogTee, sensitive) -> None:
     sensitive += ["correct horse", "alice@example.com"]
     start = len(log_tee.lines)
     response = await client.post(
@@ -231,9 +231,9 @@ async def test_one_signups_log_lines_carry_its_trace_id(client, log_tee: LogTee,
         line for line in lines if line.get("username") == "alice" or line.get("path") == "/v1/create_user"
     ]
     assert len(mine) >= 2
-    assert {line["trace_id"] for line in mine} == {"trace-logs"}
+    assert {line["request_id"] for line in mine} == {"trace-logs"}
     for line in lines:
-        assert {"timestamp", "level", "service", "event", "trace_id"} <= set(line)
+        assert {"timestamp", "level", "service", "event", "request_id"} <= set(line)
 
 
 @pytest.mark.parametrize(
@@ -254,5 +254,5 @@ async def test_answers_from_the_router_carry_the_trace_id_too(
         "event": "request",
         "path": path,
         "status": status,
-        "trace_id": "trace-router",
+        "request_id": "trace-router",
     }.items() <= last.items()

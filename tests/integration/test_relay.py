@@ -73,7 +73,7 @@ async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(setting
     assert_each_once(settings, [warm_up, event_id])
     lines = [json.loads(line) for line in log_tee.lines[start:] if '"relay.' in line]
     [event_line] = [line for line in lines if line["event"] == "relay.event_published"]
-    assert (event_line["event_id"], event_line["trace_id"], event_line["level"]) == (
+    assert (event_line["event_id"], event_line["request_id"], event_line["level"]) == (
         event_id,
         "trace-1",
         "debug",

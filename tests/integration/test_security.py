@@ -27,7 +27,10 @@ from services.worker.errors import PermanentError
 from services.worker.handlers import send_verify_email
 from shared.database import outbox, users, verify_emails
 from shared.messages import SendVerifyEmail
+from tests.integration.relay_helpers import running_relay
 from tests.integration.test_api_signup import count, signup_body
+from tests.integration.test_tracing import finished
+from tests.integration.test_worker import running_worker
 
 
 async def add_user(client, *, username: str = "alice", email: str = "alice@example.com") -> None:
@@ -443,3 +446,18 @@ async def test_an_unexpected_database_error_logs_no_parameters(client, db, log_t
             await connection.execute(sa.text("ALTER TABLE users DROP CONSTRAINT security_test"))
     assert response.status_code == 500 and "Traceback" not in response.text
     assert any("unhandled error" in line for line in log_tee.lines[-20:])
+
+
+async def test_no_secret_or_address_in_any_span(spans, client, db: AsyncEngine, settings, sink) -> None:
+    """Span attributes and events leave the process (to a collector): none may hold what logs may not."""
+    async with running_relay(settings):
+        with running_worker(settings):
+            await add_user(client)
+            done = await finished(spans, "smtp send")
+    async with db.connect() as connection:
+        user = (await connection.execute(sa.select(users))).one()
+        code = (await connection.execute(sa.select(verify_emails.c.secret_code))).scalar_one()
+    exported = json.dumps([json.loads(span.to_json()) for span in done])
+    assert "smtp send" in exported and "INSERT INTO users" in exported
+    for secret in ("alice@example.com", "correct horse", user.hashed_password, code):
+        assert secret not in exported

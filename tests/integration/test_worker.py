@@ -118,7 +118,7 @@ async def test_one_email_with_a_working_link_and_a_deterministic_message_id(
     assert f"/v1/verify_email?email_id={row.id}&secret_code={row.secret_code}".encode() in body
     assert len(row.secret_code) >= 32 and row.sent_at is not None and str(row.event_id) == message.message_id
     (line,) = logged(log_tee, "verification email sent")[-1:]
-    assert (line["trace_id"], line["message_id"], line["username"]) == (
+    assert (line["request_id"], line["message_id"], line["username"]) == (
         "trace-w1",
         message.message_id,
         "alice",

@@ -14,8 +14,15 @@ from shared.settings import setting_names
 from signup_cli.main import COMMANDS
 from tests.support import repo_root
 
+# Read by shared/telemetry.py and the OpenTelemetry SDK, as OpenTelemetry names them (DESIGN §12).
+OTEL_VARIABLES = {
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_TRACES_SAMPLER",
+}
 # Variables the compose file sets that are not signup settings, each with the reason it is there.
-NOT_SETTINGS = {
+NOT_SETTINGS = OTEL_VARIABLES | {
     "dramatiq_worker_timeout",  # read by Dramatiq's Redis consumer itself (DESIGN §4)
     "POSTGRES_USER",  # the postgres image
     "POSTGRES_PASSWORD",  # the postgres image
@@ -23,8 +30,9 @@ NOT_SETTINGS = {
     "MP_SMTP_AUTH_ALLOW_INSECURE",  # Mailpit: ... over plain SMTP
     "TEST_PG_ADMIN_URL",  # tests/conftest.py: where the test fixtures create their databases
     "CI",  # tests/support.py: a missing server fails instead of skipping
+    "COLLECTOR_OTLP_ENABLED",  # Jaeger: accept OTLP (the default in recent images; explicit for older ones)
 }
-IMAGES_WITHOUT_SIGNUP = {"postgres", "redis", "mailpit"}
+IMAGES_WITHOUT_SIGNUP = {"postgres", "redis", "mailpit", "jaeger"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +47,17 @@ def signup_services(services: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_stack_has_every_service(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "redis", "mailpit", "migrate", "api", "relay", "worker", "test"}
+    assert set(services) == {
+        "postgres",
+        "redis",
+        "mailpit",
+        "jaeger",
+        "migrate",
+        "api",
+        "relay",
+        "worker",
+        "test",
+    }
 
 
 def test_every_command_is_a_signup_subcommand_or_just_test(services: dict[str, Any]) -> None:
@@ -63,7 +81,7 @@ def test_every_variable_is_a_known_setting(services: dict[str, Any]) -> None:
 
 def test_every_setting_has_a_default_overridable_from_env(services: dict[str, Any]) -> None:
     environment = services["api"]["environment"]
-    assert set(environment) == set(setting_names())
+    assert set(environment) == set(setting_names()) | OTEL_VARIABLES
     for variable, value in environment.items():
         assert re.fullmatch(rf"\$\{{{variable}:-.*\}}", str(value)), f"{variable}: {value}"
 
@@ -86,7 +104,7 @@ def test_compose_accepts_the_file() -> None:
     client = shutil.which("docker-compose")
     if client is None:
         pytest.skip("no docker-compose client (.ci/run validates the file where one exists)")
-    for args in ([], ["--profile", "test"]):
+    for args in ([], ["--profile", "test"], ["--profile", "tracing"]):
         result = subprocess.run(
             [client, *args, "config", "-q"], cwd=repo_root(), capture_output=True, text=True, timeout=60
         )

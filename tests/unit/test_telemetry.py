@@ -1,0 +1,69 @@
+"""shared/telemetry.py: the OTEL_* variables as OpenTelemetry documents them, and the context a row stores."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from shared import telemetry
+from shared.telemetry import configure_tracing, context_from, current_trace_context, trace_id_of
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture(autouse=True)
+def no_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_SERVICE_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_no_exporter_means_tracing_off_and_nothing_installed() -> None:
+    assert configure_tracing("api") is False
+    assert not telemetry.tracing_enabled()
+    assert current_trace_context() is None  # no span: the row's column stays NULL
+
+
+def test_sdk_disabled_wins_over_an_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "TRUE")
+    assert configure_tracing("api") is False and not telemetry.tracing_enabled()
+
+
+def test_an_unknown_exporter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='zipkin'"):
+        configure_tracing("api")
+
+
+def test_console_prints_one_span_per_line_on_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", " Console ")
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    processor = telemetry._processor_from_environment()
+    assert processor is not None
+    provider = TracerProvider(shutdown_on_exit=False)  # not the global one: nothing leaks into other tests
+    provider.add_span_processor(processor)
+    with provider.get_tracer("test").start_as_current_span("one"):
+        pass
+    provider.force_flush()
+    [line] = stderr.getvalue().splitlines()
+    assert json.loads(line)["name"] == "one"
+    provider.shutdown()
+
+
+def test_a_stored_context_gives_its_trace_id_and_a_missing_one_none() -> None:
+    assert trace_id_of({"traceparent": TRACEPARENT}) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_of(None) is None and context_from({}) is None
+    assert context_from({"traceparent": "00-zz-00-01"}) is None
+
+
+def test_a_span_inside_a_provider_is_captured_as_w3c_context() -> None:
+    tracer = TracerProvider().get_tracer("test")  # not the global one: nothing leaks into other tests
+    with tracer.start_as_current_span("write") as span:
+        carrier = current_trace_context()
+    assert carrier is not None and set(carrier) <= {"traceparent", "tracestate"}
+    assert trace_id_of(carrier) == format(span.get_span_context().trace_id, "032x")
