@@ -1,11 +1,12 @@
-"""``signup bench [--quick] [--out-dir DIR]``: six benchmarks, each a ratio to a baseline of the same run.
+"""``signup bench [--quick] [--out-dir DIR]``: seven benchmarks, each a ratio to a baseline of the same run.
 
 1. commit → email latency per strategy; 2. the API's cost of the outbox and its saturation against the
 argon2id hashing bound; 3. relay drain against a plain ``broker.enqueue`` loop; 4. claim cost against table
 size; 5. one worker's email throughput; 6. overload at 1x, 2x and 5x the hashing capacity (with a chart,
-``overload.png``). Prints each table and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir`` (in
-``BENCHMARKS.md`` only the part between the bench markers is replaced, so hand-written analysis around it
-survives a re-run). Exit code 0 when every section ran.
+``overload.png``); 7. the API's latency with tracing off and exporting OTLP. Prints each table and writes
+``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir`` (in ``BENCHMARKS.md`` only the part between the bench
+markers is replaced, so hand-written analysis around it survives a re-run). Exit code 0 when every section
+ran.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lab.bench.e2e import api_section, hashing_bound, latency_section
 from lab.bench.model import FULL, QUICK, BenchPlan, Section
 from lab.bench.overload import chart, overload_section
 from lab.bench.relay import drain_section
+from lab.bench.tracing import tracing_section
 from lab.bench.worker import claim_section, worker_section
 from lab.harness.database import admin_url
 from lab.harness.measure import machine
@@ -73,6 +75,8 @@ async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> lis
     say(table(done[-1]))
     # Half the rate of section 1: two APIs share the machine here, and queueing would hide the dispatch cost.
     done.append(await api_section(rate=rate / 2, plan=plan, work_dir=work_dir, pg=pg))
+    say(table(done[-1]))
+    done.append(await tracing_section(rate=rate / 2, plan=plan, work_dir=work_dir, pg=pg))
     say(table(done[-1]))
     async with Stack(work_dir=work_dir / "relay", services=("worker",), pg_admin_url=pg) as stack:
         stack.stop("worker")  # nothing may consume the drained messages
