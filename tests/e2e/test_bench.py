@@ -14,16 +14,18 @@ from pathlib import Path
 
 from tests.support import RedisServer, missing_service
 
-SECTIONS = ("latency", "api", "drain", "claim", "worker")
+SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "overload")
 RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
     "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
     "drain": ("relay_over_plain", "relay_per_s", "plain_per_s"),
     "claim": ("large_over_small", "small_ms", "large_ms"),
     "worker": ("emails_per_s",),
+    "tracing": ("off_p50_ms", "otlp_p50_ms", "otlp_added_median_latency_pct", "otlp_exports"),
+    "overload": ("capacity_per_s", "goodput_over_capacity_1x", "goodput_over_capacity_5x"),
 }
 # A difference of two medians: on a quick run noise can make it negative, which is a true measurement.
-SIGNED = {"added_median_latency_pct"}
+SIGNED = {"added_median_latency_pct", "otlp_added_median_latency_pct"}
 QUICK_LIMIT_S = 600  # the brief's 2 minutes holds on a quiet machine; this one is shared and loaded
 
 
@@ -56,8 +58,19 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
     for strategy_row in report["sections"]["latency"]["rows"]:
         assert int(strategy_row[3]) == int(strategy_row[2]) > 0, strategy_row  # every accepted signup emailed
     assert report["meta"]["nproc"] and report["meta"]["postgresql"] and report["meta"]["load_before"]
+    assert report["sections"]["tracing"]["figures"]["otlp_exports"] > 0  # spans really left the OTLP API
+    assert report["sections"]["overload"]["figures"]["accepted_without_email"] == 0
+    assert (out / "overload.png").stat().st_size > 0
 
     markdown = (out / "BENCHMARKS.md").read_text()
-    for title in ("1. Commit", "2. API cost", "3. Relay drain", "4. Claim", "5. One worker"):
+    for title in (
+        "1. Commit",
+        "2. API cost",
+        "3. Relay drain",
+        "4. Claim",
+        "5. One worker",
+        "6. Overload",
+        "7. Tracing",
+    ):
         assert f"### {title}" in markdown
     assert "signup bench --quick" in markdown
