@@ -55,7 +55,7 @@ async def create_user(request: Request[Any, Any, Any], state: State) -> CreateUs
     body = await request.body()
     user = await sign_up(
         state.sessions,
-        request=parse_create_user(body),
+        request=parse_create_user(body, allow_smtputf8=state.settings.smtp_smtputf8),
         dispatcher=state.dispatcher,
         faults=state.faults,
         trace_id=request.scope["state"].get("trace_id"),
