@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.faults import InjectedRollback
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
-from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound
+from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound, VerifyEmailSuperseded
 from services.api.tracing import trace_id_from_headers
 from shared.database import database_unavailable
 from shared.logging import get_logger
@@ -82,7 +82,12 @@ def not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[Error
 
 
 def expired(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    return _json(request, 410, ErrorBody(error="verification link expired; sign in to get a new one"))
+    body = ErrorBody(error="verification link expired; ask for a new one with POST /v1/resend_verify_email")
+    return _json(request, 410, body)
+
+
+def superseded(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    return _json(request, 410, ErrorBody(error="a newer verification email was sent; use the link in it"))
 
 
 def unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -125,6 +130,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     Taken: taken,
     VerifyEmailNotFound: not_found,
     VerifyEmailExpired: expired,
+    VerifyEmailSuperseded: superseded,
     InjectedRollback: injected_rollback,
     HTTPException: http_error,
     Exception: unexpected,

@@ -13,12 +13,16 @@ from litestar.params import Parameter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
 from services.api.openapi import body_operation
+from services.api.resend import resend_verify_email
 from services.api.schemas import (
+    Accepted,
     CreateUserRequest,
     CreateUserResponse,
     ErrorBody,
+    ResendVerifyEmailRequest,
     VerifyEmailResponse,
     parse_create_user,
+    parse_resend,
 )
 from services.api.signup import sign_up, verify_email
 
@@ -30,7 +34,7 @@ _ERRORS = {
     400: "invalid request: one entry in `fields` per bad field",
     404: "unknown verification link, or a wrong code",
     409: "the username or the email is taken; `fields` names which",
-    410: "the verification link expired",
+    410: "the verification link expired, or a newer email replaced it; `error` says which",
     413: "the request body is larger than API_MAX_BODY_BYTES",
     503: "a backing service is down; retry after the Retry-After header's seconds",
 }
@@ -62,6 +66,30 @@ async def create_user(request: Request[Any, Any, Any], state: State) -> CreateUs
     )
     SIGNUPS.inc()
     return CreateUserResponse(user=user)
+
+
+@post(
+    "/v1/resend_verify_email",
+    status_code=202,
+    operation_class=body_operation(ResendVerifyEmailRequest),
+    summary="Send a new verification email; the same 202 whoever the address belongs to",
+    description=(
+        "An unverified user's address gets a new email with a new link (earlier links stop working), at most "
+        "one per RESEND_MIN_INTERVAL_S and RESEND_MAX_PER_DAY a day. An unknown, verified or rate-limited "
+        "address gets the very same answer, so that the API does not tell who has an account."
+    ),
+    raises=[],
+    responses=_errors(400, 413, 503),
+)
+async def resend_verify_email_route(request: Request[Any, Any, Any], state: State) -> Accepted:
+    body = parse_resend(await request.body(), allow_smtputf8=state.settings.smtp_smtputf8)
+    await resend_verify_email(
+        state.sessions,
+        email=body.email,
+        settings=state.settings,
+        trace_id=request.scope["state"].get("trace_id"),
+    )
+    return Accepted()
 
 
 @get(

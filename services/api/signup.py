@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -84,12 +85,17 @@ class VerifyEmailExpired(Exception):
     """The link was right but came too late."""
 
 
+class VerifyEmailSuperseded(Exception):
+    """The link was right, but a newer verification email has been sent since: only its link works."""
+
+
 async def verify_email(
     sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str
 ) -> None:
     """Mark the code used and the user's email verified. A second use of a valid link succeeds again.
 
-    Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailExpired`` after expiry.
+    Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailSuperseded`` once a newer
+    email to the user has been sent, ``VerifyEmailExpired`` after expiry.
     """
     async with sessions() as session, session.begin():
         row = (
@@ -102,6 +108,8 @@ async def verify_email(
             raise VerifyEmailNotFound
         if row.is_used:
             return
+        if await _newer_email_sent(session, row):
+            raise VerifyEmailSuperseded
         if row.expired_at <= datetime.now(UTC):
             raise VerifyEmailExpired
         await session.execute(
@@ -111,3 +119,13 @@ async def verify_email(
             users.update().where(users.c.username == row.username).values(is_email_verified=True)
         )
     log.info("email verified", username=row.username, verify_email_id=email_id)
+
+
+async def _newer_email_sent(session: AsyncSession, row: Any) -> bool:
+    # Only a newer email that has left counts: until then (or if it never can), this link still works.
+    newer = sa.exists().where(
+        verify_emails.c.username == row.username,
+        verify_emails.c.id > row.id,
+        verify_emails.c.sent_at.is_not(None),
+    )
+    return bool(await session.scalar(sa.select(newer)))
