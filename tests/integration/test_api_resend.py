@@ -122,7 +122,7 @@ async def waiting_on_locks(db: AsyncEngine, count: int) -> bool:
         " WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
     async with db.connect() as connection:
-        return (await connection.execute(query)).scalar_one() == count
+        return bool((await connection.execute(query)).scalar_one() == count)
 
 
 async def test_one_email_per_interval_counting_the_signups(client, db) -> None:

@@ -28,7 +28,9 @@ LINK = re.compile(r"/v1/verify_email\?email_id=(\d+)&secret_code=([A-Za-z0-9_-]+
 def link_in(mail: ReceivedMail) -> dict[str, str]:
     text = mail.message.get_payload(0)
     assert isinstance(text, Message)
-    found = LINK.search(text.get_payload(decode=True).decode())
+    body = text.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    found = LINK.search(body.decode())
     assert found, "no link in the email"
     return {"email_id": found.group(1), "secret_code": found.group(2)}
 
