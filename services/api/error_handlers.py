@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.faults import InjectedRollback
+from services.api.pages import EXPIRED, INVALID, SUPERSEDED, page, wants_html
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound, VerifyEmailSuperseded
 from services.api.tracing import trace_id_from_headers
@@ -68,6 +69,8 @@ def litestar_validation(request: Request[Any, Any, Any], exc: Exception) -> Resp
     # every 400 names a field).
     if not fields and (missing := _MISSING_PARAMETER.search(exc.detail)):
         fields = [FieldError(field=missing.group(1), message="required")]
+    if request.url.path == "/v1/verify_email" and wants_html(request):  # a link cut short in a browser
+        return page(INVALID, status=400)
     return _json(request, 400, ErrorBody(error="invalid request", fields=fields))
 
 
@@ -78,15 +81,21 @@ def taken(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody
 
 
 def not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if wants_html(request):
+        return page(INVALID, status=404)
     return _json(request, 404, ErrorBody(error="unknown verification link"))
 
 
 def expired(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if wants_html(request):
+        return page(EXPIRED, status=410)
     body = ErrorBody(error="verification link expired; ask for a new one with POST /v1/resend_verify_email")
     return _json(request, 410, body)
 
 
 def superseded(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if wants_html(request):
+        return page(SUPERSEDED, status=410)
     return _json(request, 410, ErrorBody(error="a newer verification email was sent; use the link in it"))
 
 

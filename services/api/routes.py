@@ -8,11 +8,13 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
 from services.api.openapi import body_operation
+from services.api.pages import ALREADY_VERIFIED, RESEND_ACCEPTED, VERIFIED, page, wants_html
 from services.api.resend import resend_verify_email
 from services.api.schemas import (
     Accepted,
@@ -76,36 +78,45 @@ async def create_user(request: Request[Any, Any, Any], state: State) -> CreateUs
     description=(
         "An unverified user's address gets a new email with a new link (earlier links stop working), at most "
         "one per RESEND_MIN_INTERVAL_S and RESEND_MAX_PER_DAY a day. An unknown, verified or rate-limited "
-        "address gets the very same answer, so that the API does not tell who has an account."
+        "address gets the very same answer, so that the API does not tell who has an account. The body may "
+        "also come as application/x-www-form-urlencoded (the verification page's form); a client that "
+        "prefers text/html then gets a page."
     ),
     raises=[],
     responses=_errors(400, 413, 503),
 )
-async def resend_verify_email_route(request: Request[Any, Any, Any], state: State) -> Accepted:
-    body = parse_resend(await request.body(), allow_smtputf8=state.settings.smtp_smtputf8)
+async def resend_verify_email_route(request: Request[Any, Any, Any], state: State) -> Response[Accepted]:
+    form = request.content_type[0] == RequestEncodingType.URL_ENCODED  # the HTML page's form
+    body = parse_resend(await request.body(), form=form, allow_smtputf8=state.settings.smtp_smtputf8)
     await resend_verify_email(
         state.sessions,
         email=body.email,
         settings=state.settings,
         trace_id=request.scope["state"].get("trace_id"),
     )
-    return Accepted()
+    if wants_html(request):
+        return page(RESEND_ACCEPTED, status=202)
+    return Response(Accepted(), status_code=202)
 
 
 @get(
     "/v1/verify_email",
     summary="Follow the link from the verification email",
+    description="JSON, or a small HTML page for a client that prefers text/html (a browser).",
     responses=_errors(400, 404, 410, 503),
 )
 async def verify_email_route(
+    request: Request[Any, Any, Any],
     state: State,
     # Unbounded, an id past bigint reached asyncpg and failed with a 500 (found by the fuzz test). The bound
     # is the largest integer every JSON client holds exactly: below bigint's, and beyond any id we issue.
     email_id: Annotated[int, Parameter(ge=1, le=2**53 - 1)],
     secret_code: Annotated[str, Parameter(min_length=1, max_length=128)],
-) -> VerifyEmailResponse:
-    await verify_email(state.sessions, email_id=email_id, secret_code=secret_code)
-    return VerifyEmailResponse(is_verified=True)
+) -> Response[VerifyEmailResponse]:
+    newly = await verify_email(state.sessions, email_id=email_id, secret_code=secret_code)
+    if wants_html(request):  # a person who clicked the link; the error pages come from errors.py
+        return page(VERIFIED if newly else ALREADY_VERIFIED, status=200)
+    return Response(VerifyEmailResponse(is_verified=True))
 
 
 @get("/healthz", summary="Alive: the process answers")

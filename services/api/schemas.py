@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 import unicodedata
+import urllib.parse
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -133,22 +134,22 @@ class InvalidRequest(Exception):
 
 def parse_create_user(body: bytes, *, allow_smtputf8: bool) -> CreateUserRequest:
     """Decode and validate a ``create_user`` body; see ``parse_body``."""
-    return parse_body(CreateUserRequest, body, allow_smtputf8=allow_smtputf8)
+    return parse_body(CreateUserRequest, _decode_object(body), allow_smtputf8=allow_smtputf8)
 
 
-def parse_resend(body: bytes, *, allow_smtputf8: bool) -> ResendVerifyEmailRequest:
-    """Decode and validate a ``resend_verify_email`` body; see ``parse_body``."""
-    return parse_body(ResendVerifyEmailRequest, body, allow_smtputf8=allow_smtputf8)
+def parse_resend(body: bytes, *, form: bool, allow_smtputf8: bool) -> ResendVerifyEmailRequest:
+    """Decode and validate a ``resend_verify_email`` body, JSON or (``form``) URL-encoded; see parse_body."""
+    raw = _decode_form(body) if form else _decode_object(body)
+    return parse_body(ResendVerifyEmailRequest, raw, allow_smtputf8=allow_smtputf8)
 
 
-def parse_body(struct: type[T], body: bytes, *, allow_smtputf8: bool) -> T:
-    """Decode a JSON object into ``struct``, reporting every bad field (msgspec stops at the first).
+def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) -> T:
+    """Validate the decoded ``raw`` as ``struct``, reporting every bad field (msgspec stops at the first).
 
     Raises ``InvalidRequest``. Text comes back NFC-normalised, and the email normalised as
     ``email_validator`` does it (domain lower-cased, Unicode NFC). An address whose local part is not ASCII
     is refused unless ``allow_smtputf8`` (the SMTP server takes SMTPUTF8, DESIGN §6).
     """
-    raw = _decode_object(body)
     errors = [
         FieldError(field=str(name), message="unknown field")
         for name in raw
@@ -195,6 +196,14 @@ def _normalized_email(email: str, *, allow_smtputf8: bool) -> str:
             "letters outside ASCII before the @ need SMTPUTF8, which our mail server does not offer"
         )
     return validate_email(email, check_deliverability=False, allow_smtputf8=allow_smtputf8).normalized
+
+
+def _decode_form(body: bytes) -> dict[str, Any]:
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest([FieldError(field="body", message="malformed form data")]) from None
+    return dict(pairs)
 
 
 def _decode_object(body: bytes) -> dict[str, Any]:

@@ -91,8 +91,9 @@ class VerifyEmailSuperseded(Exception):
 
 async def verify_email(
     sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str
-) -> None:
-    """Mark the code used and the user's email verified. A second use of a valid link succeeds again.
+) -> bool:
+    """Mark the code used and the user's email verified, and return True; a second use of a valid link
+    succeeds again and returns False (verified already).
 
     Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailSuperseded`` once a newer
     email to the user has been sent, ``VerifyEmailExpired`` after expiry.
@@ -107,7 +108,7 @@ async def verify_email(
         if row is None or not hmac.compare_digest(row.secret_code.encode(), secret_code.encode()):
             raise VerifyEmailNotFound
         if row.is_used:
-            return
+            return False
         if await _newer_email_sent(session, row):
             raise VerifyEmailSuperseded
         if row.expired_at <= datetime.now(UTC):
@@ -119,6 +120,7 @@ async def verify_email(
             users.update().where(users.c.username == row.username).values(is_email_verified=True)
         )
     log.info("email verified", username=row.username, verify_email_id=email_id)
+    return True
 
 
 async def _newer_email_sent(session: AsyncSession, row: Any) -> bool:
