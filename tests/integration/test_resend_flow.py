@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from services.api.app import create_app
 from shared.database import users, verify_emails
 from shared.settings import Settings
+from signup_cli.trace import timeline
 from tests.integration.relay_helpers import running_relay
 from tests.integration.test_api_signup import signup_body
 from tests.integration.test_worker import running_worker
@@ -70,6 +71,13 @@ async def test_a_resend_after_expiry_brings_a_working_link_and_retires_the_old(
         assert (verified.status_code, verified.json()) == (200, {"is_verified": True})
     async with db.connect() as connection:
         assert (await connection.execute(sa.select(users.c.is_email_verified))).scalar_one()
+    found = await timeline(settings, "alice")
+    assert found is not None
+    steps, facts = found
+    assert any(what.startswith("resend requested") for _, what in steps)
+    first_id, second_id = old["email_id"], new["email_id"]
+    assert f"verify email {first_id}: superseded by {second_id} (its link answers 410)" in facts
+    assert f"verify email {second_id}: used (verified the address)" in facts
 
 
 async def _at_least(probe: Any, count: int) -> list[ReceivedMail]:
