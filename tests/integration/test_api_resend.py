@@ -162,3 +162,29 @@ async def test_a_bad_body_is_400_per_field(client, db, body, field) -> None:
 async def test_a_large_body_is_413(client, db, resend_settings) -> None:
     response = await resend(client, "a" * resend_settings.api_max_body_bytes + "@example.com")
     assert response.status_code == 413
+
+
+async def test_every_outcome_runs_the_same_statements(client, db) -> None:
+    """Timing that tells no one who exists: the database sees the same statements whatever the address."""
+    await sign_up(client, db)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = client.app.state.engine.sync_engine
+    seen = []
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        for address in (ADDRESS, ADDRESS, "nobody@example.com"):  # sent, rate limited, unknown
+            statements.clear()
+            await resend(client, address)
+            seen.append(list(statements))
+        async with db.begin() as connection:
+            await connection.execute(users.update().values(is_email_verified=True))
+        statements.clear()
+        await resend(client)
+        seen.append(list(statements))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    assert len(seen[0]) >= 2 and all(run == seen[0] for run in seen)
