@@ -83,6 +83,18 @@ idempotency_keys = sa.Table(
     sa.Index("idempotency_keys_created_at_idx", "created_at"),
 )
 
+verify_email_resends = sa.Table(
+    "verify_email_resends",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "username", sa.String(100), sa.ForeignKey("users.username", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("verify_email_resends_user_time_idx", "username", "requested_at"),
+)
+
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).
 USERNAME_TAKEN_CONSTRAINT = "users_pkey"
 EMAIL_TAKEN_CONSTRAINT = "users_email_lower_key"

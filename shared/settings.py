@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     smtp_starttls: bool = False
     smtp_timeout_ms: PositiveInt = 10_000
     """How long the worker waits on the SMTP server before it gives up and retries."""
+    smtp_smtputf8: bool = False
+    """The SMTP server takes SMTPUTF8: only then does the API accept an address whose local part is not
+    ASCII (пользователь@example.com). Domains need no such support: the worker sends to their ASCII form."""
     mail_from: str = "Signup <no-reply@signup.local>"
     public_base_url: str = "http://localhost:8080"
     """Base of the verification link in the email."""
@@ -80,6 +83,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
     worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
     verify_email_ttl_minutes: PositiveInt = 15
+    resend_min_interval_s: NonNegativeInt = 60
+    """At most one verification email per user in this many seconds (the signup's counts too)."""
+    resend_max_per_day: NonNegativeInt = 5
+    """At most this many resent verification emails per user in any 24 hours."""
 
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
-from shared.database import create_engine, outbox, users, verify_emails
+from shared.database import create_engine, outbox, users, verify_email_resends, verify_emails
 from shared.settings import Settings
 from shared.telemetry import trace_id_of
 
@@ -31,7 +33,16 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
                 )
             ).all()
             emails = (
-                await connection.execute(sa.select(verify_emails).where(verify_emails.c.username == username))
+                await connection.execute(
+                    sa.select(verify_emails)
+                    .where(verify_emails.c.username == username)
+                    .order_by(verify_emails.c.id)
+                )
+            ).all()
+            resends = (
+                await connection.execute(
+                    sa.select(verify_email_resends).where(verify_email_resends.c.username == username)
+                )
             ).all()
     finally:
         await engine.dispose()
@@ -46,6 +57,8 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
         )
         if event.published_at is not None:
             steps.append((event.published_at, f"outbox {event.actor} published  attempts={event.attempts}"))
+    for resend in resends:
+        steps.append((resend.requested_at, f"resend requested  event_id={resend.event_id}"))
     for email in emails:
         steps.append((email.created_at, f"verify email created  id={email.id} event_id={email.event_id}"))
         if email.sent_at is not None:
@@ -53,10 +66,30 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
                 (email.sent_at, f"verify email sent  id={email.id} expires={email.expired_at.isoformat()}")
             )
     facts = [f"verified: {'yes' if user.is_email_verified else 'no'}"]
-    facts += [f"verify email {email.id} used: {'yes' if email.is_used else 'no'}" for email in emails]
+    facts += [f"verify email {email.id}: {status}" for email, status in code_states(emails)]
     if not events:
         facts.append("no outbox row (another dispatch strategy, or purged after OUTBOX_RETENTION_HOURS)")
     return sorted(steps, key=lambda step: step[0]), facts
+
+
+def code_states(emails: Sequence[Any]) -> list[tuple[Any, str]]:
+    """Each email (oldest first) with what its link does now: only the newest sent one's code is current."""
+    sent = [email.id for email in emails if email.sent_at is not None]
+    newest = max(sent, default=None)
+    states = []
+    for email in emails:
+        if email.is_used:
+            state = "used (verified the address)"
+        elif email.sent_at is None:
+            state = "not sent yet"
+        elif email.id != newest:
+            state = f"superseded by {newest} (its link answers 410)"
+        elif email.expired_at <= datetime.now(UTC):
+            state = "current code, expired"
+        else:
+            state = "current code"
+        states.append((email, state))
+    return states
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from lab.bench.e2e import first_emails
 from lab.bench.model import BenchPlan, Section, fmt, ms, ratio
 from lab.harness.load import Signup, generate_load
 from lab.harness.measure import latency_of
-from lab.harness.stack import Stack
+from lab.harness.stack import PRODUCTION_ADMISSION, Stack
 
 MULTIPLES = (1, 2, 5)
 CLIENT_TIMEOUT_S = 30.0
@@ -58,7 +58,10 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
     """Section 6: the stack at 1x, 2x and 5x ``capacity`` signups/s, one after the other."""
     rows = []
     async with Stack(
-        work_dir=work_dir / "overload", services=("api", "relay", "worker"), pg_admin_url=pg
+        work_dir=work_dir / "overload",
+        services=("api", "relay", "worker"),
+        env=PRODUCTION_ADMISSION,
+        pg_admin_url=pg,
     ) as stack:
         for multiple in MULTIPLES:
             rate = multiple * capacity

@@ -49,12 +49,14 @@ class SmtpSink:
     attempts: list[float] = field(default_factory=list)
     """Wall-clock time of every DATA command, refused or not."""
     refused: int = 0
+    smtputf8: bool = True
+    """Whether EHLO offers SMTPUTF8 (aiosmtpd's default); many real servers do not."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _controller: Controller | None = None
 
     def start(self) -> None:
         """Listen on ``host:port`` (aiosmtpd runs its own event loop in a thread)."""
-        self._controller = Controller(self, hostname=self.host, port=self.port)
+        self._controller = Controller(self, hostname=self.host, port=self.port, enable_SMTPUTF8=self.smtputf8)
         self._controller.start()
 
     def stop(self) -> None:

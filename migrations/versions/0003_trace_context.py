@@ -1,7 +1,7 @@
 """outbox.trace_context: the W3C trace context of the span that wrote the row.
 
 Revision ID: 0003_trace_context
-Revises: 0001
+Revises: 0002_resend
 Create Date: 2026-11-27
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0003_trace_context"
-down_revision = "0001"
+down_revision = "0002_resend"
 branch_labels = None
 depends_on = None
 

@@ -2,7 +2,7 @@
 
 A signup costs tens of milliseconds of CPU (the argon2id hash), so a flood larger than the machine can hash
 would otherwise queue without bound: every answer late, clients timing out, and signups committing for
-clients that have gone. ``Admission`` lets ``concurrency`` signups work at once and up to ``max_waiting``
+clients that have gone. ``Admission`` lets ``concurrency`` signups hash at once and up to ``max_waiting``
 wait; a signup that finds the wait queue full, or that waited longer than ``max_wait_s``, is ``Shed`` before
 any work (the API answers ``503`` + ``Retry-After``). ``max_waiting`` follows the measured service time, so
 the queue holds about what the working slots can finish within half of ``max_wait_s``. Other endpoints
@@ -29,7 +29,7 @@ ShedReason = Literal["queue_full", "queue_timeout", "deadline", "client_gone"]
 
 ADMITTED = Counter("signup_api_admitted_total", "Signups admitted to work")
 SHED = Counter("signup_api_shed_total", "Signups refused with 503 before they committed", ["reason"])
-IN_FLIGHT = Gauge("signup_api_signups_in_flight", "Signups working now (hashing or in their transaction)")
+IN_FLIGHT = Gauge("signup_api_signups_in_flight", "Signups holding a hashing slot now")
 QUEUE_WAIT = Histogram(
     "signup_api_queue_wait_seconds",
     "How long an admitted signup waited for a working slot",
@@ -56,22 +56,30 @@ class Shed(Exception):
 
 @dataclass
 class Ticket:
-    """An admitted signup. ``check()`` refuses it if its deadline passed or its client left."""
+    """One signup's way through admission: ``hashing()`` holds a slot, ``check()`` guards the commit."""
 
+    admission: Admission
     deadline: float
-    retry_after_s: int
     client_gone: asyncio.Event
+
+    def hashing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Wait for a hashing slot and hold it for the block; raises ``Shed`` when the signup is refused."""
+        return self.admission.slot(client_gone=self.client_gone)
 
     def check(self) -> None:
         """Raise ``Shed`` if the answer could no longer reach a waiting client in time."""
         if self.client_gone.is_set():
-            raise Shed("client_gone", retry_after_s=self.retry_after_s)
+            raise _shed("client_gone", self.admission.retry_after_s())
         if time.monotonic() > self.deadline:
-            raise Shed("deadline", retry_after_s=self.retry_after_s)
+            raise _shed("deadline", self.admission.retry_after_s())
 
 
 class Admission:
-    """At most ``concurrency`` signups at work and a short wait queue in front of them (module doc)."""
+    """At most ``concurrency`` signups hashing and a short wait queue in front of them (module doc).
+
+    Only the hash holds a slot: it is the CPU a signup needs. Its transaction waits on the database, which
+    the connection pool bounds, so a slow commit does not make the API refuse signups it could hash.
+    """
 
     def __init__(
         self, *, concurrency: int, max_wait_s: float, deadline_s: float, max_waiting: int = 0
@@ -83,7 +91,7 @@ class Admission:
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting = 0
         self.service_s = _INITIAL_SERVICE_S
-        """A moving average of how long an admitted signup holds its slot."""
+        """A moving average of how long a signup holds its slot (one hash)."""
 
     @property
     def max_waiting(self) -> int:
@@ -92,23 +100,28 @@ class Admission:
             return self._fixed_max_waiting
         return max(1, math.floor(QUEUE_HEADROOM * self.concurrency * self.max_wait_s / self.service_s))
 
-    def _retry_after_s(self) -> int:
+    def retry_after_s(self) -> int:
+        """Seconds until the queue in front of a new signup has likely drained (at least 1)."""
         backlog_s = (self._waiting + self.concurrency) * self.service_s / self.concurrency
         return max(1, math.ceil(backlog_s))
 
+    def ticket(self, *, client_gone: asyncio.Event) -> Ticket:
+        """A signup arriving now: its deadline runs from here."""
+        return Ticket(self, time.monotonic() + self.deadline_s, client_gone)
+
     @contextlib.asynccontextmanager
-    async def admit(self, *, client_gone: asyncio.Event) -> AsyncIterator[Ticket]:
-        """Wait for a working slot and hold it for the block; raises ``Shed`` when the signup is refused."""
+    async def slot(self, *, client_gone: asyncio.Event) -> AsyncIterator[None]:
+        """Wait for a slot and hold it for the block; raises ``Shed`` when the signup is refused."""
         arrived = time.monotonic()
         if self._slots.locked() and self._waiting >= self.max_waiting:
-            raise _shed("queue_full", self._retry_after_s())
+            raise _shed("queue_full", self.retry_after_s())
         self._waiting += 1
         try:
             await _acquire(self._slots, timeout_s=self.max_wait_s, client_gone=client_gone)
         except TimeoutError:
-            raise _shed("queue_timeout", self._retry_after_s()) from None
+            raise _shed("queue_timeout", self.retry_after_s()) from None
         except _ClientGone:
-            raise _shed("client_gone", self._retry_after_s()) from None
+            raise _shed("client_gone", self.retry_after_s()) from None
         finally:
             self._waiting -= 1
         started = time.monotonic()
@@ -116,7 +129,7 @@ class Admission:
         QUEUE_WAIT.observe(started - arrived)
         IN_FLIGHT.inc()
         try:
-            yield Ticket(arrived + self.deadline_s, self._retry_after_s(), client_gone)
+            yield
         finally:
             IN_FLIGHT.dec()
             self._slots.release()

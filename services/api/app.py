@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             routes.create_user,
+            routes.resend_verify_email_route,
             routes.verify_email_route,
             routes.healthz,
             routes.readyz,

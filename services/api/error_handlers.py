@@ -18,8 +18,9 @@ from services.api.admission import Shed
 from services.api.faults import InjectedRollback
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KeyReused
+from services.api.pages import EXPIRED, INVALID, SUPERSEDED, page, wants_html
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
-from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound
+from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound, VerifyEmailSuperseded
 from services.api.tracing import request_id_from_headers
 from shared.database import database_unavailable
 from shared.logging import get_logger
@@ -71,6 +72,8 @@ def litestar_validation(request: Request[Any, Any, Any], exc: Exception) -> Resp
     # every 400 names a field).
     if not fields and (missing := _MISSING_PARAMETER.search(exc.detail)):
         fields = [FieldError(field=missing.group(1), message="required")]
+    if request.url.path == "/v1/verify_email" and wants_html(request):  # a link cut short in a browser
+        return page(INVALID, status=400)
     return _json(request, 400, ErrorBody(error="invalid request", fields=fields))
 
 
@@ -81,11 +84,22 @@ def taken(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody
 
 
 def not_found(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if wants_html(request):
+        return page(INVALID, status=404)
     return _json(request, 404, ErrorBody(error="unknown verification link"))
 
 
 def expired(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    return _json(request, 410, ErrorBody(error="verification link expired; sign in to get a new one"))
+    if wants_html(request):
+        return page(EXPIRED, status=410)
+    body = ErrorBody(error="verification link expired; ask for a new one with POST /v1/resend_verify_email")
+    return _json(request, 410, body)
+
+
+def superseded(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if wants_html(request):
+        return page(SUPERSEDED, status=410)
+    return _json(request, 410, ErrorBody(error="a newer verification email was sent; use the link in it"))
 
 
 def unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -144,6 +158,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     Taken: taken,
     VerifyEmailNotFound: not_found,
     VerifyEmailExpired: expired,
+    VerifyEmailSuperseded: superseded,
     InjectedRollback: injected_rollback,
     Shed: shed,
     KeyReused: key_reused,

@@ -10,6 +10,7 @@ import msgspec
 import sqlalchemy as sa
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
@@ -18,12 +19,17 @@ from services.api.admission import watch_client
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import IdempotencyKey, find_answer
 from services.api.openapi import body_operation
+from services.api.pages import ALREADY_VERIFIED, RESEND_ACCEPTED, VERIFIED, page, wants_html
+from services.api.resend import resend_verify_email
 from services.api.schemas import (
+    Accepted,
     CreateUserRequest,
     CreateUserResponse,
     ErrorBody,
+    ResendVerifyEmailRequest,
     VerifyEmailResponse,
     parse_create_user,
+    parse_resend,
 )
 from services.api.signup import Taken, sign_up, verify_email
 
@@ -35,7 +41,7 @@ _ERRORS = {
     400: "invalid request: one entry in `fields` per bad field",
     404: "unknown verification link, or a wrong code",
     409: "the username or the email is taken; `fields` names which",
-    410: "the verification link expired",
+    410: "the verification link expired, or a newer email replaced it; `error` says which",
     413: "the request body is larger than API_MAX_BODY_BYTES",
     422: "this Idempotency-Key was used before with another request body",
     503: "a backing service is down, or too many signups are in progress; retry after Retry-After seconds",
@@ -76,20 +82,20 @@ async def create_user(
     ] = None,
 ) -> Response[CreateUserResponse]:
     body = await request.body()
-    signup = parse_create_user(body)
+    signup = parse_create_user(body, allow_smtputf8=state.settings.smtp_smtputf8)
     key = IdempotencyKey.of(idempotency_key, body) if idempotency_key else None
     ttl = timedelta(hours=state.settings.api_idempotency_ttl_hours)
     if key is not None and (stored := await find_answer(state.sessions, key, ttl=ttl)):
         return _replayed(stored)
     try:
-        async with watch_client(request.receive) as gone, state.admission.admit(client_gone=gone) as ticket:
+        async with watch_client(request.receive) as gone:
             user = await sign_up(
                 state.sessions,
                 request=signup,
                 dispatcher=state.dispatcher,
                 faults=state.faults,
                 trace_id=request.scope["state"].get("request_id"),
-                ticket=ticket,
+                ticket=state.admission.ticket(client_gone=gone),
                 idempotency=key,
                 idempotency_ttl=ttl,
             )
@@ -107,20 +113,53 @@ def _replayed(answer: bytes) -> Response[CreateUserResponse]:
     return Response(original, headers={"Idempotent-Replayed": "true"})
 
 
+@post(
+    "/v1/resend_verify_email",
+    status_code=202,
+    operation_class=body_operation(ResendVerifyEmailRequest),
+    summary="Send a new verification email; the same 202 whoever the address belongs to",
+    description=(
+        "An unverified user's address gets a new email with a new link (earlier links stop working), at most "
+        "one per RESEND_MIN_INTERVAL_S and RESEND_MAX_PER_DAY a day. An unknown, verified or rate-limited "
+        "address gets the very same answer, so that the API does not tell who has an account. The body may "
+        "also come as application/x-www-form-urlencoded (the verification page's form); a client that "
+        "prefers text/html then gets a page."
+    ),
+    raises=[],
+    responses=_errors(400, 413, 503),
+)
+async def resend_verify_email_route(request: Request[Any, Any, Any], state: State) -> Response[Accepted]:
+    form = request.content_type[0] == RequestEncodingType.URL_ENCODED  # the HTML page's form
+    body = parse_resend(await request.body(), form=form, allow_smtputf8=state.settings.smtp_smtputf8)
+    await resend_verify_email(
+        state.sessions,
+        email=body.email,
+        settings=state.settings,
+        trace_id=request.scope["state"].get("request_id"),
+    )
+    if wants_html(request):
+        return page(RESEND_ACCEPTED, status=202)
+    return Response(Accepted(), status_code=202)
+
+
 @get(
     "/v1/verify_email",
     summary="Follow the link from the verification email",
+    description="JSON, or a small HTML page for a client that prefers text/html (a browser).",
     responses=_errors(400, 404, 410, 503),
 )
 async def verify_email_route(
+    request: Request[Any, Any, Any],
     state: State,
     # Unbounded, an id past bigint reached asyncpg and failed with a 500 (found by the fuzz test). The bound
     # is the largest integer every JSON client holds exactly: below bigint's, and beyond any id we issue.
     email_id: Annotated[int, Parameter(ge=1, le=2**53 - 1)],
     secret_code: Annotated[str, Parameter(min_length=1, max_length=128)],
-) -> VerifyEmailResponse:
-    await verify_email(state.sessions, email_id=email_id, secret_code=secret_code)
-    return VerifyEmailResponse(is_verified=True)
+) -> Response[VerifyEmailResponse]:
+    newly = await verify_email(state.sessions, email_id=email_id, secret_code=secret_code)
+    if wants_html(request):  # a person who clicked the link; the error pages come from errors.py
+        return page(VERIFIED if newly else ALREADY_VERIFIED, status=200)
+    return Response(VerifyEmailResponse(is_verified=True))
 
 
 @get("/healthz", summary="Alive: the process answers")

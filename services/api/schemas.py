@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import itertools
+import sys
 import unicodedata
+import urllib.parse
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from msgspec import Meta
 
+T = TypeVar("T", bound=msgspec.Struct)
+
 Username = Annotated[
     str, Meta(min_length=3, max_length=100, pattern=r"^[a-z0-9_]+$", description="3 to 100 of a-z, 0-9, _")
 ]
-# Letters of any script and single spaces between words; no digits, punctuation or control characters
-# (which also keeps CR/LF out of the email's To header).
+
+
+def _char_class(category_prefix: str) -> str:
+    """A regex class of every code point whose Unicode category starts with ``category_prefix``."""
+    points = [
+        c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith(category_prefix)
+    ]
+    ranges = []
+    for _, run in itertools.groupby(enumerate(points), lambda pair: pair[1] - pair[0]):
+        block = [point for _, point in run]
+        # The characters themselves: none of them is special in a class, and "\u" cannot name one past FFFF.
+        ranges.append(chr(block[0]) if len(block) == 1 else f"{chr(block[0])}-{chr(block[-1])}")
+    return "[" + "".join(ranges) + "]"
+
+
+# A word is a letter of any script followed by letters and combining marks (Python's \w has no marks, and
+# some scripts' vowels are marks that NFC cannot compose away: "अनिल"). Words are joined by one space,
+# hyphen, apostrophe (' or U+2019) or period, or by a period and a space ("J. R. R. Tolkien"); a final period
+# ends an abbreviation ("Jr."). Digits, other punctuation and control characters (CR/LF would reach the
+# email's To header) are refused. The check runs on the NFC form, so "José" typed as e + U+0301 passes.
+_WORD = rf"[^\W\d_](?:[^\W\d_]|{_char_class('M')})*"
 FullName = Annotated[
     str,
-    Meta(min_length=3, max_length=100, pattern=r"^[^\W\d_]+( [^\W\d_]+)*$", description="letters and spaces"),
+    Meta(
+        min_length=3,
+        max_length=100,
+        pattern=rf"^{_WORD}(?:(?:[ '\u2019.-]|\. ){_WORD})*\.?$",
+        description="letters of any script (with combining marks); words joined by a space, - ' \u2019 or .",
+    ),
 ]
 
 
@@ -54,6 +83,12 @@ class CreateUserRequest(msgspec.Struct, forbid_unknown_fields=True):
     password: Password
 
 
+class ResendVerifyEmailRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/resend_verify_email``: the address to send a new verification email to."""
+
+    email: Email
+
+
 class User(msgspec.Struct):
     username: str
     full_name: str
@@ -68,6 +103,12 @@ class CreateUserResponse(msgspec.Struct):
 
 class VerifyEmailResponse(msgspec.Struct):
     is_verified: bool
+
+
+class Accepted(msgspec.Struct):
+    """The one answer of ``resend_verify_email``, whatever the address belongs to."""
+
+    status: str = "accepted"
 
 
 class FieldError(msgspec.Struct):
@@ -91,27 +132,41 @@ class InvalidRequest(Exception):
         self.errors = errors
 
 
-def parse_create_user(body: bytes) -> CreateUserRequest:
-    """Decode and validate a ``create_user`` body, reporting every bad field (msgspec stops at the first).
+def parse_create_user(body: bytes, *, allow_smtputf8: bool) -> CreateUserRequest:
+    """Decode and validate a ``create_user`` body; see ``parse_body``."""
+    return parse_body(CreateUserRequest, _decode_object(body), allow_smtputf8=allow_smtputf8)
 
-    Raises ``InvalidRequest``. The email comes back normalised (domain lower-cased, Unicode NFC).
+
+def parse_resend(body: bytes, *, form: bool, allow_smtputf8: bool) -> ResendVerifyEmailRequest:
+    """Decode and validate a ``resend_verify_email`` body, JSON or (``form``) URL-encoded; see parse_body."""
+    raw = _decode_form(body) if form else _decode_object(body)
+    return parse_body(ResendVerifyEmailRequest, raw, allow_smtputf8=allow_smtputf8)
+
+
+def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) -> T:
+    """Validate the decoded ``raw`` as ``struct``, reporting every bad field (msgspec stops at the first).
+
+    Raises ``InvalidRequest``. Text comes back NFC-normalised, and the email normalised as
+    ``email_validator`` does it (domain lower-cased, Unicode NFC). An address whose local part is not ASCII
+    is refused unless ``allow_smtputf8`` (the SMTP server takes SMTPUTF8, DESIGN §6).
     """
-    try:
-        raw = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise InvalidRequest([FieldError(field="body", message="malformed JSON")]) from None
-    except RecursionError:  # msgspec's answer to "[[[[…]]]]"
-        raise InvalidRequest([FieldError(field="body", message="JSON nested too deeply")]) from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest([FieldError(field="body", message="expected a JSON object")])
-    errors = [FieldError(field=str(name), message="unknown field") for name in raw if name not in _FIELDS]
+    errors = [
+        FieldError(field=str(name), message="unknown field")
+        for name in raw
+        if name not in struct.__struct_fields__
+    ]
     values: dict[str, Any] = {}
-    for field in msgspec.structs.fields(CreateUserRequest):
+    for field in msgspec.structs.fields(struct):
         if field.name not in raw:
             errors.append(FieldError(field=field.name, message="required"))
             continue
+        value = raw[field.name]
+        # One spelling per text: "José" typed as e + U+0301 (NFD, as some keyboards send it) is the same
+        # name, and compares equal, stored NFC.
+        if isinstance(value, str):
+            value = unicodedata.normalize("NFC", value)
         try:
-            value = msgspec.convert(raw[field.name], field.type)
+            value = msgspec.convert(value, field.type)
         except msgspec.ValidationError as exc:
             message = str(exc).split(" - at ")[0]
             if "matching regex" in message:
@@ -126,18 +181,46 @@ def parse_create_user(body: bytes) -> CreateUserRequest:
         values[field.name] = value
     if "email" in values:
         try:
-            values["email"] = validate_email(values["email"], check_deliverability=False).normalized
+            values["email"] = _normalized_email(values["email"], allow_smtputf8=allow_smtputf8)
         except EmailNotValidError as exc:
             errors.append(FieldError(field="email", message=str(exc)))
     if errors:
         raise InvalidRequest(errors)
-    return CreateUserRequest(**values)
+    return struct(**values)
 
 
-_FIELDS = frozenset(CreateUserRequest.__struct_fields__)
+def _normalized_email(email: str, *, allow_smtputf8: bool) -> str:
+    # An address the worker could never deliver is refused here, saying why, rather than dead-lettered.
+    if not allow_smtputf8 and not email.rpartition("@")[0].isascii():
+        raise EmailNotValidError(
+            "letters outside ASCII before the @ need SMTPUTF8, which our mail server does not offer"
+        )
+    return validate_email(email, check_deliverability=False, allow_smtputf8=allow_smtputf8).normalized
+
+
+def _decode_form(body: bytes) -> dict[str, Any]:
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest([FieldError(field="body", message="malformed form data")]) from None
+    return dict(pairs)
+
+
+def _decode_object(body: bytes) -> dict[str, Any]:
+    try:
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise InvalidRequest([FieldError(field="body", message="malformed JSON")]) from None
+    except RecursionError:  # msgspec's answer to "[[[[…]]]]"
+        raise InvalidRequest([FieldError(field="body", message="JSON nested too deeply")]) from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest([FieldError(field="body", message="expected a JSON object")])
+    return raw
+
+
 # A regex is no answer for a person filling in a form.
 _PATTERN_HINTS = {
     "username": "may contain only lowercase letters, digits and _",
-    "full_name": "may contain only letters and single spaces between words",
+    "full_name": "may contain only letters, and single spaces, hyphens, apostrophes or periods between words",
     "password": "must not contain control characters",
 }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -49,13 +51,15 @@ async def sign_up(
 ) -> User:
     """Create the user and dispatch its verification email in ONE transaction.
 
-    With ``idempotency`` the answer is stored under that key in the same transaction. ``ticket`` is checked
-    after the hash and right before the commit. Raises ``Taken`` when the username or email is in use,
-    ``KeyReused`` when another request committed under the same key, ``Shed`` when the ticket's deadline
-    passed or its client left, ``InjectedRollback`` when a fault was injected; database errors propagate.
+    With ``idempotency`` the answer is stored under that key in the same transaction. With ``ticket`` the hash
+    waits for an admission slot, and the ticket is checked after the hash and right before the commit.
+    Raises ``Taken`` when the username or email is in use, ``KeyReused`` when another request committed
+    under the same key, ``Shed`` when refused a slot or when the ticket's deadline passed or its client left,
+    ``InjectedRollback`` when a fault was injected; database errors propagate.
     Nothing is written unless everything is.
     """
-    hashed = await hash_password(request.password)
+    async with ticket.hashing() if ticket is not None else contextlib.nullcontext():
+        hashed = await hash_password(request.password)
     if ticket is not None:
         ticket.check()
     try:
@@ -107,12 +111,18 @@ class VerifyEmailExpired(Exception):
     """The link was right but came too late."""
 
 
+class VerifyEmailSuperseded(Exception):
+    """The link was right, but a newer verification email has been sent since: only its link works."""
+
+
 async def verify_email(
     sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str
-) -> None:
-    """Mark the code used and the user's email verified. A second use of a valid link succeeds again.
+) -> bool:
+    """Mark the code used and the user's email verified, and return True; a second use of a valid link
+    succeeds again and returns False (verified already).
 
-    Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailExpired`` after expiry.
+    Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailSuperseded`` once a newer
+    email to the user has been sent, ``VerifyEmailExpired`` after expiry.
     """
     async with sessions() as session, session.begin():
         row = (
@@ -126,7 +136,9 @@ async def verify_email(
         if not hmac.compare_digest(expected.encode(), secret_code.encode()) or row is None:
             raise VerifyEmailNotFound
         if row.is_used:
-            return
+            return False
+        if await _newer_email_sent(session, row):
+            raise VerifyEmailSuperseded
         if row.expired_at <= datetime.now(UTC):
             raise VerifyEmailExpired
         await session.execute(
@@ -136,3 +148,14 @@ async def verify_email(
             users.update().where(users.c.username == row.username).values(is_email_verified=True)
         )
     log.info("email verified", username=row.username, verify_email_id=email_id)
+    return True
+
+
+async def _newer_email_sent(session: AsyncSession, row: Any) -> bool:
+    # Only a newer email that has left counts: until then (or if it never can), this link still works.
+    newer = sa.exists().where(
+        verify_emails.c.username == row.username,
+        verify_emails.c.id > row.id,
+        verify_emails.c.sent_at.is_not(None),
+    )
+    return bool(await session.scalar(sa.select(newer)))

@@ -11,6 +11,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import jinja2
+from email_validator import EmailNotValidError, validate_email
 
 from services.worker.errors import PermanentError
 from shared.settings import Settings
@@ -31,18 +32,32 @@ def message_id_header(message_id: str) -> str:
     return f"<{message_id}@signup-outbox>"
 
 
+def deliverable(address: str) -> str:
+    """``address`` as it goes on the wire: the domain in its ASCII (IDNA) form, the local part as stored.
+
+    ``user@bücher.de`` becomes ``user@xn--bcher-kva.de``, which every SMTP server takes; only a local part
+    that is not ASCII still needs the server's SMTPUTF8. Raises ``PermanentError`` for a stored value that
+    is no address (the API never stores one, and no retry can mend it).
+    """
+    try:
+        checked = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        raise PermanentError("the stored address is not a deliverable email address") from None
+    return f"{checked.local_part}@{checked.ascii_domain}"
+
+
 def render_email(kind: str, *, settings: Settings, to: str, message_id: str, **values: Any) -> EmailMessage:
     """The email of ``kind`` to ``to``, its templates filled with ``values``.
 
-    ``EmailMessage`` refuses CR/LF in header values, so no header can be injected; such an address raises
-    ``PermanentError`` (the API never stores one, and no retry can mend it). A missing template or value
-    raises ``jinja2.TemplateError``.
+    The recipient is ``deliverable(to)``. ``EmailMessage`` refuses CR/LF in header values, so no header can
+    be injected; such an address raises ``PermanentError`` (the API never stores one, and no retry can mend
+    it). A missing template or value raises ``jinja2.TemplateError``.
     """
     templates = _templates()
     message = EmailMessage()
     message["From"] = settings.mail_from
     try:
-        message["To"] = to
+        message["To"] = deliverable(to)
     except ValueError:
         raise PermanentError("the stored address cannot be an email header") from None
     message["Subject"] = templates.get_template(f"{kind}/subject.txt").render(**values).strip()

@@ -30,7 +30,10 @@ log = get_logger()
 
 
 async def send_verify_email(command: SendVerifyEmail, *, context: WorkerContext, message_id: str) -> None:
-    """Send the email for ``command`` unless message ``message_id`` already sent it.
+    """Send the email for ``command`` unless message ``message_id`` already sent it or the user is verified.
+
+    The signup's email and every resend are this same command: each message id gets its own row, code and
+    expiry, and once it is sent the API refuses the user's earlier links (``410``, superseded).
 
     Raises ``UserNotVisible`` when the user is missing (unless ``WORKER_SKIP_RETRY_MISSING_USER``, which
     drops the message as the course's ``SkipRetry`` does), and whatever the mailer or the database raise.
@@ -43,6 +46,10 @@ async def send_verify_email(command: SendVerifyEmail, *, context: WorkerContext,
             log.warning("user not found; dropping the message (SkipRetry)", username=command.username)
             return
         raise UserNotVisible("user not yet visible")
+    if user.is_email_verified:
+        # A resend asked for while unverified, and the address got verified before it left: nothing to do.
+        log.info("email already verified; nothing sent", username=command.username)
+        return
     email_id = await _ensure_row(sessions, event_id=event_id, user=user, settings=settings)
     # The row (and its code) commits before anything is sent: a redelivery after a crash between the
     # send and the commit below sends the very same email (same link, same Message-ID), not a second one.
@@ -85,9 +92,9 @@ def verify_link(*, base_url: str, email_id: int, secret_code: str) -> str:
 
 async def _load_user(sessions: async_sessionmaker[AsyncSession], username: str) -> Any | None:
     async with sessions() as session:
-        query = sa.select(users.c.username, users.c.email, users.c.full_name).where(
-            users.c.username == username
-        )
+        query = sa.select(
+            users.c.username, users.c.email, users.c.full_name, users.c.is_email_verified
+        ).where(users.c.username == username)
         return (await session.execute(query)).one_or_none()
 
 

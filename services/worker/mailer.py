@@ -55,9 +55,21 @@ class SmtpMailer:
             raise classify(exc.recipients[0].code if exc.recipients else 550) from None
         except aiosmtplib.SMTPResponseException as exc:
             raise classify(exc.code) from None
+        except aiosmtplib.SMTPNotSupported:
+            if _needs_smtputf8(message):
+                # aiosmtplib checks the server's EHLO before sending: this server will never take this
+                # address, however often we retry (it used to be retried for hours).
+                raise PermanentError(
+                    "the SMTP server does not support SMTPUTF8, which this address's local part needs"
+                ) from None
+            raise TransientError("SMTP server lacks an extension the settings need (STARTTLS?)") from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             # Connection refused, timeout, disconnect, TLS or login trouble: the server, not the message.
             raise TransientError(f"SMTP unavailable: {type(exc).__name__}") from None
+
+
+def _needs_smtputf8(message: EmailMessage) -> bool:
+    return not str(message["To"]).isascii()
 
 
 def classify(code: int) -> Exception:

@@ -289,7 +289,7 @@ async def test_a_hostile_full_name_in_the_database_stays_in_the_body(client, db,
 
 META = ["'", '";--', "%", "_", "\\"]
 # What each field's rules allow: the rest must be a 400 for that field, never a 5xx.
-ACCEPTED = {("username", "_"), ("email", "'"), ("email", "%"), ("email", "_")} | {
+ACCEPTED = {("username", "_"), ("full_name", "'"), ("email", "'"), ("email", "%"), ("email", "_")} | {
     ("password", meta) for meta in META
 }
 
@@ -461,3 +461,33 @@ async def test_no_secret_or_address_in_any_span(spans, client, db: AsyncEngine, 
     assert "smtp send" in exported and "INSERT INTO users" in exported
     for secret in ("alice@example.com", "correct horse", user.hashed_password, code):
         assert secret not in exported
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "x%y@example.com",  # LIKE wildcards: would match x_y@ and xay@ if compared with LIKE
+        "x_y@Example.com",
+        "' OR '1'='1@example.com",
+        "x@example.com'; DELETE FROM users;--",
+        "x_y@example.com\r\nBcc: evil@example.com",
+    ],
+)
+async def test_a_hostile_resend_address_queues_nothing_for_anyone_else(client, db, email) -> None:
+    """SQL, wildcards and line breaks in the resend's address: a 400 or the usual 202, and at most the
+    email of the one user whose address it is (x_y@example.com, whose signup is long enough ago)."""
+    await add_user(client, username="a_c", email="x_y@example.com")
+    await add_user(client, username="abc", email="xay@example.com")
+    async with db.begin() as connection:
+        await connection.execute(
+            users.update().values(created_at=sa.func.now() - sa.text("interval '1 hour'"))
+        )
+    response = await client.post("/v1/resend_verify_email", json={"email": email})
+    assert response.status_code in (202, 400), response.text
+    async with db.connect() as connection:
+        payloads = (
+            (await connection.execute(sa.select(outbox.c.payload).order_by(outbox.c.id))).scalars().all()
+        )
+    resent = [payload["username"] for payload in payloads[2:]]
+    assert resent == (["a_c"] if email == "x_y@Example.com" else [])
+    assert await count(db, users) == 2

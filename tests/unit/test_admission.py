@@ -17,7 +17,7 @@ def admission(**overrides: float) -> Admission:
 
 
 async def hold(admission: Admission, release: asyncio.Event, gone: asyncio.Event | None = None) -> None:
-    async with admission.admit(client_gone=gone or asyncio.Event()):
+    async with admission.slot(client_gone=gone or asyncio.Event()):
         await release.wait()
 
 
@@ -62,22 +62,23 @@ async def test_a_waiting_signup_whose_client_left_gives_its_place_up() -> None:
 
 async def test_the_ticket_refuses_the_commit_past_the_deadline_or_without_a_client() -> None:
     gone = asyncio.Event()
-    async with admission(deadline_s=0.01).admit(client_gone=gone) as ticket:
+    ticket = admission(deadline_s=0.01).ticket(client_gone=gone)
+    async with ticket.hashing():
         ticket.check()
-        await asyncio.sleep(0.02)
-        with pytest.raises(Shed, match="deadline"):
-            ticket.check()
-    async with admission().admit(client_gone=gone) as ticket:
-        gone.set()
-        with pytest.raises(Shed, match="client_gone"):
-            ticket.check()
+    await asyncio.sleep(0.02)
+    with pytest.raises(Shed, match="deadline"):
+        ticket.check()
+    ticket = admission().ticket(client_gone=gone)
+    gone.set()
+    with pytest.raises(Shed, match="client_gone"):
+        ticket.check()
 
 
 async def test_the_wait_queue_follows_the_measured_pace() -> None:
     gate = admission(concurrency=2, max_wait_s=1.0, max_waiting=0)
     assert gate.max_waiting == 6  # two slots, half of one second, the first guess of 0.15 s a signup
     for _ in range(30):
-        async with gate.admit(client_gone=asyncio.Event()):
+        async with gate.slot(client_gone=asyncio.Event()):
             await asyncio.sleep(0.02)
     assert 0.02 <= gate.service_s < 0.15
     assert gate.max_waiting == math.floor(QUEUE_HEADROOM * 2 * 1.0 / gate.service_s) > 6

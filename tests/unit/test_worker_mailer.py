@@ -48,7 +48,7 @@ def test_a_value_the_template_needs_but_was_not_given_fails_loudly() -> None:
 @pytest.mark.parametrize("to", ["alice@example.com\r\nBcc: evil@example.com", "a@x.org\nX-Evil: 1"])
 def test_a_newline_can_never_become_a_header(to: str) -> None:
     """Refused as permanent, so the message goes to the dead letters at once instead of retrying in vain."""
-    with pytest.raises(PermanentError, match="cannot be an email header"):
+    with pytest.raises(PermanentError, match="the stored address"):
         verify_email(to=to, full_name="Alice", link="http://x", message_id="m")
 
 

@@ -1,0 +1,95 @@
+"""The resend use case: a new verification email on request, within limits, telling no one who exists.
+
+Every request, whoever the address belongs to, runs the same two statements in one transaction: lock the
+user row (if any), then one statement that decides, counts and writes the outbox row (if sent). So an
+unknown, a verified, a rate-limited and an unverified address cost the same queries, and the answer is the
+same ``202`` (DESIGN §6); only the log line and ``resend_requests_total{outcome}`` tell them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Literal
+
+import sqlalchemy as sa
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.logging import get_logger
+from shared.messages import SendVerifyEmail
+from shared.settings import Settings
+from shared.telemetry import current_trace_context
+
+log = get_logger()
+
+Outcome = Literal["sent", "rate_limited", "verified", "unknown"]
+
+RESENDS = Counter("resend_requests_total", "POST /v1/resend_verify_email by what it did", ["outcome"])
+
+# The lock is its own statement: under READ COMMITTED each statement takes a fresh snapshot, so the decision
+# below, made after a concurrent request's commit released the row, sees that request's count. In one
+# statement it would read the snapshot from before the wait, and both requests would pass.
+_LOCK = sa.text("SELECT 1 FROM users WHERE lower(email) = lower(:email) FOR UPDATE")
+
+# The outbox row is written here rather than by the Dispatcher: the insert runs (and its statement-level
+# NOTIFY trigger fires) for every outcome, with zero rows when nothing is sent, so no outcome is cheaper.
+# Its payload is SendVerifyEmail's ({"username": …}); a resend is the same command as the first email.
+_DECIDE = sa.text(
+    """
+    WITH target AS (
+        SELECT username, is_email_verified, created_at FROM users WHERE lower(email) = lower(:email)
+    ), recent AS (
+        SELECT count(*) AS today, max(r.requested_at) AS last
+        FROM verify_email_resends r JOIN target USING (username)
+        WHERE r.requested_at > now() - interval '1 day'
+    ), decision AS (
+        SELECT target.username, CASE
+            WHEN target.is_email_verified THEN 'verified'
+            WHEN recent.today >= :max_per_day
+                -- the signup's own email counts as the first of the interval
+                OR greatest(recent.last, target.created_at) > now() - make_interval(secs => :min_interval_s)
+                THEN 'rate_limited'
+            ELSE 'sent' END AS outcome
+        FROM target CROSS JOIN recent
+    ), counted AS (
+        INSERT INTO verify_email_resends (username, event_id)
+        SELECT username, :event_id FROM decision WHERE outcome = 'sent'
+        RETURNING username
+    ), queued AS (
+        INSERT INTO outbox (event_id, actor, queue, payload, trace_id, trace_context)
+        SELECT :event_id, :actor, :queue, jsonb_build_object('username', username), :trace_id,
+               CAST(CAST(:trace_context AS text) AS jsonb)
+        FROM counted
+    )
+    SELECT decision.username, coalesce(decision.outcome, 'unknown') AS outcome
+    FROM (SELECT 1) AS one LEFT JOIN decision ON true
+    """
+)
+
+
+async def resend_verify_email(
+    sessions: async_sessionmaker[AsyncSession], *, email: str, settings: Settings, trace_id: str | None
+) -> Outcome:
+    """Queue a new verification email for ``email`` if it is an unverified user's and within the limits.
+
+    Returns what happened; the caller answers the same whatever it is. Database errors propagate.
+    """
+    params = {
+        "email": email,
+        "event_id": uuid.uuid4(),
+        "actor": SendVerifyEmail.actor,
+        "queue": SendVerifyEmail.queue,
+        "trace_id": trace_id,
+        # The request's W3C context, as add_outbox_event stores it (DESIGN §12); NULL without tracing.
+        "trace_context": None if (context := current_trace_context()) is None else json.dumps(context),
+        "max_per_day": settings.resend_max_per_day,
+        "min_interval_s": settings.resend_min_interval_s,
+    }
+    async with sessions() as session, session.begin():
+        await session.execute(_LOCK, {"email": email})
+        row = (await session.execute(_DECIDE, params)).one()
+    outcome: Outcome = row.outcome
+    RESENDS.labels(outcome=outcome).inc()
+    log.info("verification email resend requested", outcome=outcome, username=row.username)
+    return outcome

@@ -1,0 +1,87 @@
+"""Addresses as people write them, sent by the real worker to real SMTP servers with and without SMTPUTF8.
+
+An internationalised domain always goes out in its ASCII (IDNA) form; only a local part that is not ASCII
+needs SMTPUTF8, and a server without it is a permanent failure: one attempt, dead-lettered, reason logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.worker.deadletters import list_dead_letters
+from shared.database import users
+from shared.settings import Settings
+from tests.integration.test_worker import _received, running_worker, verify_message, wait_logged
+from tests.support import Delivery, SmtpSink, wait_for
+
+
+@pytest.fixture(scope="module")
+def ascii_sink() -> Iterator[SmtpSink]:
+    """The tests' sink without SMTPUTF8 in its EHLO, like many servers (aiosmtpd offers it by default)."""
+    sink = SmtpSink(smtputf8=False)
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+async def add_user(engine: AsyncEngine, email: str) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            users.insert().values(username="alice", hashed_password="x", full_name="José Núñez", email=email)
+        )
+
+
+DELIVERED = [
+    # (stored address, server offers SMTPUTF8, envelope recipient the server sees)
+    ("alice@example.com", False, "alice@example.com"),
+    ("user@bücher.de", False, "user@xn--bcher-kva.de"),
+    ("user@bücher.de", True, "user@xn--bcher-kva.de"),
+    ("пользователь@example.com", True, "пользователь@example.com"),
+    ("пользователь@пример.рф", True, "пользователь@xn--e1afmkfd.xn--p1ai"),
+]
+
+
+@pytest.mark.parametrize(("address", "smtputf8", "envelope"), DELIVERED)
+async def test_an_address_goes_out_in_the_form_the_server_takes(
+    settings: Settings, db, sink: SmtpSink, ascii_sink: SmtpSink, address, smtputf8, envelope
+) -> None:
+    server = sink if smtputf8 else ascii_sink
+    server.clear()
+    await add_user(db, address)
+    with running_worker(_to(settings, server)) as broker:
+        broker.enqueue(verify_message())
+        (mail,) = await wait_for_mail(server)
+    assert mail.recipients == (envelope.lower(),)
+    if envelope.isascii():  # the sink parses with compat32, which gives a UTF-8 header back as a Header
+        assert mail.message["To"] == envelope
+
+
+@pytest.mark.parametrize("address", ["пользователь@example.com", "josé@bücher.de"])
+async def test_a_server_without_smtputf8_dead_letters_a_non_ascii_local_part_at_once(
+    settings: Settings, db, ascii_sink: SmtpSink, log_tee, address
+) -> None:
+    start = len(log_tee.lines)
+    ascii_sink.clear()
+    await add_user(db, address)
+    message = verify_message()
+    with running_worker(_to(settings, ascii_sink)) as broker:
+        broker.enqueue(message)
+        (line,) = await wait_logged(log_tee, "message dead-lettered", since=start)
+        (letter,) = list_dead_letters(broker)
+    assert line["retries"] == 0 and "does not support SMTPUTF8" in line["error"]
+    assert letter.message.message_id == message.message_id and "SMTPUTF8" in letter.error
+    assert ascii_sink.received == []
+
+
+def _to(settings: Settings, server: SmtpSink) -> Settings:
+    return msgspec.structs.replace(
+        settings, smtp_port=server.port, worker_min_backoff_ms=100, worker_threads=2
+    )
+
+
+async def wait_for_mail(server: SmtpSink) -> list[Delivery]:
+    return await wait_for(lambda: _received(server), timeout=10, what="the email")
