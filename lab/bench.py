@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from lab.bench_e2e import api_section, hashing_bound, latency_section
+from lab.bench_idle import idle_section
 from lab.bench_model import FULL, QUICK, BenchPlan, Section
 from lab.bench_relay import drain_section
 from lab.bench_worker import claim_section, worker_section
@@ -76,6 +77,8 @@ async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> lis
         for run_section in (drain_section, claim_section, worker_section):
             done.append(await run_section(stack, plan))
             say(table(done[-1]))
+    done.append(await idle_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
+    say(table(done[-1]))
     return done
 
 

@@ -29,6 +29,8 @@ class BenchPlan:
     claim_repeats: int
     worker_emails: int
     hash_samples: int
+    idle_s: float = 60
+    """How long section 6 leaves each stack idle before it measures one signup."""
 
 
 FULL = BenchPlan(
@@ -50,6 +52,7 @@ QUICK = BenchPlan(
     claim_repeats=10,
     worker_emails=100,
     hash_samples=3,
+    idle_s=3,
 )
 
 

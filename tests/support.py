@@ -22,6 +22,7 @@ from aiosmtpd.controller import Controller
 
 from lab.processes import free_port as free_port  # re-exported for the tests
 from lab.processes import port_open as port_open
+from lab.processes import proc_stats
 from lab.sink import SmtpServerLifecycle
 
 T = TypeVar("T")
@@ -170,18 +171,7 @@ def repo_root() -> Path:
 
 def _proc_stats() -> list[tuple[int, int, int, str]]:
     """(pid, ppid, pgid, state) of every process, read from /proc."""
-    stats = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
-        fields = text[text.rindex(")") + 2 :].split()
-        stats.append((int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
-    return stats
+    return [(pid, int(f[1]), int(f[2]), f[0]) for pid, f in proc_stats().items()]
 
 
 def processes_marked(marker: str) -> list[int]:

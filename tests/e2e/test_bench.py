@@ -14,13 +14,19 @@ from pathlib import Path
 
 from tests.support import RedisServer, missing_service
 
-SECTIONS = ("latency", "api", "drain", "claim", "worker")
+SECTIONS = ("latency", "api", "drain", "claim", "worker", "idle")
 RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
     "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
     "drain": ("relay_over_plain", "relay_per_s", "plain_per_s"),
     "claim": ("large_over_small", "small_ms", "large_ms"),
     "worker": ("emails_per_s",),
+    "idle": (
+        "poll_1p_idle_redis_per_s",
+        "wake_1p_idle_redis_per_s",
+        "wake_4p_idle_cpu_pct",
+        "wake_1p_steady_p99_ms",
+    ),
 }
 # A difference of two medians: on a quick run noise can make it negative, which is a true measurement.
 SIGNED = {"added_median_latency_pct"}
