@@ -6,11 +6,13 @@ it explicitly (``services.worker.entry.build_worker``), so Dramatiq's global bro
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import redis
 from dramatiq.broker import Consumer
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
@@ -25,28 +27,21 @@ from dramatiq.middleware import (
 )
 
 from shared.settings import Settings
+from shared.wakeup import WAKE_FALLBACK_MS, PollingConsumer, StopWaking, WakingConsumer, push_wake
 
 # Dramatiq requeues a dead worker's unacked messages once its heartbeat is older than this and a
 # maintenance pass runs. The chance is per million broker commands: the default (1000, one pass per 1000
-# polls) can take many minutes. 100_000 is a pass every ~10 polls, so a killed worker's message is
-# redelivered within ~30 s; a pass is one cheap Lua script. (It was 50, i.e. rarer than the default: the
-# soak lost every message a killed worker held.)
+# polls) can take many minutes; 100_000 is a pass every ~10 polls of a consumer polling every 50 ms. (It was
+# 50, i.e. rarer than the default: the soak lost every message a killed worker held.) An idle waking consumer
+# fetches once per wake fallback (1 s) instead of ~27 times a second, so there every command runs the pass
+# (two ZRANGEBYSCOREs inside the script when no worker is dead): a killed worker's message is redelivered
+# about a second after its heartbeat expires, as before.
 HEARTBEAT_TIMEOUT_MS = 15_000
-MAINTENANCE_CHANCE = 100_000
+MAINTENANCE_CHANCE_POLLING = 100_000
+MAINTENANCE_CHANCE_WAKING = 1_000_000
 
 # A message older than this is dropped by AgeLimit; ours must never be, so the limit is a week.
 MAX_AGE_MS = 7 * 24 * 3600 * 1000
-
-
-class _Consumer(_RedisConsumer):
-    def requeue(self, messages: Any) -> None:
-        # Dramatiq's consumer thread calls this while it closes after an error. A Redis that is still
-        # down made it raise a bare redis.ConnectionError there, which killed the thread for good: the
-        # worker process lived on and consumed nothing more from that queue (found by the soak).
-        try:
-            super().requeue(messages)  # type: ignore[no-untyped-call]
-        except redis.ConnectionError as exc:
-            raise ConnectionClosed(exc) from None
 
 
 class SignupRedisBroker(RedisBroker):
@@ -59,14 +54,47 @@ class SignupRedisBroker(RedisBroker):
     processing at that moment is then delivered twice, which the worker's idempotency absorbs (its
     verify_emails row is locked FOR UPDATE and sent_at is checked), and Dramatiq's requeue skips messages
     already acknowledged.
+
+    Its consumers wait up to ``wake_fallback_ms`` for a wake-up token instead of polling (``shared.wakeup``;
+    0 polls as Dramatiq does): every enqueue pushes one.
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, wake_fallback_ms: int = WAKE_FALLBACK_MS, **options: Any) -> None:
         super().__init__(**options)  # type: ignore[no-untyped-call]
+        self.wake_fallback_ms = wake_fallback_ms
+        self.stopping = threading.Event()
+        """Set when a worker on this broker starts to stop (``StopWaking``)."""
+        self.add_middleware(StopWaking())
 
     @property
     def consumer_class(self) -> type[Consumer]:
-        return _Consumer
+        return WakingConsumer if self.wake_fallback_ms else PollingConsumer
+
+    def enqueue_args(
+        self, queue_name: str, redis_message_id: str, data: bytes, *, maintenance: bool
+    ) -> list[str | int | bytes]:
+        """The arguments of Dramatiq's ``dispatch`` script for an enqueue, in the order dispatch.lua reads."""
+        return [
+            "enqueue",
+            current_millis(),
+            queue_name,
+            self.broker_id,
+            int(self.heartbeat_timeout),
+            int(self.dead_message_ttl),
+            int(maintenance and self._should_do_maintenance("enqueue")),
+            int(self._max_unpack_size()),  # type: ignore[no-untyped-call]
+            redis_message_id,
+            data,
+        ]
+
+    def do_enqueue(self, queue_name: str, redis_message_id: str, data: bytes) -> None:
+        """What ``RedisBroker.enqueue`` calls to store a message: Dramatiq's script, then a wake-up token, in
+        one MULTI/EXEC. Raises redis-py's errors."""
+        args = self.enqueue_args(queue_name, redis_message_id, data, maintenance=True)
+        with self.client.pipeline(transaction=True) as pipe:
+            self.scripts["dispatch"](keys=[self.namespace], args=args, client=pipe)
+            push_wake(pipe, namespace=self.namespace, queue_name=queue_name)
+            pipe.execute()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         self.hand_back(queue_name)
@@ -120,5 +148,8 @@ def create_broker(
         url=settings.redis_url,
         middleware=middleware,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-        maintenance_chance=MAINTENANCE_CHANCE,
+        maintenance_chance=(
+            MAINTENANCE_CHANCE_WAKING if settings.worker_wake_fallback_ms else MAINTENANCE_CHANCE_POLLING
+        ),
+        wake_fallback_ms=settings.worker_wake_fallback_ms,
     )

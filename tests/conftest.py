@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TextIO, cast
@@ -40,6 +42,32 @@ class LogTee(io.TextIOBase):
     def write(self, text: str) -> int:
         self.lines.extend(line for line in text.splitlines() if line)
         return len(text)
+
+
+_LEFTOVER_THREADS: list[threading.Thread] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that leaves a non-daemon thread running (a worker never stopped) fails the run loudly.
+
+    Such a thread keeps the interpreter from exiting: the run would hang until CI's limit instead of
+    reporting which test leaked it.
+    """
+    _LEFTOVER_THREADS.extend(
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and thread.is_alive() and not thread.daemon
+    )
+    if _LEFTOVER_THREADS:
+        print(f"\nFAILED: threads left running by the tests: {_LEFTOVER_THREADS}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _LEFTOVER_THREADS:  # they would block the interpreter's exit: end the process with the failure
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(pytest.ExitCode.TESTS_FAILED)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab.harness.polling import wait_for, wait_until
-from lab.harness.processes import free_port, port_open
+from lab.harness.processes import free_port, port_open, proc_stats
 from lab.harness.queues import QueuedMessages, held_messages, queued_messages
 from lab.harness.redis_server import RedisServer
 from lab.harness.smtp import Delivery, SmtpSink
@@ -51,18 +51,7 @@ def repo_root() -> Path:
 
 def _proc_stats() -> list[tuple[int, int, int, str]]:
     """(pid, ppid, pgid, state) of every process, read from /proc."""
-    stats = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
-        fields = text[text.rindex(")") + 2 :].split()
-        stats.append((int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
-    return stats
+    return [(pid, int(f[1]), int(f[2]), f[0]) for pid, f in proc_stats().items()]
 
 
 def processes_marked(marker: str) -> list[int]:

@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from lab.bench.e2e import api_section, hashing_bound, latency_section
+from lab.bench.idle import idle_section
 from lab.bench.model import FULL, QUICK, BenchPlan, Section
 from lab.bench.overload import chart, overload_section
 from lab.bench.relay import drain_section
@@ -84,6 +85,8 @@ async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> lis
             done.append(await run_section(stack, plan))
             say(table(done[-1]))
     done.append(await overload_section(capacity=parallel, plan=plan, work_dir=work_dir, pg=pg))
+    say(table(done[-1]))
+    done.append(await idle_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
     say(table(done[-1]))
     return done
 

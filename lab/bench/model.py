@@ -30,6 +30,8 @@ class BenchPlan:
     worker_emails: int
     hash_samples: int
     overload_s: float
+    idle_s: float = 60
+    """How long section 6 leaves each stack idle before it measures one signup."""
 
 
 FULL = BenchPlan(
@@ -53,6 +55,7 @@ QUICK = BenchPlan(
     worker_emails=100,
     hash_samples=3,
     overload_s=3,
+    idle_s=3,
 )
 
 

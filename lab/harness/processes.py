@@ -31,6 +31,22 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def proc_stats() -> dict[int, list[str]]:
+    """pid → the fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, …, utime, stime …)
+    of every process: ``proc_stats()[pid][2]`` is its process group."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # The command name may hold spaces and parentheses: the fields after its last ")" are fixed.
+        stats[int(entry.name)] = text[text.rindex(")") + 2 :].split()
+    return stats
+
+
 class Process:
     """One command in its own process group, its stdout and stderr appended to ``log_path``."""
 

@@ -3,18 +3,21 @@
 ``enqueue_batch`` does what ``RedisBroker.enqueue`` does for each message (fresh ``redis_message_id``, the
 delay queue and ``eta`` for a delayed message, the broker's enqueue middleware hooks), but sends the whole
 batch through one MULTI/EXEC pipeline: one round trip instead of one per message, and either every message
-of the batch reaches Redis or none does. Any other broker gets a plain ``broker.enqueue`` loop.
+of the batch reaches Redis or none does. The pipeline ends with the wake-up tokens of each queue it filled
+(``shared.wakeup``), so idle consumers fetch at once. Any other broker gets a plain ``broker.enqueue`` loop.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 
 from services.relay.store import OutboxRow
+from shared.broker import SignupRedisBroker
+from shared.wakeup import push_wake
 
 
 def to_message(row: OutboxRow) -> dramatiq.Message[object]:
@@ -32,18 +35,26 @@ def to_message(row: OutboxRow) -> dramatiq.Message[object]:
 
 def enqueue_batch(broker: dramatiq.Broker, rows: list[OutboxRow]) -> None:
     """Enqueue one message per row (blocking: call it off the event loop). Raises the broker's errors."""
-    if not isinstance(broker, RedisBroker):
+    if not isinstance(broker, SignupRedisBroker):
         for row in rows:
             broker.enqueue(to_message(row), delay=row.delay_ms)
         return
     dispatch = broker.scripts["dispatch"]
     emitted = []
+    filled: Counter[str] = Counter()
     with broker.client.pipeline(transaction=True) as pipe:
         for row in rows:
             message, queue_name = _prepare(to_message(row), row.delay_ms)
             broker.emit_before("enqueue", message, row.delay_ms)
-            dispatch(keys=[broker.namespace], args=_enqueue_args(broker, queue_name, message), client=pipe)
+            # No maintenance pass from the relay: the workers run it.
+            args = broker.enqueue_args(
+                queue_name, message.options["redis_message_id"], message.encode(), maintenance=False
+            )
+            dispatch(keys=[broker.namespace], args=args, client=pipe)
             emitted.append((message, row.delay_ms))
+            filled[queue_name] += 1
+        for queue_name, count in filled.items():
+            push_wake(pipe, namespace=broker.namespace, queue_name=queue_name, count=count)
         pipe.execute()
     for message, delay in emitted:
         broker.emit_after("enqueue", message, delay)
@@ -57,20 +68,3 @@ def _prepare(message: dramatiq.Message[object], delay: int | None) -> tuple[dram
         return message, message.queue_name
     queue_name = dq_name(message.queue_name)
     return message.copy(queue_name=queue_name, options={"eta": current_millis() + delay}), queue_name
-
-
-def _enqueue_args(
-    broker: RedisBroker, queue_name: str, message: dramatiq.Message[object]
-) -> list[str | int | bytes]:
-    return [
-        "enqueue",
-        current_millis(),
-        queue_name,
-        str(broker.broker_id),
-        int(broker.heartbeat_timeout),
-        int(broker.dead_message_ttl),
-        0,  # no maintenance pass from the relay: the workers run it
-        int(broker._max_unpack_size()),
-        message.options["redis_message_id"],
-        message.encode(),
-    ]

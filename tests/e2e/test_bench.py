@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.support import RedisServer, missing_service
 
-SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "overload")
+SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "overload")
 RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
     "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
@@ -23,6 +23,12 @@ RATIOS = {
     "worker": ("emails_per_s",),
     "tracing": ("off_p50_ms", "otlp_p50_ms", "otlp_added_median_latency_pct", "otlp_exports"),
     "overload": ("capacity_per_s", "goodput_over_capacity_1x", "goodput_over_capacity_5x"),
+    "idle": (
+        "poll_1p_idle_redis_per_s",
+        "wake_1p_idle_redis_per_s",
+        "wake_4p_idle_cpu_pct",
+        "wake_1p_steady_p99_ms",
+    ),
 }
 # A difference of two medians: on a quick run noise can make it negative, which is a true measurement.
 SIGNED = {"added_median_latency_pct", "otlp_added_median_latency_pct"}
@@ -71,6 +77,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "5. One worker",
         "6. Overload",
         "7. Tracing",
+        "8. Idle",
     ):
         assert f"### {title}" in markdown
     assert "signup bench --quick" in markdown
