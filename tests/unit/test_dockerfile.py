@@ -80,5 +80,7 @@ def test_the_test_stage_has_the_dev_dependencies_and_just(instructions: list[str
     test = stages(instructions)["test"]
     # just from PyPI, pinned: Debian packages it only from release 13 on.
     assert any(line.startswith("RUN pip install") and '"rust-just==${JUST_VERSION}"' in line for line in test)
+    # redis-server and PostgreSQL's server binaries for the tests that start private servers (the soak).
+    assert any("apt-get install" in line and "redis-server postgresql" in line for line in test)
     assert any(line == "RUN uv sync --frozen" for line in test)
     assert 'CMD ["just", "test"]' in test
