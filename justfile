@@ -53,6 +53,10 @@ mailsink: sync
 dev: sync
     uv run signup dev
 
+# Build and start the compose stack as project `signup-smoke`, sign up, verify through Mailpit, stop, remove
+compose-smoke:
+    python3 deploy/smoke.py
+
 # The strategy comparison (course vs outbox); `just lab --quick` for a short run
 lab *ARGS: sync
     uv run signup lab {{ARGS}}

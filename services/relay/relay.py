@@ -139,8 +139,10 @@ class Relay:
 
     def _published(self, rows: list[store.OutboxRow], started: float) -> None:
         self.metrics.published.inc(len(rows))
+        # One line per row at info: a signup's trace id must be findable in every service's log at the
+        # default level (DESIGN §9); the batch line below carries the timing.
         for row in rows:
-            log.debug("relay.event_published", request_id=row.trace_id, event_id=str(row.event_id))
+            log.info("relay.event_published", request_id=row.trace_id, event_id=str(row.event_id))
         log.info(
             "relay.batch_published",
             count=len(rows),

@@ -1,7 +1,7 @@
 """End to end: api, relay and worker as real processes; 200 signups → 200 emails → 200 verifications.
 
-Also checks that one signup's log lines in all three services share its trace id, and that ``signup trace``
-shows each step of it.
+Also checks that one signup's log lines in all three services share its trace id at ``LOG_LEVEL=info``
+(with a retry and a dead letter too), and that ``signup trace`` shows each step of it.
 """
 
 from __future__ import annotations
@@ -96,9 +96,8 @@ class Services:
 def services(settings: Settings, sink: SmtpSink, db: Any, tmp_path: Path) -> Iterator[Services]:
     stack = Services(settings, sink, tmp_path)
     try:
-        stack.start("api")
-        stack.start("relay", LOG_LEVEL="debug")  # the relay logs each published event's trace id at debug
-        stack.start("worker")
+        for name in ("api", "relay", "worker"):
+            stack.start(name)
         yield stack
     finally:
         stack.stop()
@@ -121,6 +120,11 @@ async def ready(stack: Services, settings: Settings) -> None:
 
     await wait_for(api_ready, timeout=30, what="the api")
     await wait_for(worker_polling, timeout=30, what="the worker")
+
+
+def events_of(stack: Services, service: str, request_id: str) -> list[str]:
+    """The ``event`` of every line of ``service``'s log that carries the request id ``request_id``."""
+    return [line["event"] for line in stack.logs(service) if line.get("request_id") == request_id]
 
 
 def link_of(message: Message) -> tuple[str, int]:
@@ -181,12 +185,13 @@ async def test_two_hundred_signups_two_hundred_emails_each_verified(services, se
         tampered = links["user2@example.com"][0][:-1] + "~"
         assert (await client.get(tampered)).status_code == 404
 
-    for name in ("api", "relay", "worker"):
-        assert any(line.get("request_id") == "trace-7" for line in services.logs(name)), name
-    assert any(
-        line.get("request_id") == "trace-7" and line["event"] == "verification email sent"
-        for line in services.logs("worker")
-    )
+    # At LOG_LEVEL=info, one line per hop carries the signup's trace id.
+    for name, event in (
+        ("api", "request"),
+        ("relay", "relay.event_published"),
+        ("worker", "verification email sent"),
+    ):
+        assert event in events_of(services, name, "trace-7"), name
     trace = subprocess.run(
         [sys.executable, "-m", "signup_cli.main", "trace", "user7"],
         env=services.env,
@@ -210,3 +215,45 @@ async def test_two_hundred_signups_two_hundred_emails_each_verified(services, se
             await connection.execute(sa.select(sa.func.count()).where(verify_emails.c.sent_at.is_not(None)))
         ).scalar_one()
     assert sent == USERS
+
+
+async def sign_up(stack: Services, username: str, trace_id: str) -> None:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
+        response = await client.post(
+            "/v1/create_user",
+            json={
+                "username": username,
+                "full_name": "Алиса Лидделл",
+                "email": f"{username}@example.com",
+                "password": "correct horse",
+            },
+            headers={"X-Request-ID": trace_id},
+        )
+    assert response.status_code == 200, response.text
+
+
+async def test_a_retried_and_a_dead_lettered_signup_keep_their_trace_id_at_info(services, settings, sink):
+    assert services.env["LOG_LEVEL"] == "info"
+    await ready(services, settings)
+    sink.script.append("451 4.3.0 try again later")
+    await sign_up(services, "retried", "trace-retried")
+
+    async def delivered() -> bool:
+        return any("retried@example.com" in mail.recipients for mail in sink.snapshot())
+
+    await wait_for(delivered, timeout=30, what="the retried email")
+    sink.script.append("550 5.1.1 no such mailbox")
+    await sign_up(services, "refused", "trace-refused")
+
+    async def dead_lettered() -> bool:
+        return "message dead-lettered" in events_of(services, "worker", "trace-refused")
+
+    await wait_for(dead_lettered, timeout=30, what="the dead letter's log line")
+
+    for trace_id in ("trace-retried", "trace-refused"):
+        assert "request" in events_of(services, "api", trace_id)
+        assert "relay.event_published" in events_of(services, "relay", trace_id)
+    retried = events_of(services, "worker", "trace-retried")
+    assert retried.count("attempt failed") == 1 and retried.count("verification email sent") == 1, retried
+    refused = events_of(services, "worker", "trace-refused")
+    assert "attempt failed" in refused and "verification email sent" not in refused, refused

@@ -76,7 +76,7 @@ async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(setting
     assert (event_line["event_id"], event_line["request_id"], event_line["level"]) == (
         event_id,
         "trace-1",
-        "debug",
+        "info",
     )
     [batch] = [line for line in lines if line["event"] == "relay.batch_published"]
     assert batch["count"] == 1 and batch["first_id"] == batch["last_id"] and batch["duration_ms"] >= 0
