@@ -1,7 +1,7 @@
 """The Dramatiq broker every process shares (relay and course strategies enqueue; the worker consumes).
 
 ``create_broker(settings)`` builds it; nothing here runs at import time. The worker declares its actor on
-it explicitly (``services.worker.entry.build_worker``), so Dramatiq's global broker is never needed.
+it explicitly (``services.worker.app.build_worker``), so Dramatiq's global broker is never needed.
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("lab", "bench"):
         parsers[name].add_argument("--quick", action="store_true", help="a short run (under 2 minutes)")
         parsers[name].add_argument("--out-dir", default="docs", help="where reports are written")
+    parsers["bench"].add_argument(
+        "--only",
+        default="",
+        help="comma-separated parts: latency, api, tracing, relay, overload, idle (default: all)",
+    )
 
     dlq = parsers["dlq"].add_subparsers(dest="dlq_command", required=True)
     dlq.add_parser("list", help="list dead-lettered messages")

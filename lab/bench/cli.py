@@ -58,7 +58,13 @@ async def versions(pg: str) -> dict[str, str]:
     return {"postgresql": postgres, "redis": redis.split("v=", 1)[-1].split()[0] if "v=" in redis else "?"}
 
 
-async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> list[Section]:
+PARTS = ("latency", "api", "tracing", "relay", "overload", "idle")
+"""What ``--only`` chooses from; ``relay`` is sections 3 to 5 (drain, claim, one worker)."""
+
+
+async def sections(
+    plan: BenchPlan, *, work_dir: Path, pg: str, say: Any, only: frozenset[str] = frozenset(PARTS)
+) -> list[Section]:
     hash_s, bound, parallel = hashing_bound(plan.hash_samples)
     rate = min(plan.rate, round(SUSTAINABLE_SHARE * parallel, 1))
     measured = (
@@ -72,22 +78,28 @@ async def sections(plan: BenchPlan, *, work_dir: Path, pg: str, say: Any) -> lis
         else f"{rate:g}/s is below {SUSTAINABLE_SHARE:.0%} of {measured}."
     )
     say(f"hashing: {hash_s * 1000:.0f} ms per hash, {parallel:.2f}/s in parallel; steady rate {rate:g}/s")
-    done = [await latency_section(rate=rate, capped=capped, plan=plan, work_dir=work_dir, pg=pg)]
-    say(table(done[-1]))
+    done: list[Section] = []
+
+    def report(section: Section) -> None:
+        done.append(section)
+        say(table(section))
+
+    if "latency" in only:
+        report(await latency_section(rate=rate, capped=capped, plan=plan, work_dir=work_dir, pg=pg))
     # Half the rate of section 1: two APIs share the machine here, and queueing would hide the dispatch cost.
-    done.append(await api_section(rate=rate / 2, plan=plan, work_dir=work_dir, pg=pg))
-    say(table(done[-1]))
-    done.append(await tracing_section(rate=rate / 2, plan=plan, work_dir=work_dir, pg=pg))
-    say(table(done[-1]))
-    async with Stack(work_dir=work_dir / "relay", services=("worker",), pg_admin_url=pg) as stack:
-        stack.stop("worker")  # nothing may consume the drained messages
-        for run_section in (drain_section, claim_section, worker_section):
-            done.append(await run_section(stack, plan))
-            say(table(done[-1]))
-    done.append(await overload_section(capacity=parallel, plan=plan, work_dir=work_dir, pg=pg))
-    say(table(done[-1]))
-    done.append(await idle_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
-    say(table(done[-1]))
+    if "api" in only:
+        report(await api_section(rate=rate / 2, plan=plan, work_dir=work_dir, pg=pg))
+    if "tracing" in only:
+        report(await tracing_section(rate=rate / 2, plan=plan, work_dir=work_dir, pg=pg))
+    if "relay" in only:
+        async with Stack(work_dir=work_dir / "relay", services=("worker",), pg_admin_url=pg) as stack:
+            stack.stop("worker")  # nothing may consume the drained messages
+            for run_section in (drain_section, claim_section, worker_section):
+                report(await run_section(stack, plan))
+    if "overload" in only:
+        report(await overload_section(capacity=parallel, plan=plan, work_dir=work_dir, pg=pg))
+    if "idle" in only:
+        report(await idle_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
     return done
 
 
@@ -109,23 +121,26 @@ def header(meta: dict[str, Any]) -> str:
     )
 
 
-def write_reports(done: list[Section], meta: dict[str, Any], out_dir: Path) -> Path:
+def write_reports(done: list[Section], meta: dict[str, Any], out_dir: Path, *, part: str = "") -> Path:
+    """``BENCHMARKS.md`` and ``bench.json``; a partial run (``part``) writes ``bench.<part>.json`` and
+    replaces only its own marked block in ``BENCHMARKS.md``, so the full run's figures stay."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    start, end = (f"<!-- bench:{part}:start -->", f"<!-- bench:{part}:end -->") if part else (START, END)
     data = {
         "meta": meta,
         "sections": {s.key: {"title": s.title, "rows": s.rows, "figures": s.figures} for s in done},
     }
-    (out_dir / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out_dir / (f"bench.{part}.json" if part else "bench.json")).write_text(json.dumps(data, indent=2) + "\n")
     overload = next((s for s in done if s.key == "overload"), None)
     if overload is not None and chart(overload, out_dir / "overload.png") is None:
         print("no chart: docs/overload.png needs matplotlib (the dev dependency group)")
-    generated = "\n".join([START, header(meta), *(table(s) for s in done), END])
+    generated = "\n".join([start, header(meta), *(table(s) for s in done), end])
     doc = out_dir / "BENCHMARKS.md"
-    old = doc.read_text() if doc.exists() else ""
-    if START in old and END in old:
-        text = old[: old.index(START)] + generated + old[old.index(END) + len(END) :]
+    old = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if start in old and end in old:
+        text = old[: old.index(start)] + generated + old[old.index(end) + len(end) :]
     else:
-        text = f"# Benchmarks\n\n{generated}\n"
+        text = f"{old.rstrip()}\n\n{generated}\n"
     doc.write_text(text)
     return doc
 
@@ -134,6 +149,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``signup bench`` command."""
     configure_logging(service="bench", log_format="console", log_level="warning")
     plan = QUICK if args.quick else FULL
+    only = frozenset(args.only.split(",")) if args.only else frozenset(PARTS)
+    if unknown := only - set(PARTS):
+        print(
+            f"signup bench: --only takes {', '.join(PARTS)}; not {', '.join(sorted(unknown))}",
+            file=sys.stderr,
+        )
+        return 2
+    part = "+".join(p for p in PARTS if p in only) if args.only else ""
     work_dir = Path(tempfile.mkdtemp(prefix="signup-bench-"))
     pg = admin_url(settings.database_url)
     began = time.monotonic()
@@ -142,7 +165,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         **machine(),
         **asyncio.run(versions(pg)),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "signup bench" + (" --quick" if args.quick else ""),
+        "command": "signup bench"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if part else ""),
         "load_before": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     done = asyncio.run(
@@ -151,11 +176,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             work_dir=work_dir,
             pg=pg,
             say=lambda text: print(f"[{time.monotonic() - began:4.0f}s] {text}", flush=True),
+            only=only,
         )
     )
     meta["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["duration_s"] = time.monotonic() - began
-    doc = write_reports(done, meta, Path(args.out_dir))
+    doc = write_reports(done, meta, Path(args.out_dir), part=part)
     print(
         f"wrote {doc} and {doc.parent / 'bench.json'} in {meta['duration_s']:.0f} s ({shlex.join(sys.argv)})"
     )

@@ -21,7 +21,7 @@ from dramatiq import Worker
 from dramatiq.common import join_all
 from dramatiq.errors import BrokerConnectionError
 
-from services.worker.entry import build_worker
+from services.worker.app import build_worker
 from shared.broker import SignupRedisBroker
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings

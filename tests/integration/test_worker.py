@@ -19,8 +19,8 @@ from dramatiq import Message, Worker
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.worker.app import build_worker
 from services.worker.deadletters import list_dead_letters
-from services.worker.entry import build_worker
 from shared.database import users, verify_emails
 from shared.settings import Settings
 from tests.conftest import LogTee
