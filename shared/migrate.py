@@ -31,7 +31,12 @@ def alembic_config() -> Config:
 
 
 async def create_database_if_missing(database_url: str) -> bool:
-    """Create the URL's database unless it exists; returns whether it was created."""
+    """Create the URL's database unless it exists, in UTF-8; returns whether it was created.
+
+    UTF-8 whatever the server's default: a cluster initialised without a locale defaults to SQL_ASCII, where
+    ``varchar(100)`` counts bytes, and a full name of 60 letters in Devanagari no longer fits (found by the
+    fuzz test against such a PostgreSQL).
+    """
     url = make_url(asyncpg_dsn(database_url))
     name = url.database
     if not name:
@@ -41,8 +46,11 @@ async def create_database_if_missing(database_url: str) -> bool:
         if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             return False
         try:
-            # CREATE DATABASE takes no bind parameters: quote the identifier.
-            await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
+            # CREATE DATABASE takes no bind parameters: quote the identifier. template0, because template1
+            # carries the server's default encoding and a copy of it cannot change encoding.
+            await admin.execute(
+                f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}" ENCODING \'UTF8\' TEMPLATE template0'
+            )
         except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
             return False  # another migrator won the race
         return True

@@ -8,6 +8,7 @@ Without a server they skip on a laptop and fail when ``CI`` is set.
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import io
 import os
 import sys
@@ -53,10 +54,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     Such a thread keeps the interpreter from exiting: the run would hang until CI's limit instead of
     reporting which test leaked it.
     """
+    # An executor's threads are not daemons either, but concurrent.futures joins them at exit.
+    pooled = getattr(concurrent.futures.thread, "_threads_queues", {})
     _LEFTOVER_THREADS.extend(
         thread
         for thread in threading.enumerate()
-        if thread is not threading.main_thread() and thread.is_alive() and not thread.daemon
+        if thread is not threading.main_thread()
+        and thread.is_alive()
+        and not thread.daemon
+        and thread not in pooled
     )
     if _LEFTOVER_THREADS:
         print(f"\nFAILED: threads left running by the tests: {_LEFTOVER_THREADS}", file=sys.stderr)

@@ -60,7 +60,7 @@ async def insert_rows(connection: Any, count: int, *, published: bool, first: in
 
 
 async def reset(stack: Stack, connection: Any) -> None:
-    await connection.execute("TRUNCATE outbox, verify_emails, users")
+    await connection.execute("TRUNCATE users, outbox, verify_emails, idempotency_keys CASCADE")
     redis.Redis.from_url(stack.redis.url).flushdb()
 
 

@@ -56,3 +56,17 @@ async def test_concurrent_migrations_then_downgrade_and_upgrade_again(database_u
         assert {"users", "outbox", "verify_emails"} <= await tables(url)
     finally:
         await drop_database(PG_ADMIN_URL, name)
+
+
+async def test_the_database_is_created_in_utf8_whatever_the_servers_default(database_url: str) -> None:
+    """On a cluster initialised without a locale (SQL_ASCII), varchar(100) would count bytes, not letters."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        encoding = await connection.fetchval(
+            "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()"
+        )
+        name = "अनिल" * 25  # 100 letters, 300 bytes in UTF-8
+        stored = await connection.fetchval("SELECT CAST($1 AS varchar(100))", name)
+    finally:
+        await connection.close()
+    assert encoding == "UTF8" and stored == name
