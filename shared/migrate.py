@@ -49,7 +49,7 @@ async def create_database_if_missing(database_url: str) -> bool:
             # CREATE DATABASE takes no bind parameters: quote the identifier. template0, because template1
             # carries the server's default encoding and a copy of it cannot change encoding.
             await admin.execute(
-                f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}" ENCODING \'UTF8\' TEMPLATE template0'
+                f"CREATE DATABASE \"{name.replace(chr(34), chr(34) * 2)}\" ENCODING 'UTF8' TEMPLATE template0"
             )
         except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
             return False  # another migrator won the race
