@@ -182,7 +182,6 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     meta["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["duration_s"] = time.monotonic() - began
     doc = write_reports(done, meta, Path(args.out_dir), part=part)
-    print(
-        f"wrote {doc} and {doc.parent / 'bench.json'} in {meta['duration_s']:.0f} s ({shlex.join(sys.argv)})"
-    )
+    data = doc.parent / (f"bench.{part}.json" if part else "bench.json")
+    print(f"wrote {doc} and {data} in {meta['duration_s']:.0f} s ({shlex.join(sys.argv)})")
     return 0
