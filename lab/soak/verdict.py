@@ -94,7 +94,8 @@ def judge_mail(
     """Fill lost/duplicates/phantoms/delays from ``users`` (username → (email, created_at)), ``events``
     (every outbox event: id → username), ``resends`` (the counted resends: event id → (username, time)) and
     ``mail``. Each event must have its email (Message-ID from the event id; a redelivery of one message has
-    the same and counts once); each user exactly one event that is no resend, their signup's."""
+    the same and counts once); each counted resend its event; each user exactly one event that is no
+    resend, their signup's."""
     by_email = {email.lower(): username for username, (email, _) in users.items()}
     owner = {message_id_header(event_id): username for event_id, username in events.items()}
     first: dict[str, float] = {}
@@ -117,6 +118,9 @@ def judge_mail(
     verdict.resend_emails = sum(message_id_header(event_id) in first for event_id in resends)
     verdict.lost = sorted(f"{name}: {mid}" for mid, name in owner.items() if mid not in first)
     verdict.lost += sorted(set(users) - set(signups_of))
+    verdict.lost += sorted(
+        f"{name}: a counted resend without its event" for e, (name, _) in resends.items() if e not in events
+    )
     signup_mail = [
         first[message_id_header(event_id)] - users[name][1].timestamp()
         for event_id, name in events.items()

@@ -127,15 +127,21 @@ class Browser:
         return result
 
     def wait_event(
-        self, method: str, *, since: int = 0, where: Callable[[Event], bool] = lambda _: True
+        self,
+        method: str | tuple[str, ...],
+        *,
+        since: int = 0,
+        where: Callable[[Event], bool] = lambda _: True,
     ) -> Event:
-        """The first event ``method`` (after the first ``since`` events) that ``where`` accepts, waiting."""
+        """The first event ``method`` (or one of them) after the first ``since`` events that ``where``
+        accepts, waiting for it."""
+        methods = (method,) if isinstance(method, str) else method
 
         def seen() -> Event | None:
-            return next((e for e in self.events[since:] if e["method"] == method and where(e)), None)
+            return next((e for e in self.events[since:] if e["method"] in methods and where(e)), None)
 
         if (found := seen()) is None:
-            self._until(lambda _: seen() is not None, what=method)
+            self._until(lambda _: seen() is not None, what=" or ".join(methods))
             found = seen()
         assert found is not None
         return found

@@ -42,6 +42,11 @@ def test_a_resend_without_its_email_is_lost() -> None:
     assert verdict.lost == [f"ana: {message_id_header(RESEND_EVENT)}"] and verdict.resend_emails == 0
 
 
+def test_a_counted_resend_without_its_event_is_lost() -> None:
+    verdict = judged_mail(mail(SIGNUP_EVENT), {SIGNUP_EVENT: "ana"})
+    assert verdict.lost == ["ana: a counted resend without its event"]
+
+
 def test_a_doubled_resend_is_a_duplicate() -> None:
     # A second email for the resend under another Message-ID, or a second event the limits never counted.
     stray = "00000000-0000-4000-8000-000000000003"
