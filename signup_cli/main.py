@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["soak"].add_argument("--signups", type=int)
     parsers["soak"].add_argument("--rate", type=float, help="signups per second")
     parsers["soak"].add_argument("--seed", type=int)
+    parsers["soak"].add_argument(
+        "--resend-share", type=float, help="share of new users who then ask for new emails (0 for none)"
+    )
+    parsers["soak"].add_argument(
+        "--resend-min-interval-s", type=int, help="the API's RESEND_MIN_INTERVAL_S during the soak"
+    )
+    parsers["soak"].add_argument(
+        "--resend-max-per-day", type=int, help="the API's RESEND_MAX_PER_DAY during the soak"
+    )
     parsers["soak"].add_argument("--out", default="docs/RELIABILITY.md", help="the report ('' for none)")
 
     parsers["trace"].add_argument("username")

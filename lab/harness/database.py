@@ -45,11 +45,36 @@ async def unpublished_rows(database_url: str) -> int:
         await connection.close()
 
 
-async def committed_users(database_url: str) -> dict[str, datetime]:
-    """username → created_at of every user that committed."""
+async def _fetch(database_url: str, *queries: str) -> list[list[Any]]:
+    """The rows of each of ``queries``, on a connection of its own."""
     connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
     try:
-        rows = await connection.fetch("SELECT username, created_at FROM users")
+        return [await connection.fetch(query) for query in queries]
     finally:
         await connection.close()
+
+
+async def committed_users(database_url: str) -> dict[str, datetime]:
+    """username → created_at of every user that committed."""
+    (rows,) = await _fetch(database_url, "SELECT username, created_at FROM users")
     return {row["username"]: row["created_at"] for row in rows}
+
+
+async def verified_users(database_url: str) -> set[str]:
+    """The usernames whose address is verified."""
+    (rows,) = await _fetch(database_url, "SELECT username FROM users WHERE is_email_verified")
+    return {row["username"] for row in rows}
+
+
+async def mail_records(database_url: str) -> tuple[dict[str, str], dict[str, tuple[str, datetime]]]:
+    """What should have been emailed: every outbox event (event id → username; the relay's purge keeps a
+    week of them), and every resend that passed the limits (event id → (username, requested_at))."""
+    events, resends = await _fetch(
+        database_url,
+        "SELECT event_id::text, payload->>'username' AS username FROM outbox",
+        "SELECT event_id::text, username, requested_at FROM verify_email_resends",
+    )
+    return (
+        {row["event_id"]: row["username"] for row in events},
+        {row["event_id"]: (row["username"], row["requested_at"]) for row in resends},
+    )

@@ -1,4 +1,5 @@
-"""``signup soak [--signups N] [--rate R] [--seed S] [--out PATH]``: one soak, judged, and its report.
+"""``signup soak [--signups N] [--rate R] [--seed S] [--resend-share F] [--resend-min-interval-s S]
+[--resend-max-per-day N] [--out PATH]``: one soak, judged, and its report.
 
 Exit code 0 when the promise held (see lab/soak/verdict.py), 1 otherwise; the services' logs stay in a
 temporary directory, which the last line names.
@@ -28,7 +29,8 @@ log = get_logger()
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``signup soak`` command. It brings its own PostgreSQL and Redis: ``settings`` are not used."""
     configure_logging(service="soak", log_format="console")
-    chosen = {name: getattr(args, name) for name in ("signups", "rate", "seed")}
+    options = ("signups", "rate", "seed", "resend_share", "resend_min_interval_s", "resend_max_per_day")
+    chosen = {name: getattr(args, name) for name in options}
     plan = SoakPlan(**{name: value for name, value in chosen.items() if value is not None})
     work_dir = Path(tempfile.mkdtemp(prefix="signup-soak-"))
     began, load_before = time.monotonic(), os.getloadavg()

@@ -33,6 +33,29 @@ class SoakPlan:
     postgres_down_s: float = 3.0
     outage_grace_s: float = 10.0
     """503s are expected from the PostgreSQL crash until this long after it is back (pool timeouts)."""
+    resend_share: float = 0.1
+    """Share of accepted signups whose user then asks for new emails (lab/soak/resends.py)."""
+    resend_repeats: int = 2
+    """Requests such a user sends at once right after the signup's answer: inside the interval (the signup's
+    own email counts as the first of it), so the limit must refuse every one."""
+    resend_later: int = 3
+    """Requests sent after those, one at a time, each more than the interval after the previous answer: each
+    passes while the daily limit allows (with the defaults two pass and the third is refused)."""
+    resend_verify_share: float = 0.25
+    """Share of resending users who first open their first email's link: their requests then send nothing."""
+    resend_min_interval_s: int = 5
+    """RESEND_MIN_INTERVAL_S for the API (60 in production): short, so that resends pass during the run."""
+    resend_max_per_day: int = 2
+    """RESEND_MAX_PER_DAY for the API (5 in production)."""
     drain_timeout_s: float = 180.0
     settle_s: float = 3.0
     seed: int | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The settings every service of the soak runs with."""
+        limits = {
+            "RESEND_MIN_INTERVAL_S": str(self.resend_min_interval_s),
+            "RESEND_MAX_PER_DAY": str(self.resend_max_per_day),
+        }
+        return {**SOAK_ENV, **limits}

@@ -28,6 +28,12 @@ def write_report(verdict: Verdict | None, *, plan: SoakPlan, path: Path, run: st
             redis_at=f"{plan.redis_at:.0%}",
             grace=f"{plan.outage_grace_s:g} s",
             drain=f"{plan.drain_timeout_s:g} s",
+            resend_share=f"{plan.resend_share:.0%}",
+            verify_share=f"{plan.resend_verify_share:.0%}",
+            repeats=plan.resend_repeats,
+            later=plan.resend_later,
+            interval=f"{plan.resend_min_interval_s} s",
+            per_day=plan.resend_max_per_day,
         )
     )
 
@@ -36,6 +42,9 @@ def _table(verdict: Verdict, *, plan: SoakPlan) -> str:
     faults = "; ".join(f"{name}: {count}" for name, count in sorted(verdict.faults.items()))
     answers = ", ".join(f"{status}: {count}" for status, count in sorted(verdict.api_answers.items()))
     handled = ", ".join(f"{name}: {count}" for name, count in sorted(verdict.handled_errors.items()))
+    requests = ", ".join(f"{kind}: {count}" for kind, count in sorted(verdict.resend_requests.items()))
+    outcomes = ", ".join(f"{name}: {count}" for name, count in sorted(verdict.resend_outcomes.items()))
+    resends = sum(count for kind, count in verdict.resend_requests.items() if not kind.startswith("verify"))
     rows = [
         ("signups sent", f"{verdict.signups_sent} at {plan.rate:g}/s"),
         ("signups committed", str(verdict.committed)),
@@ -43,9 +52,26 @@ def _table(verdict: Verdict, *, plan: SoakPlan) -> str:
         ("API latency, p99", f"{verdict.p99_api_latency_s:.2f} s"),
         ("faults injected", faults),
         ("SMTP attempts answered 451", f"{verdict.smtp_refused} of {verdict.smtp_attempts}"),
+        ("resend requests (and links opened first), by kind and answer", f"{resends} ({requests or 'none'})"),
+        ("resend requests by what the API logged it did", outcomes or "none"),
+        ("resends counted (passed the limits), each an outbox event", str(verdict.resends_counted)),
+        (
+            "resend emails received (distinct Message-IDs)",
+            f"{verdict.resend_emails} of {verdict.resends_counted}",
+        ),
+        (
+            "requests the interval had to refuse / that counted one anyway",
+            f"{verdict.resends_had_to_refuse} / {len(verdict.resends_passed_wrongly)}",
+        ),
+        (
+            "requests the limits had to let through / that counted none",
+            f"{verdict.resends_had_to_pass} / {len(verdict.resends_refused_wrongly)}",
+        ),
+        ("resend limits broken (too soon, too many)", str(len(verdict.resend_limit_broken))),
+        ("outbox events (signups and counted resends)", str(verdict.events)),
         ("emails received (redeliveries of one message included)", str(verdict.deliveries)),
-        ("lost (committed user, no email)", str(len(verdict.lost))),
-        ("duplicates (user with > 1 distinct Message-ID)", str(len(verdict.duplicates))),
+        ("lost (outbox event, no email)", str(len(verdict.lost))),
+        ("duplicates (email with a Message-ID none of its user's events has)", str(len(verdict.duplicates))),
         ("phantoms (email for no committed user)", str(len(verdict.phantoms))),
         ("outbox rows left unpublished", str(verdict.unpublished)),
         ("commit → email delay, p99 / worst", f"{verdict.p99_delay_s:.2f} s / {verdict.worst_delay_s:.2f} s"),
@@ -65,7 +91,8 @@ _PENDING = (
 
 _TEMPLATE = """# Reliability: the soak
 
-The promise: **every committed signup gets exactly one email, and no one gets in where they should not.**
+The promise: **every committed signup, and every resend the limits let through, gets exactly one email, and
+no one gets in where they should not.**
 `just soak` checks the first half under faults (the second is tests/integration/test_security.py and
 tests/integration/test_fuzz_api.py); this file was written by `signup soak` ({date}). A 60-second
 version (200 signups, the same faults) runs in `just test` as tests/e2e/test_soak.py.
@@ -89,16 +116,33 @@ answers, while it:
   rescue a message a live worker stranded), and starts it again on its append-only file;
 - has the SMTP server answer `451` to {ratio} of delivery attempts, at random.
 
-When the load ends, every service is running again; the soak waits until each committed user has an email
-(at most {drain}), then judges from three sources that do not trust each other:
+Meanwhile {resend_share} of the users whose signup was answered `200` ask for new emails
+(`POST /v1/resend_verify_email`, lab/soak/resends.py), with the API's limits set to one per {interval}
+(`RESEND_MIN_INTERVAL_S`, 60 s in production) and {per_day} a day (`RESEND_MAX_PER_DAY`): {repeats} requests
+at once right after the signup's answer, which the interval must refuse (the signup's email counts as the
+first), or, for {verify_share} of them, opening the first email's link instead; then {later} requests one
+at a time, each more than the interval after the previous answer, which pass while the daily limit allows
+and the address is unverified. Every answer is the same `202`, whatever happened.
 
-- **the users table** (what committed) against **the SMTP sink** (what arrived): each committed user must
-  have exactly one distinct `Message-ID`; a redelivery of the same message (a worker killed between the
-  send and its commit) carries the same `Message-ID` and counts once; an email to an address no committed
-  user has is a phantom;
-- **the HTTP answers**: apart from `200`, only `503` with `Retry-After` is allowed, and only while PostgreSQL
-  is down (until {grace} after it is back). A signup answered `503` may still have committed (the crash
-  can hit between the commit and the answer); it is judged by the table, like every other;
+When the load ends, every service is running again; the soak waits until each outbox event has its email
+(at most {drain}), then judges from sources that do not trust each other:
+
+- **the database** (the users and outbox events that committed, the resends counted in
+  `verify_email_resends`) against **the SMTP sink** (what arrived): each outbox event, the signup's and each
+  counted resend's, must have its email, whose `Message-ID` is made from the event id; a redelivery of the
+  same message (a worker killed between the send and its commit) carries the same `Message-ID` and counts
+  once; an email with a `Message-ID` none of its user's events has is a duplicate, and so is a second
+  signup event; an email to an address no committed user has is a phantom;
+- **the resend requests** against **the counted resends**: none sooner than the interval after the user's
+  signup or previous resend and none beyond the daily limit; on the soak's clock, no resend counted while a
+  request ran that was answered within the interval after its user's `created_at`, and one counted while
+  each request ran that had to pass (sent more than the interval after every earlier answer for its user,
+  under the daily limit, address unverified). What the API did with each request (sent, rate-limited,
+  verified) is only in its log, which the report counts;
+- **the HTTP answers**: apart from `200` (`202` for a resend), only `503` with `Retry-After` is allowed,
+  and only while PostgreSQL is down (until {grace} after it is back). A signup answered `503` may still
+  have committed (the crash can hit between the commit and the answer); it is judged by the table, like
+  every other;
 - **the services' logs**: no unhandled exception (a raw traceback on stderr, the API's "unhandled error",
   Dramatiq's "Failed to process message … with unhandled exception") and no user's raw email address.
   Failures that were handled (logged with what failed, then retried) are counted, not failed: Dramatiq logs

@@ -4,7 +4,8 @@
 short one. It starts everything privately (a PostgreSQL cluster and a Redis of its own, an SMTP
 sink, ``signup api/relay/worker`` subprocesses), then: SIGKILLs the relay and the worker at random moments
 and restarts them, crashes PostgreSQL once (``pg_ctl -m immediate``), SIGKILLs Redis once after the last
-kill, and has SMTP answer 451 to a random share of attempts. After a deadline it judges the run (see
+kill, and has SMTP answer 451 to a random share of attempts. Meanwhile a share of the new users ask for
+new emails, too soon and in time (lab/soak/resends.py). After a deadline it judges the run (see
 lab/soak/verdict.py).
 """
 
@@ -17,12 +18,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from lab.harness.database import committed_users, unpublished_rows
+import httpx
+
+from lab.harness.database import committed_users, mail_records, unpublished_rows, verified_users
 from lab.harness.load import Signup, email_of, generate_load
 from lab.harness.postgres import PrivatePostgres
 from lab.harness.stack import Stack
-from lab.soak.plan import SOAK_ENV, SoakPlan
-from lab.soak.verdict import Verdict, judge_api, judge_logs, judge_mail
+from lab.soak.plan import SoakPlan
+from lab.soak.resends import Request, resend_script
+from lab.soak.verdict import Verdict, count_resend_outcomes, judge_api, judge_logs, judge_mail, judge_resends
+from services.worker.emails import message_id_header
 from shared.logging import get_logger
 
 log = get_logger()
@@ -37,11 +42,13 @@ class Soak:
         self.postgres = PrivatePostgres()
         self.stack = Stack(
             work_dir=work_dir,
-            env=SOAK_ENV,
+            env=plan.env,
             smtp_fail_ratio=plan.smtp_fail_ratio,
             pg_admin_url=self.postgres.admin_url,
         )
         self.signups: list[Signup] = []
+        self.resends: list[Request] = []
+        self._resending: list[asyncio.Task[None]] = []
         self.faults: Counter[str] = Counter()
         self.outage: tuple[float, float] | None = None
         self.prefix = f"soak_{secrets.token_hex(3)}"
@@ -57,21 +64,37 @@ class Soak:
             await asyncio.to_thread(self.postgres.close)
 
     async def load(self, duration_s: float) -> None:
-        """Signups at the plan's steady rate, never waiting for earlier answers."""
+        """Signups at the plan's steady rate, never waiting for earlier answers; a share of the accepted
+        ones go on to ask for new emails. Returns when every user's requests are answered."""
+        # A connection per request: a user's requests are seconds apart, and a request sent on a kept-alive
+        # connection just as the server closes it for idleness gets no answer at all.
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=self.stack.api_url, timeout=120, limits=limits) as client:
 
-        def progress(signup: Signup) -> None:
-            self.signups.append(signup)
-            if len(self.signups) % 1000 == 0:
-                log.info("soak progress", signups=len(self.signups), faults=dict(self.faults))
+            def progress(signup: Signup) -> None:
+                self.signups.append(signup)
+                if len(self.signups) % 1000 == 0:
+                    log.info("soak progress", signups=len(self.signups), faults=dict(self.faults))
+                if signup.accepted and self.rng.random() < self.plan.resend_share:
+                    script = resend_script(
+                        client,
+                        signup,
+                        plan=self.plan,
+                        rng=self.rng,
+                        sink=self.stack.sink,
+                        record=self.resends,
+                    )
+                    self._resending.append(asyncio.create_task(script))
 
-        await generate_load(
-            self.stack.api_url,
-            rate=self.plan.rate,
-            duration_s=duration_s,
-            prefix=self.prefix,
-            timeout_s=120,
-            on_result=progress,
-        )
+            await generate_load(
+                self.stack.api_url,
+                rate=self.plan.rate,
+                duration_s=duration_s,
+                prefix=self.prefix,
+                timeout_s=120,
+                on_result=progress,
+            )
+            await asyncio.gather(*self._resending)
 
     async def kill_repeatedly(self, name: str, until: asyncio.Event) -> None:
         """SIGKILL ``name`` after random pauses and start it again, until ``until`` is set."""
@@ -103,12 +126,12 @@ class Soak:
         self.outage = (began, time.time() + self.plan.outage_grace_s)
 
     async def drain(self) -> None:
-        """Wait until every committed user has an email, or the deadline; then a little longer for strays."""
+        """Wait until every outbox event has its email, or the deadline; then a little longer for strays."""
         deadline = time.monotonic() + self.plan.drain_timeout_s
         while time.monotonic() < deadline:
-            users = await committed_users(self.stack.database_url)
-            delivered = {r for d in self.stack.sink.snapshot() for r in d.recipients}
-            if all(email_of(name).lower() in delivered for name in users):
+            events, _ = await mail_records(self.stack.database_url)
+            delivered = {delivery.message_id for delivery in self.stack.sink.snapshot()}
+            if all(message_id_header(event_id) in delivered for event_id in events):
                 break
             await asyncio.sleep(0.5)
         await asyncio.sleep(self.plan.settle_s)
@@ -135,12 +158,24 @@ class Soak:
         verdict = Verdict(signups_sent=len(self.signups), committed=len(users), faults=self.faults)
         verdict.smtp_attempts, verdict.smtp_refused = len(self.stack.sink.attempts), self.stack.sink.refused
         verdict.unpublished = await unpublished_rows(self.stack.database_url)
-        judge_mail(verdict, users=users, mail=self.stack.sink.snapshot())
-        judge_api(verdict, self.signups, outage=self.outage)
+        events, resends = await mail_records(self.stack.database_url)
+        judge_mail(verdict, users=users, events=events, resends=resends, mail=self.stack.sink.snapshot())
+        judge_api(verdict, self.signups, self.resends, outage=self.outage)
+        judge_resends(
+            verdict,
+            requests=self.resends,
+            signups=self.signups,
+            users=users,
+            resends=resends,
+            verified=await verified_users(self.stack.database_url),
+            min_interval_s=self.plan.resend_min_interval_s,
+            max_per_day=self.plan.resend_max_per_day,
+        )
         for name, service in self.stack.services.items():
             await asyncio.to_thread(service.stop)
             verdict.crashes += [f"{name} exited with {code}" for code in service.crashes]
         logs = {name: service.log_lines() for name, service in self.stack.services.items()}
+        count_resend_outcomes(verdict, logs["api"])
         judge_logs(verdict, logs, emails={email.lower() for email, _ in users.values()})
         return verdict
 

@@ -1,11 +1,14 @@
-"""What a soak proves: for each committed user exactly one distinct Message-ID, and nothing else went wrong.
+"""What a soak proves: exactly one email per outbox event (each signup's, each resend that passed the
+limits), the limits kept, and nothing else went wrong.
 
-Everything here is computed after the run from three sources that do not trust each other: the users
-table (what committed), the SMTP sink (what was delivered) and the services' logs.
+Everything here is computed after the run from sources that do not trust each other: the database (which
+users and outbox events committed, which resends were counted), the SMTP sink (what was delivered, each
+email's ``Message-ID`` made from its event id), what the soak sent and was answered, and the services' logs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import Counter, defaultdict
@@ -15,6 +18,8 @@ from datetime import datetime
 from lab.harness.load import Signup
 from lab.harness.measure import latency_of
 from lab.harness.smtp import Delivery
+from lab.soak.resends import Request
+from services.worker.emails import message_id_header
 
 
 @dataclass
@@ -28,6 +33,24 @@ class Verdict:
     smtp_attempts: int = 0
     smtp_refused: int = 0
     deliveries: int = 0
+    events: int = 0
+    """Outbox events: one per committed signup and one per resend that passed the limits."""
+    resend_requests: Counter[str] = field(default_factory=Counter)
+    """The soak's resend requests by kind and answer (``repeat 202``, ``later 503`` …) and link openings."""
+    resend_outcomes: Counter[str] = field(default_factory=Counter)
+    """What the API logged it did with each resend request: sent, rate_limited, verified, unknown."""
+    resends_counted: int = 0
+    """Resends that passed the limits (rows of verify_email_resends), each with an outbox event."""
+    resend_emails: int = 0
+    """Resend events whose email arrived."""
+    resends_had_to_pass: int = 0
+    """Requests sent more than the interval after every earlier answer for their user, under the daily
+    limit, to an unverified address: each must have counted a resend while it ran."""
+    resends_refused_wrongly: list[str] = field(default_factory=list)
+    resends_had_to_refuse: int = 0
+    """Requests answered less than the interval after their user's ``created_at``: none may count one."""
+    resends_passed_wrongly: list[str] = field(default_factory=list)
+    resend_limit_broken: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     phantoms: list[str] = field(default_factory=list)
@@ -48,8 +71,11 @@ class Verdict:
     def problems(self) -> list[str]:
         named = {
             "lost (no email)": self.lost,
-            "duplicates (several Message-IDs)": self.duplicates,
+            "duplicates (emails no event of their user accounts for)": self.duplicates,
             "phantoms (email for no user)": self.phantoms,
+            "resends the limits had to let through and did not": self.resends_refused_wrongly,
+            "resends the interval had to refuse and did not": self.resends_passed_wrongly,
+            "resend limits broken": self.resend_limit_broken,
             "API errors other than 503 + Retry-After during the PostgreSQL restart": self.bad_api_errors,
             "unhandled errors in logs": self.log_problems,
             "services that exited by themselves": self.crashes,
@@ -57,39 +83,137 @@ class Verdict:
         return [f"{name}: {len(items)}, e.g. {items[:3]}" for name, items in named.items() if items]
 
 
-def judge_mail(verdict: Verdict, *, users: dict[str, tuple[str, datetime]], mail: list[Delivery]) -> None:
-    """Fill lost/duplicates/phantoms/delays from ``users`` (username → (email, created_at)) and ``mail``."""
+def judge_mail(
+    verdict: Verdict,
+    *,
+    users: dict[str, tuple[str, datetime]],
+    events: dict[str, str],
+    resends: dict[str, tuple[str, datetime]],
+    mail: list[Delivery],
+) -> None:
+    """Fill lost/duplicates/phantoms/delays from ``users`` (username → (email, created_at)), ``events``
+    (every outbox event: id → username), ``resends`` (the counted resends: event id → (username, time)) and
+    ``mail``. Each event must have its email (Message-ID from the event id; a redelivery of one message has
+    the same and counts once); each counted resend its event; each user exactly one event that is no
+    resend, their signup's."""
     by_email = {email.lower(): username for username, (email, _) in users.items()}
-    ids: dict[str, set[str]] = defaultdict(set)
+    owner = {message_id_header(event_id): username for event_id, username in events.items()}
     first: dict[str, float] = {}
     for delivery in mail:
         for recipient in delivery.recipients:
             username = by_email.get(recipient)
             if username is None:
                 verdict.phantoms.append(recipient)
-                continue
-            ids[username].add(delivery.message_id)
-            first[username] = min(first.get(username, delivery.received_at), delivery.received_at)
-    verdict.deliveries = len(mail)
-    verdict.lost = sorted(set(users) - set(ids))
-    verdict.duplicates = sorted(name for name, found in ids.items() if len(found) > 1)
-    delays = latency_of(first[name] - users[name][1].timestamp() for name in first)
+            elif owner.get(delivery.message_id) != username:
+                verdict.duplicates.append(f"{username}: {delivery.message_id}")
+            else:
+                first[delivery.message_id] = min(
+                    first.get(delivery.message_id, delivery.received_at), delivery.received_at
+                )
+    signups_of = Counter(username for event_id, username in events.items() if event_id not in resends)
+    verdict.duplicates += [
+        f"{name}: {count} signup events" for name, count in signups_of.items() if count > 1
+    ]
+    verdict.deliveries, verdict.events, verdict.resends_counted = len(mail), len(events), len(resends)
+    verdict.resend_emails = sum(message_id_header(event_id) in first for event_id in resends)
+    verdict.lost = sorted(f"{name}: {mid}" for mid, name in owner.items() if mid not in first)
+    verdict.lost += sorted(set(users) - set(signups_of))
+    verdict.lost += sorted(
+        f"{name}: a counted resend without its event" for e, (name, _) in resends.items() if e not in events
+    )
+    signup_mail = [
+        first[message_id_header(event_id)] - users[name][1].timestamp()
+        for event_id, name in events.items()
+        if event_id not in resends and message_id_header(event_id) in first
+    ]
+    delays = latency_of(signup_mail)
     verdict.worst_delay_s, verdict.p99_delay_s = delays.max or 0.0, delays.p99 or 0.0
 
 
-def judge_api(verdict: Verdict, signups: list[Signup], *, outage: tuple[float, float] | None) -> None:
-    """Every answer but 200 must be a 503 with Retry-After while PostgreSQL was down.
+def judge_api(
+    verdict: Verdict,
+    signups: list[Signup],
+    resends: list[Request],
+    *,
+    outage: tuple[float, float] | None,
+) -> None:
+    """Every answer must be the expected one (200 for a signup or a link, 202 for a resend), or a 503 with
+    Retry-After while PostgreSQL was down.
 
     ``outage`` is the wall-clock window (``time.time()``) in which 503s are expected.
     """
     verdict.p99_api_latency_s = latency_of(s.committed_at - s.sent_at for s in signups).p99 or 0.0
+    answers: list[tuple[str, int, int, str | None, float]] = [
+        (s.username, 200, s.status, s.retry_after, s.committed_at) for s in signups
+    ]
+    for request in resends:
+        verdict.resend_requests[f"{request.kind} {request.status or 'no response'}"] += 1
+        expected = 200 if request.kind == "verify" else 202
+        answers.append((request.username, expected, request.status, request.retry_after, request.answered_at))
     for signup in signups:
         verdict.api_answers[str(signup.status or "no response")] += 1
-        if signup.status == 200:
+    for username, expected, status, retry_after, at in answers:
+        in_outage = outage is not None and outage[0] <= at <= outage[1]
+        if status != expected and (status != 503 or not retry_after or not in_outage):
+            verdict.bad_api_errors.append(f"{username}: {status} at {at:.1f}")
+
+
+def judge_resends(
+    verdict: Verdict,
+    *,
+    requests: list[Request],
+    signups: list[Signup],
+    users: dict[str, tuple[str, datetime]],
+    resends: dict[str, tuple[str, datetime]],
+    verified: set[str],
+    min_interval_s: float,
+    max_per_day: int,
+) -> None:
+    """The limits, both ways, from the counted resends and, separately, from the soak's clock.
+
+    In the database: no counted resend sooner than ``min_interval_s`` after the user's signup or previous
+    resend, nor more than ``max_per_day``. On the soak's clock (PostgreSQL's ``now()`` is the same clock):
+    a request answered less than the interval after its user's ``created_at`` had to be refused, so no
+    resend may be counted while it ran; a ``later`` request
+    sent more than the interval after every earlier answer for its user, while fewer than ``max_per_day``
+    resends were counted and the address unverified, had to pass, so one must be counted while it ran.
+    """
+    times: dict[str, list[float]] = defaultdict(list)
+    for username, at in resends.values():
+        times[username].append(at.timestamp())
+    for username, counted in times.items():
+        counted.sort()
+        if len(counted) > max_per_day:
+            verdict.resend_limit_broken.append(f"{username}: {len(counted)} resends in a day")
+        since = [users[username][1].timestamp(), *counted]
+        gaps = [b - a for a, b in itertools.pairwise(since)]
+        if gaps and min(gaps) < min_interval_s:
+            verdict.resend_limit_broken.append(
+                f"{username}: a resend {min(gaps):.2f} s after the previous email"
+            )
+    answered: dict[str, list[float]] = defaultdict(list)
+    for signup in signups:
+        answered[signup.username].append(signup.committed_at)
+    for request in sorted(requests, key=lambda r: r.sent_at):
+        earlier = list(answered[request.username])
+        answered[request.username].append(request.answered_at)
+        if request.status != 202:
             continue
-        in_outage = outage is not None and outage[0] <= signup.committed_at <= outage[1]
-        if signup.status != 503 or not signup.retry_after or not in_outage:
-            verdict.bad_api_errors.append(f"{signup.username}: {signup.status} at {signup.committed_at:.1f}")
+        counted = times.get(request.username, [])
+        during = any(request.sent_at <= at <= request.answered_at for at in counted)
+        if request.answered_at < users[request.username][1].timestamp() + min_interval_s:
+            verdict.resends_had_to_refuse += 1
+            if during:
+                verdict.resends_passed_wrongly.append(f"{request.username} at {request.sent_at:.1f}")
+        elif (
+            request.kind == "later"
+            and request.username not in verified
+            and sum(at < request.sent_at for at in counted) < max_per_day
+            and all(at + min_interval_s <= request.sent_at for at in earlier)
+        ):
+            verdict.resends_had_to_pass += 1
+            if not during:
+                verdict.resends_refused_wrongly.append(f"{request.username} at {request.sent_at:.1f}")
 
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
@@ -114,6 +238,17 @@ def judge_logs(verdict: Verdict, logs: dict[str, list[str]], *, emails: set[str]
                 verdict.log_problems.append(f"{service}: {problem}: {line[:300]}")
             elif level in ("error", "critical"):
                 verdict.handled_errors[service] += 1
+
+
+def count_resend_outcomes(verdict: Verdict, api_log: list[str]) -> None:
+    """What the API logged it did with each resend request (the answer is the same whatever it did)."""
+    for line in api_log:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "verification email resend requested":
+            verdict.resend_outcomes[str(record.get("outcome"))] += 1
 
 
 def _log_problem(line: str) -> tuple[str | None, str | None]:

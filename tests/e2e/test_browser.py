@@ -1,5 +1,7 @@
 """A person's browser on real links: headless Chromium opens the links of real emails sent by the real
 api, relay and worker processes, and each page state is checked in the DOM Chromium built and screenshotted.
+On the expired page a person types their address and clicks the button (tests/e2e/cdp.py drives Chromium
+over the DevTools protocol): the form's post must reach the API and a new email with a working link arrive.
 
 Skips (visibly) where Debian's ``chromium`` is not installed (``apt-get install -y chromium``). With
 ``UPDATE_SCREENSHOTS=1`` the screenshots replace those in ``docs/screenshots/``.
@@ -7,6 +9,7 @@ Skips (visibly) where Debian's ``chromium`` is not installed (``apt-get install 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -19,8 +22,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from services.api.pages import SECURITY_HEADERS
 from shared.database import verify_emails
 from shared.settings import Settings
+from tests.e2e.cdp import HEADLESS, Browser
 from tests.e2e.test_e2e_signup import Services, link_of, ready
 from tests.support import Delivery, SmtpSink, repo_root, wait_for
 
@@ -34,18 +39,7 @@ def chromium(*args: str) -> str:
     """Run headless Chromium once, in a fresh profile, and return what it printed."""
     with tempfile.TemporaryDirectory(prefix="signup-chromium-") as profile:
         done = subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",  # the tests run as root in CI's container
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                *args,
-            ],
+            [str(CHROMIUM), *HEADLESS, f"--user-data-dir={profile}", *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -93,10 +87,20 @@ async def test_each_page_a_person_can_meet(stack, settings, sink, db, tmp_path, 
             await connection.execute(verify_emails.update().values(expired_at=sa.func.now()))
         assert "This link has expired" in look(old, "expired", shots)
 
-        response = await client.post("/v1/resend_verify_email", json={"email": "jose@example.com"})
-        assert response.status_code == 202
-        await wait_for(lambda: _at_least(emails, 2), timeout=30, what="the resent email")
-    new, _ = link_of(sink.received[1].message)
+    # The person asks for a new email on the expired page, in the browser.
+    sent, answer, page = await asyncio.to_thread(ask_again_in_browser, old, "jose@example.com", shots)
+    assert sent["method"] == "POST" and sent["url"] == f"{stack.api_url}/v1/resend_verify_email"
+    assert header(sent, "Content-Type") == "application/x-www-form-urlencoded"
+    assert sent["postData"] == "email=jose%40example.com"
+    assert answer["status"] == 202 and answer["mimeType"] == "text/html"
+    assert header(answer, "Content-Security-Policy") == SECURITY_HEADERS["Content-Security-Policy"]
+    assert "Check your inbox" in page
+    (_, second) = await wait_for(
+        lambda: _at_least(emails, 2), timeout=30, what="the email the form asked for"
+    )
+    assert second.recipients == ("jose@example.com",) and second.message_id != first.message_id
+    new, _ = link_of(second.message)
+    assert new != old
     code = new.split("secret_code=")[1]
     sensitive.append(code)
     assert "A newer email was sent" in look(old, "superseded", shots)
@@ -104,6 +108,49 @@ async def test_each_page_a_person_can_meet(stack, settings, sink, db, tmp_path, 
     assert "Email verified" in verified and code not in verified
     assert "Already verified" in look(new, "already_verified", shots)
     assert "This link does not work" in look(new.replace(code, "x" * 43), "invalid", shots)
+
+
+def ask_again_in_browser(expired: str, email: str, shots: Path) -> tuple[Any, Any, str]:
+    """Open the ``expired`` link, type ``email`` into the page's form and click its button, as a person does.
+
+    Returns the request the form sent, the response, and the page the browser then shows (screenshotted
+    as ``resend_accepted``). Fails if the page or the form broke a rule of its Content-Security-Policy
+    (Chromium logs each violation as a "security" error: an inline style without its hash, a form posting
+    where ``form-action`` does not allow).
+    """
+    assert CHROMIUM is not None
+    with Browser(CHROMIUM) as browser:
+        browser.open(expired)
+        assert "This link has expired" in browser.html()
+        browser.type_into("input[name=email]", email)
+        before = len(browser.events)
+        browser.click("button[type=submit]")
+        # The next page, or the CSP blocking the form (then the assertion below names the violation).
+        browser.wait_event(
+            ("Page.loadEventFired", "Log.entryAdded"),
+            since=before,
+            where=lambda e: "entry" not in e["params"] or e["params"]["entry"]["source"] == "security",
+        )
+        # A CSP violation is a "security" error; the expired link's own 410 is a "network" one, as expected.
+        entries = [e["params"]["entry"] for e in browser.events if e["method"] == "Log.entryAdded"]
+        errors = [e for e in entries if e["level"] == "error" and e["source"] != "network"]
+        assert not errors, errors
+        posted = browser.wait_event(
+            "Network.requestWillBeSent",
+            since=before,
+            where=lambda e: e["params"]["request"]["method"] == "POST",
+        )
+        answered = browser.wait_event(
+            "Network.responseReceived",
+            where=lambda e: e["params"]["requestId"] == posted["params"]["requestId"],
+        )
+        browser.screenshot(shots / "resend_accepted.png")
+        return posted["params"]["request"], answered["params"]["response"], browser.html()
+
+
+def header(message: Any, name: str) -> str | None:
+    """Header ``name`` of a DevTools request or response, whatever its case."""
+    return next((v for k, v in message["headers"].items() if k.lower() == name.lower()), None)
 
 
 async def _at_least(probe: Any, count: int) -> list[Delivery]:
