@@ -2,9 +2,9 @@
 
 The outermost ASGI middleware. For ``POST /v1/create_user`` it takes a place in the wait queue
 (``Admission.enter``) before the request goes further: a signup the queue cannot take gets a ``503`` with
-``Retry-After`` from a pre-built body, its body unread, with no request log line, no tracing and no
-Litestar exception machinery (in a flood that work, done for every refused request, took CPU from the
-hashes). The refusal is counted and logged, rate-limited, by ``admission``.
+``Retry-After`` (and ``X-Request-ID``) from a pre-built body, its body unread, with no request log line, no
+tracing and no Litestar exception machinery (in a flood, that work done for every refused request took CPU
+from the hashes). The refusal is counted and logged, rate-limited, by ``admission``.
 
 A retry that carries an ``Idempotency-Key`` whose answer is stored is let through even when the queue is
 full, so that a client that retries a signup that did commit gets its ``200``, not a ``503``: one look-up by
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.api.admission import PLACE_STATE, Admission, Shed
 from services.api.idempotency import has_answer
 from services.api.schemas import ErrorBody
+from services.api.tracing import REQUEST_ID_HEADER, request_id_from_headers
 
 SIGNUP_PATH = "/v1/create_user"
 SHED_MESSAGE = "too many signups at once, retry later"
@@ -47,7 +48,7 @@ def signup_door(
                 place = admission.enter()
             except Shed as shed:
                 if not await _stored_answer(scope, sessions, idempotency_ttl):
-                    await _refuse(send, shed.retry_after_s)
+                    await _refuse(scope, send, shed.retry_after_s)
                     return
                 await app(scope, receive, send)  # a replay: it needs no place (or takes one later)
                 return
@@ -62,11 +63,18 @@ def signup_door(
     return middleware
 
 
-async def _refuse(send: Send, retry_after_s: int) -> None:
+async def _refuse(scope: Scope, send: Send, retry_after_s: int) -> None:
+    # Like every answer, it carries the request id (the caller's, or a new one) for a support question.
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+    request_id = request_id_from_headers(headers).encode()
     start: HTTPResponseStartEvent = {
         "type": "http.response.start",
         "status": 503,
-        "headers": [*_SHED_HEADERS, (b"retry-after", str(retry_after_s).encode())],
+        "headers": [
+            *_SHED_HEADERS,
+            (b"retry-after", str(retry_after_s).encode()),
+            (REQUEST_ID_HEADER.encode(), request_id),
+        ],
     }
     body: HTTPResponseBodyEvent = {"type": "http.response.body", "body": _SHED_BODY, "more_body": False}
     await send(start)

@@ -217,6 +217,7 @@ async def test_a_full_queue_refuses_at_the_door_without_reading_the_body(
         )
         assert int(retry_after.split(b":")[1]) >= 1
         assert json.loads(body)["error"] == "too many signups at once, retry later"
+        assert b"\r\nx-request-id: " in headers.lower()
 
         flood = await asyncio.gather(
             *(
@@ -226,6 +227,7 @@ async def test_a_full_queue_refuses_at_the_door_without_reading_the_body(
         )
         assert {answer.status_code for answer in flood} == {503}
         assert all(int(answer.headers["retry-after"]) >= 1 for answer in flood)
+        assert all(answer.headers["x-request-id"] for answer in flood)
         # Other endpoints do not queue at the door.
         assert (await http.get("/healthz")).status_code == 200
     shed = 1 + len(flood)
