@@ -135,10 +135,21 @@ class Admission:
 
     def enter(self) -> Place:
         """A place in the wait queue for a signup arriving now; raises ``Shed`` if the queue is full."""
+        place = self.try_enter()
+        if place is None:
+            raise self.refuse("queue_full")
+        return place
+
+    def try_enter(self) -> Place | None:
+        """A place in the wait queue for a signup arriving now, or None (nothing counted) if it is full."""
         if self._slots.locked() and self._waiting >= self.max_waiting:
-            raise _shed("queue_full", self.retry_after_s())
+            return None
         self._waiting += 1
         return Place(self)
+
+    def refuse(self, reason: ShedReason) -> Shed:
+        """The refusal of a signup, counted and logged (``SHED``, ``SHED_LOG``), to raise or answer."""
+        return _shed(reason, self.retry_after_s())
 
     def ticket(self, *, client_gone: asyncio.Event, place: Place | None = None) -> Ticket:
         """A signup's ticket: its deadline runs from its arrival at the door (``place``), or from now."""

@@ -22,7 +22,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.api.admission import PLACE_STATE, Admission, Shed
+from services.api.admission import PLACE_STATE, Admission
 from services.api.idempotency import has_answer
 from services.api.schemas import ErrorBody
 from services.api.tracing import REQUEST_ID_HEADER, request_id_from_headers
@@ -44,13 +44,12 @@ def signup_door(
             if scope["type"] != ScopeType.HTTP or scope["path"] != SIGNUP_PATH or scope["method"] != "POST":
                 await app(scope, receive, send)
                 return
-            try:
-                place = admission.enter()
-            except Shed as shed:
-                if not await _stored_answer(scope, sessions, idempotency_ttl):
-                    await _refuse(scope, send, shed.retry_after_s)
-                    return
-                await app(scope, receive, send)  # a replay: it needs no place (or takes one later)
+            place = admission.try_enter()
+            if place is None:
+                if await _stored_answer(scope, sessions, idempotency_ttl):
+                    await app(scope, receive, send)  # a replay: it needs no place (or takes one later)
+                else:
+                    await _refuse(scope, send, admission.refuse("queue_full").retry_after_s)
                 return
             scope.setdefault("state", {})[PLACE_STATE] = place
             try:

@@ -256,6 +256,7 @@ async def test_a_full_queue_still_replays_a_stored_answer(
     async with serving(settings) as http:
         first = await http.post("/v1/create_user", json=signup_body(), headers=key)
     assert first.status_code == 200
+    before = shed_total("queue_full")
     async with full_queue(monkeypatch), serving(settings) as http:
         again = await http.post("/v1/create_user", json=signup_body(), headers=key)
         other_body = await http.post(
@@ -266,4 +267,5 @@ async def test_a_full_queue_still_replays_a_stored_answer(
     assert again.json() == first.json()
     assert other_body.status_code == 422  # let through as a retry, then refused as ever
     assert new_key.status_code == 503 and int(new_key.headers["retry-after"]) >= 1
+    assert shed_total("queue_full") - before == 1  # the replay and the 422 were not refusals
     assert await count(db, users) == 1
