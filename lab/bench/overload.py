@@ -4,14 +4,23 @@ The capacity is the argon2id hashing rate measured in this run with one thread p
 at best sign up). The whole stack (api, relay, worker) takes 1x, 2x and 5x that for ``overload_s`` each.
 Goodput is accepted signups per second; a shed answer is a ``503`` with ``Retry-After``; every accepted
 signup must get its email.
+
+The load generator, the stack and PostgreSQL share the cores, so the section also reports the hashing rate
+measured again while the stack idles alongside (goodput against both), and where the CPU went at each load
+(``lab.harness.cpu``: the API's event loop and hashing threads, relay, worker, Redis, PostgreSQL, the
+generator, the rest of the machine). The generator is ``generate_load(cheap=True)``: requests encoded
+before the clock starts, only the status read back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
-from lab.bench.e2e import first_emails
+from lab.bench.e2e import first_emails, hashing_bound
 from lab.bench.model import BenchPlan, Section, fmt, ms, ratio
+from lab.harness.cpu import PARTS, cpu_shares, cpu_snapshot
 from lab.harness.load import Signup, generate_load
 from lab.harness.measure import latency_of
 from lab.harness.stack import PRODUCTION_ADMISSION, Stack
@@ -30,7 +39,13 @@ def _goodput(signups: list[Signup], duration_s: float) -> float:
 
 
 def _row(
-    multiple: int, rate: float, signups: list[Signup], capacity: float, unmailed: int, plan: BenchPlan
+    multiple: int,
+    rate: float,
+    signups: list[Signup],
+    capacity: float,
+    unmailed: int,
+    plan: BenchPlan,
+    beside_stack: float,
 ) -> list[str]:
     accepted = latency_of(s.committed_at - s.sent_at for s in signups if s.accepted)
     shed = [s for s in signups if s.status == 503]
@@ -51,31 +66,36 @@ def _row(
         ms(shed_latency.p99),
         str(sum(1 for s in shed if not s.retry_after)),
         str(unmailed),
+        fmt(ratio(goodput, beside_stack)),
     ]
 
 
 async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, pg: str) -> Section:
     """Section 6: the stack at 1x, 2x and 5x ``capacity`` signups/s, one after the other."""
-    rows = []
+    rows, cpu = [], {}
     async with Stack(
         work_dir=work_dir / "overload",
         services=("api", "relay", "worker"),
         env=PRODUCTION_ADMISSION,
         pg_admin_url=pg,
     ) as stack:
+        _, _, beside_stack = await asyncio.to_thread(hashing_bound, plan.hash_samples)
         for multiple in MULTIPLES:
             rate = multiple * capacity
+            before, started = cpu_snapshot(stack), time.monotonic()
             signups = await generate_load(
                 stack.api_url,
                 rate=rate,
                 duration_s=plan.overload_s,
                 prefix=f"x{multiple}",
                 timeout_s=CLIENT_TIMEOUT_S,
+                cheap=True,
             )
+            cpu[multiple] = cpu_shares(before, cpu_snapshot(stack), time.monotonic() - started)
             accepted = [s for s in signups if s.accepted]
             mailed = await first_emails(stack, accepted, within_s=60)
             unmailed = sum(1 for s in accepted if s.username not in mailed)
-            rows.append(_row(multiple, rate, signups, capacity, unmailed, plan))
+            rows.append(_row(multiple, rate, signups, capacity, unmailed, plan, beside_stack))
     by_multiple = {row[0]: row for row in rows}
     figures = {
         "capacity_per_s": capacity,
@@ -83,6 +103,9 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
         "accepted_p99_s_5x": _float(by_multiple["5x"][9]),
         "shed_p99_ms_5x": _float(by_multiple["5x"][10]),
         "accepted_without_email": float(sum(int(row[12]) for row in rows)),
+        "capacity_beside_idle_stack_per_s": beside_stack,
+        **{f"goodput_over_idle_stack_capacity_{m}x": _float(by_multiple[f"{m}x"][13]) for m in MULTIPLES},
+        **{f"cpu_{_key(part)}_{m}x": share for m in MULTIPLES for part, share in cpu[m].items()},
     }
     return Section(
         key="overload",
@@ -101,6 +124,7 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
             "shed p99 ms",
             "503 without Retry-After",
             "accepted without email",
+            "of capacity beside the idle stack",
         ],
         rows=rows,
         figures=figures,
@@ -111,8 +135,26 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
             f"Latency is the client's (request sent → answer); a client gives up after "
             f"{CLIENT_TIMEOUT_S:g} s (counted under other). The API runs with its default admission: one "
             "slot per CPU, a wait queue of what the slots finish in API_SIGNUP_MAX_WAIT_MS = 1 s.",
+            "Capacity beside the idle stack: the same hashing measured again with the stack started and "
+            f"idle ({beside_stack:.1f}/s); the last column is goodput against it.",
+            "CPU, as shares of all cores while each load ran (user + system, from /proc): "
+            + "; ".join(
+                f"{m}x: " + ", ".join(f"{part} {share:.0%}" for part, share in cpu[m].items())
+                for m in MULTIPLES
+            )
+            + ". api loop = the API's event loop thread; api hashing = its other threads (argon2id); "
+            "postgres = the stack database's backends; generator = the benchmark's event loop sending the "
+            "load; bench other = its SMTP sink; rest = everything else on the machine (other users "
+            "included).",
         ],
     )
+
+
+def _key(part: str) -> str:
+    return part.replace(" ", "_")
+
+
+assert len(PARTS) == len({_key(part) for part in PARTS})
 
 
 def _float(cell: str) -> float | None:

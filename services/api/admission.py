@@ -7,6 +7,11 @@ wait; a signup that finds the wait queue full, or that waited longer than ``max_
 any work (the API answers ``503`` + ``Retry-After``). ``max_waiting`` follows the measured service time, so
 the queue holds about what the working slots can finish within half of ``max_wait_s``. Other endpoints
 never wait here.
+
+A signup takes its place in the queue at the door (``Admission.enter``, called by ``services.api.door``
+before its body is read), so a full queue is refused for the price of a pre-built answer. Every refusal is
+counted by reason (``signup_api_shed_total``) and logged at most once a second per reason with the exact
+count since the last line (``ShedLog``): a line per refusal costs real CPU in a flood.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from typing import Literal
 from litestar.types import Receive
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.logging import get_logger
 from shared.settings import Settings
+
+log = get_logger()
 
 ShedReason = Literal["queue_full", "queue_timeout", "deadline", "client_gone"]
 
@@ -43,6 +51,9 @@ _INITIAL_SERVICE_S = 0.15
 # refused at once (fast). The headroom keeps nearly every refusal a fast one.
 QUEUE_HEADROOM = 0.5
 _EWMA_WEIGHT = 0.2
+SHED_LOG_INTERVAL_S = 1.0
+PLACE_STATE = "signup_place"
+"""Where ``services.api.door`` leaves a signup's ``Place`` in the ASGI scope's state."""
 
 
 class Shed(Exception):
@@ -54,6 +65,21 @@ class Shed(Exception):
         self.retry_after_s = retry_after_s
 
 
+class Place:
+    """A signup's place in the wait queue, from the door until it gets a slot or leaves."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.arrived = time.monotonic()
+        self._held = True
+
+    def leave(self) -> None:
+        """Give the place up (once; later calls do nothing)."""
+        if self._held:
+            self._held = False
+            self.admission._waiting -= 1
+
+
 @dataclass
 class Ticket:
     """One signup's way through admission: ``hashing()`` holds a slot, ``check()`` guards the commit."""
@@ -61,10 +87,12 @@ class Ticket:
     admission: Admission
     deadline: float
     client_gone: asyncio.Event
+    place: Place | None = None
+    """Taken at the door; without one, ``hashing()`` queues (or is refused) on its own."""
 
     def hashing(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Wait for a hashing slot and hold it for the block; raises ``Shed`` when the signup is refused."""
-        return self.admission.slot(client_gone=self.client_gone)
+        return self.admission.slot(client_gone=self.client_gone, place=self.place)
 
     def check(self) -> None:
         """Raise ``Shed`` if the answer could no longer reach a waiting client in time."""
@@ -105,17 +133,37 @@ class Admission:
         backlog_s = (self._waiting + self.concurrency) * self.service_s / self.concurrency
         return max(1, math.ceil(backlog_s))
 
-    def ticket(self, *, client_gone: asyncio.Event) -> Ticket:
-        """A signup arriving now: its deadline runs from here."""
-        return Ticket(self, time.monotonic() + self.deadline_s, client_gone)
+    def enter(self) -> Place:
+        """A place in the wait queue for a signup arriving now; raises ``Shed`` if the queue is full."""
+        place = self.try_enter()
+        if place is None:
+            raise self.refuse("queue_full")
+        return place
+
+    def try_enter(self) -> Place | None:
+        """A place in the wait queue for a signup arriving now, or None (nothing counted) if it is full."""
+        if self._slots.locked() and self._waiting >= self.max_waiting:
+            return None
+        self._waiting += 1
+        return Place(self)
+
+    def refuse(self, reason: ShedReason) -> Shed:
+        """The refusal of a signup, counted and logged (``SHED``, ``SHED_LOG``), to raise or answer."""
+        return _shed(reason, self.retry_after_s())
+
+    def ticket(self, *, client_gone: asyncio.Event, place: Place | None = None) -> Ticket:
+        """A signup's ticket: its deadline runs from its arrival at the door (``place``), or from now."""
+        arrived = place.arrived if place is not None else time.monotonic()
+        return Ticket(self, arrived + self.deadline_s, client_gone, place)
 
     @contextlib.asynccontextmanager
-    async def slot(self, *, client_gone: asyncio.Event) -> AsyncIterator[None]:
-        """Wait for a slot and hold it for the block; raises ``Shed`` when the signup is refused."""
-        arrived = time.monotonic()
-        if self._slots.locked() and self._waiting >= self.max_waiting:
-            raise _shed("queue_full", self.retry_after_s())
-        self._waiting += 1
+    async def slot(self, *, client_gone: asyncio.Event, place: Place | None = None) -> AsyncIterator[None]:
+        """Wait for a slot and hold it for the block; raises ``Shed`` when the signup is refused.
+
+        ``place`` is the queue place taken at the door; without one, the signup takes one now (``enter``).
+        """
+        if place is None:
+            place = self.enter()
         try:
             await _acquire(self._slots, timeout_s=self.max_wait_s, client_gone=client_gone)
         except TimeoutError:
@@ -123,10 +171,10 @@ class Admission:
         except _ClientGone:
             raise _shed("client_gone", self.retry_after_s()) from None
         finally:
-            self._waiting -= 1
+            place.leave()
         started = time.monotonic()
         ADMITTED.inc()
-        QUEUE_WAIT.observe(started - arrived)
+        QUEUE_WAIT.observe(started - place.arrived)
         IN_FLIGHT.inc()
         try:
             yield
@@ -141,8 +189,62 @@ class _ClientGone(Exception):
     pass
 
 
+class ShedLog:
+    """Logs refusals at most once per ``interval_s`` per reason, each line with the exact count since the
+    last one: the first refusal after a quiet interval at once, the rest when the interval is over (a timer
+    on the running loop), whatever is left by ``flush()`` (the API's shutdown). The counts add up to
+    ``signup_api_shed_total``."""
+
+    def __init__(self, interval_s: float = SHED_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._pending: dict[ShedReason, int] = {}
+        self._logged_at: dict[ShedReason, float] = {}
+        self._timers: dict[ShedReason, asyncio.TimerHandle] = {}
+
+    def note(self, reason: ShedReason) -> None:
+        """Count one refusal for ``reason``; log now if no line for it was written within the interval."""
+        self._pending[reason] = self._pending.get(reason, 0) + 1
+        wait_s = self._logged_at.get(reason, -math.inf) + self.interval_s - time.monotonic()
+        if wait_s <= 0:
+            self._write(reason)
+            return
+        timer = self._timers.get(reason)
+        if timer is not None and not timer.cancelled() and timer.when() >= _loop_time():
+            return  # a line for this reason is due already
+        try:
+            self._timers[reason] = asyncio.get_running_loop().call_later(wait_s, self._write, reason)
+        except RuntimeError:  # no event loop here (a test calling in directly): never keep a count unlogged
+            self._write(reason)
+
+    def flush(self) -> None:
+        """Log every count not logged yet."""
+        for reason in list(self._pending):
+            self._write(reason)
+
+    def _write(self, reason: ShedReason) -> None:
+        timer = self._timers.pop(reason, None)
+        if timer is not None:
+            timer.cancel()
+        count = self._pending.pop(reason, 0)
+        if count:
+            self._logged_at[reason] = time.monotonic()
+            log.info("signups shed", reason=reason, count=count)
+
+
+def _loop_time() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return math.inf
+
+
+SHED_LOG = ShedLog()
+"""The process's refusals, as ``SHED`` counts them."""
+
+
 def _shed(reason: ShedReason, retry_after_s: int) -> Shed:
     SHED.labels(reason=reason).inc()
+    SHED_LOG.note(reason)
     return Shed(reason, retry_after_s=retry_after_s)
 
 

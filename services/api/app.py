@@ -14,8 +14,9 @@ from litestar.plugins.prometheus import PrometheusConfig
 from redis.asyncio import Redis
 
 from services.api import routes
-from services.api.admission import build_admission
+from services.api.admission import SHED_LOG, build_admission
 from services.api.dispatch import build_dispatcher
+from services.api.door import signup_door
 from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
 from services.api.idempotency import KeyPurge
@@ -31,14 +32,16 @@ def create_app(settings: Settings) -> Litestar:
     sessions = create_sessionmaker(engine)
     dispatcher = build_dispatcher(settings)
     redis = Redis.from_url(settings.redis_url) if dispatcher.needs_redis else None
-    purge = KeyPurge(sessions, ttl=timedelta(hours=settings.api_idempotency_ttl_hours))
+    ttl = timedelta(hours=settings.api_idempotency_ttl_hours)
+    purge = KeyPurge(sessions, ttl=ttl)
+    admission = build_admission(settings)
     state = State(
         {
             "settings": settings,
             "engine": engine,
             "sessions": sessions,
             "dispatcher": dispatcher,
-            "admission": build_admission(settings),
+            "admission": admission,
             "redis": redis,
             "faults": Faults(
                 commit_delay_ms=settings.fault_commit_delay_ms, rollback_ratio=settings.fault_rollback_ratio
@@ -47,6 +50,7 @@ def create_app(settings: Settings) -> Litestar:
     )
 
     async def close() -> None:
+        SHED_LOG.flush()
         await purge.stop()
         await dispatcher.close()
         if redis is not None:
@@ -64,6 +68,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         state=state,
         middleware=[
+            # Outermost: a signup the queue cannot take is refused before anything else runs for it.
+            signup_door(admission, sessions, idempotency_ttl=ttl),
             *_opentelemetry(),
             tracing_middleware,
             PrometheusConfig(app_name="signup_api", group_path=True).middleware,

@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.admission import Shed
+from services.api.door import SHED_MESSAGE
 from services.api.faults import InjectedRollback
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KeyReused
@@ -115,9 +116,8 @@ def injected_rollback(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 
 def shed(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    assert isinstance(exc, Shed)
-    log.info("signup shed", reason=exc.reason)
-    body = ErrorBody(error="too many signups at once, retry later")
+    assert isinstance(exc, Shed)  # counted and logged (rate-limited) where it was raised
+    body = ErrorBody(error=SHED_MESSAGE)
     return _json(request, 503, body, **{"Retry-After": str(exc.retry_after_s)})
 
 

@@ -74,6 +74,15 @@ async def find_answer(
     return bytes(row.response)
 
 
+async def has_answer(sessions: async_sessionmaker[AsyncSession], key_hash: str, *, ttl: timedelta) -> bool:
+    """Whether an answer younger than ``ttl`` is stored under ``key_hash`` (whatever body it was for)."""
+    live = sa.exists().where(
+        idempotency_keys.c.key_hash == key_hash, idempotency_keys.c.created_at > sa.func.now() - ttl
+    )
+    async with sessions() as session:
+        return bool(await session.scalar(sa.select(live)))
+
+
 async def store_answer(session: AsyncSession, key: IdempotencyKey, answer: bytes, *, ttl: timedelta) -> None:
     """Store ``answer`` (the ``200`` body) for ``key`` in ``session``'s transaction.
 

@@ -15,7 +15,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
-from services.api.admission import watch_client
+from services.api.admission import PLACE_STATE, watch_client
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import IdempotencyKey, find_answer
 from services.api.openapi import body_operation
@@ -95,7 +95,9 @@ async def create_user(
                 dispatcher=state.dispatcher,
                 faults=state.faults,
                 trace_id=request.scope["state"].get("request_id"),
-                ticket=state.admission.ticket(client_gone=gone),
+                ticket=state.admission.ticket(
+                    client_gone=gone, place=request.scope["state"].get(PLACE_STATE)
+                ),
                 idempotency=key,
                 idempotency_ttl=ttl,
             )

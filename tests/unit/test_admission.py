@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.api.admission import QUEUE_HEADROOM, Admission, Shed
+from services.api.admission import QUEUE_HEADROOM, Admission, Shed, Ticket
 
 
 def admission(**overrides: float) -> Admission:
@@ -83,3 +83,31 @@ async def test_the_wait_queue_follows_the_measured_pace() -> None:
     assert 0.02 <= gate.service_s < 0.15
     assert gate.max_waiting == math.floor(QUEUE_HEADROOM * 2 * 1.0 / gate.service_s) > 6
     assert admission(max_waiting=7).max_waiting == 7
+
+
+async def test_a_place_taken_at_the_door_counts_until_its_signup_gets_a_slot() -> None:
+    gate, release = admission(), asyncio.Event()
+    working = asyncio.create_task(hold(gate, release))
+    await asyncio.sleep(0)
+    place = gate.enter()  # the one wait place, taken before the body is read
+    with pytest.raises(Shed, match="queue_full"):
+        gate.enter()
+    ticket = gate.ticket(client_gone=asyncio.Event(), place=place)
+    assert ticket.deadline == place.arrived + gate.deadline_s
+    waiting = asyncio.create_task(hold_ticket(ticket, release))
+    release.set()
+    await asyncio.gather(working, waiting)
+    place.leave()  # the door leaves it again when the request ends: nothing happens
+    release = asyncio.Event()
+    working = asyncio.create_task(hold(gate, release))
+    await asyncio.sleep(0)
+    gate.enter()  # every place was given back once and only once: exactly one is free
+    with pytest.raises(Shed, match="queue_full"):
+        gate.enter()
+    release.set()
+    await working
+
+
+async def hold_ticket(ticket: Ticket, release: asyncio.Event) -> None:
+    async with ticket.hashing():
+        await release.wait()
