@@ -27,7 +27,15 @@ from dramatiq.middleware import (
 )
 
 from shared.settings import Settings
-from shared.wakeup import WAKE_FALLBACK_MS, PollingConsumer, StopWaking, WakingConsumer, push_wake
+from shared.wakeup import (
+    REDIS_DOWN,
+    WAIT_MARGIN_S,
+    WAKE_FALLBACK_MS,
+    PollingConsumer,
+    StopWaking,
+    WakingConsumer,
+    push_wake,
+)
 
 # Dramatiq requeues a dead worker's unacked messages once its heartbeat is older than this and a
 # maintenance pass runs. The chance is per million broker commands: the default (1000, one pass per 1000
@@ -62,6 +70,12 @@ class SignupRedisBroker(RedisBroker):
     def __init__(self, *, wake_fallback_ms: int = WAKE_FALLBACK_MS, **options: Any) -> None:
         super().__init__(**options)  # type: ignore[no-untyped-call]
         self.wake_fallback_ms = wake_fallback_ms
+        self.wait_client = self.client
+        """What consumers block on (``BLPOP``): with a URL, a pool whose socket timeout outlasts the wait."""
+        if wake_fallback_ms and options.get("url"):
+            self.wait_client = redis.Redis.from_url(
+                options["url"], socket_timeout=wake_fallback_ms / 1000 + WAIT_MARGIN_S
+            )
         self.stopping = threading.Event()
         """Set when a worker on this broker starts to stop (``StopWaking``)."""
         self.add_middleware(StopWaking())
@@ -96,6 +110,11 @@ class SignupRedisBroker(RedisBroker):
             push_wake(pipe, namespace=self.namespace, queue_name=queue_name)
             pipe.execute()
 
+    def close(self) -> None:
+        super().close()
+        if self.wait_client is not self.client:
+            self.wait_client.close()
+
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         self.hand_back(queue_name)
         consumer: Consumer = super().consume(queue_name, prefetch, timeout)
@@ -110,7 +129,7 @@ class SignupRedisBroker(RedisBroker):
             held = self.client.smembers(f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}")
             if held:
                 self.do_requeue(queue_name, *held)
-        except redis.ConnectionError as exc:
+        except REDIS_DOWN as exc:
             raise ConnectionClosed(exc) from None
         return len(held)
 

@@ -79,7 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_min_backoff_ms: NonNegativeInt = 1000
     worker_max_backoff_ms: NonNegativeInt = 300_000
     worker_threads: PositiveInt = 8
-    worker_wake_fallback_ms: NonNegativeInt = 0
+    worker_wake_fallback_ms: NonNegativeInt = 1000
     """An idle consumer waits this long at most for a wake-up token, then polls anyway; 0: no wake-ups, it
     polls every ``dramatiq_worker_timeout`` as Dramatiq's own consumer does."""
     worker_skip_retry_missing_user: bool = False

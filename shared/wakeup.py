@@ -26,6 +26,11 @@ from dramatiq.middleware import Middleware
 # The longest an idle consumer blocks: it then fetches anyway (what a token cannot announce, e.g. messages
 # a dead worker held, put back by Dramatiq's maintenance), and that fetch refreshes its heartbeat.
 WAKE_FALLBACK_MS = 1000
+# How much longer than its own timeout a wait may take to answer before its connection counts as dead. The
+# wait has a client of its own (``SignupRedisBroker.wait_client``) whose socket timeout is the fallback plus
+# this: redis-py's default (5 s) would cut a longer wait off with a TimeoutError, and a shorter one would let
+# a wait on a connection that no longer answers hang for 5 s instead of failing soon after its timeout.
+WAIT_MARGIN_S = 1.0
 # Tokens kept per queue: enough to wake every idle consumer of a queue at once, few enough that the stale
 # ones a burst leaves behind cost a handful of empty fetches.
 WAKE_TOKENS_MAX = 64
@@ -49,8 +54,38 @@ def push_wake(pipe: Any, *, namespace: str, queue_name: str, count: int = 1) -> 
     pipe.ltrim(key, -WAKE_TOKENS_MAX, -1)
 
 
+# What a consumer treats as "Redis is gone": redis-py raises TimeoutError (not a ConnectionError) when a
+# connection stops answering within its socket timeout, and Dramatiq's consumer only converts ConnectionError.
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
 class PollingConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, polling every ``timeout`` ms when idle; requeues announce themselves."""
+    """Dramatiq's Redis consumer, polling every ``timeout`` ms when idle; requeues announce themselves.
+
+    Every Redis failure it meets, a timeout included, is a ``ConnectionClosed``: Dramatiq's consumer thread
+    then restarts the consumer (which hands back what it held), and its worker threads retry an ack until
+    Redis answers. A redis-py TimeoutError took other paths: an "unexpected error" for the consumer, and in
+    an ack an error Dramatiq only logs, leaving the message held by a live worker, which maintenance never
+    requeues.
+    """
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            return super().__next__()  # type: ignore[no-any-return, no-untyped-call]
+        except redis.TimeoutError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            super().ack(message)  # type: ignore[no-untyped-call]
+        except redis.TimeoutError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)  # type: ignore[no-untyped-call]
+        except redis.TimeoutError as exc:
+            raise ConnectionClosed(exc) from None
 
     def requeue(self, messages: Any) -> None:
         messages = list(messages)
@@ -62,7 +97,7 @@ class PollingConsumer(_RedisConsumer):
                         pipe, namespace=self.broker.namespace, queue_name=self.queue_name, count=len(messages)
                     )
                     pipe.execute()
-        except redis.ConnectionError as exc:
+        except REDIS_DOWN as exc:
             # Dramatiq's consumer thread calls this while it closes after an error. A Redis that is still
             # down made it raise a bare redis.ConnectionError there, which killed the thread for good: the
             # worker process lived on and consumed nothing more from that queue (found by the soak).
@@ -93,7 +128,7 @@ class WakingConsumer(PollingConsumer):
 
     def __next__(self) -> MessageProxy | None:
         self._slot_freed.clear()  # before the fetch: an ack from now on ends a wait for room at once
-        message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        message = super().__next__()
         if message is None:
             self._wait()
         elif message.options.get("eta") is not None:
@@ -104,13 +139,13 @@ class WakingConsumer(PollingConsumer):
 
     def ack(self, message: MessageProxy) -> None:
         try:
-            super().ack(message)  # type: ignore[no-untyped-call]
+            super().ack(message)
         finally:
             self._done(message)
 
     def nack(self, message: MessageProxy) -> None:
         try:
-            super().nack(message)  # type: ignore[no-untyped-call]
+            super().nack(message)
         finally:
             self._done(message)
 
@@ -133,8 +168,8 @@ class WakingConsumer(PollingConsumer):
             self._slot_freed.wait(self.poll_s)  # its worker is stopping: it must see that soon, as Dramatiq's
         else:
             try:
-                self.broker.client.blpop(self._wait_keys, timeout=self.fallback_s)
-            except redis.ConnectionError as exc:
+                self.broker.wait_client.blpop(self._wait_keys, timeout=self.fallback_s)
+            except REDIS_DOWN as exc:
                 raise ConnectionClosed(exc) from None
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.worker.errors import PermanentError, TransientError
 from services.worker.mailer import Mailer
 from services.worker.metrics import WorkerMetrics
-from shared.database import create_sessionmaker, database_unavailable
+from shared.database import database_unavailable
 from shared.messages import Message, registered
 from shared.settings import Settings
 
@@ -35,17 +35,16 @@ class BadPayload(PermanentError):
 
 @dataclass
 class WorkerContext:
-    """What every message of one worker process shares: one engine (its pool), one mailer, the metrics."""
+    """What every message of one worker process shares: one engine (its pool), one mailer, the metrics.
+
+    The engine connects lazily, on the AsyncIO middleware's event loop thread, where every async actor of
+    this process runs: one pool per process, not one per message.
+    """
 
     settings: Settings
     mailer: Mailer
     engine: AsyncEngine
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
-
-    def __post_init__(self) -> None:
-        # The engine connects lazily, on the AsyncIO middleware's event loop thread, where every async
-        # actor of this process runs: one pool per process, not one per message.
-        self.sessions = create_sessionmaker(self.engine)
 
 
 def decode(message_class: type[Message], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Message:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -23,10 +24,10 @@ from dramatiq.middleware import AsyncIO, CurrentMessage
 
 from services.relay.publisher import enqueue_batch
 from services.relay.store import OutboxRow
-from shared.broker import SignupRedisBroker, create_broker
+from shared.broker import HEARTBEAT_TIMEOUT_MS, SignupRedisBroker, create_broker
 from shared.settings import Settings
 from shared.wakeup import wake_key
-from tests.support import wait_until
+from tests.support import RedisServer, wait_until
 
 FALLBACK_MS = 10_000
 WELL_BEFORE_S = FALLBACK_MS / 1000 / 2
@@ -76,10 +77,11 @@ def running(
     *,
     queues: tuple[str, ...] = ("wake_a",),
     hold: threading.Event | None = None,
+    threads: int = 1,
 ) -> Iterator[SignupRedisBroker]:
-    """A worker (1 thread, prefetch 1) whose actor on each queue records the message; it fails a message
-    whose first argument is "fail" once, and blocks on ``hold`` when one is given. Yields once every consumer
-    (one per queue, one per delay queue) is blocked on its wake-up list."""
+    """A worker (``threads`` threads, prefetch 1) whose actor on each queue records the message; it fails a
+    message whose first argument is "fail" once, and blocks on ``hold`` when one is given. Yields once every
+    consumer (one per queue, one per delay queue) is blocked on its wake-up list."""
     broker = create_broker(settings)
     assert isinstance(broker, SignupRedisBroker)
     # The actors here are plain functions. Without the AsyncIO middleware, two workers in this one process
@@ -101,7 +103,7 @@ def running(
             record, broker=broker, actor_name=f"record_{queue}", queue_name=queue, priority=0, options={}
         )
     before = blocked_clients(settings)
-    worker = Worker(broker, worker_timeout=50, worker_threads=1)
+    worker = Worker(broker, worker_timeout=50, worker_threads=threads)
     worker.queue_prefetch = 1
     worker.start()
     try:
@@ -213,3 +215,54 @@ def test_tokens_are_bounded(wake_settings) -> None:
         assert 1 <= broker.client.llen(wake_key(broker.namespace, "wake_a")) <= 64
     finally:
         broker.close()
+
+
+def test_a_wait_longer_than_redis_pys_socket_timeout_is_not_a_redis_failure(wake_settings) -> None:
+    """redis-py times a read out after 5 s by default: a 10 s wait on the broker's own connections failed
+    there with a TimeoutError (an "unexpected error" that restarted the consumer after 3 s blind)."""
+    broker = create_broker(wake_settings)
+    broker.declare_queue("wake_a")
+    consumer = broker.consume("wake_a", prefetch=1, timeout=50)
+    try:
+        started = time.monotonic()
+        assert next(consumer) is None
+        assert time.monotonic() - started >= FALLBACK_MS / 1000 * 0.9
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private, durable redis-server: what it acknowledged survives a SIGKILL and a restart."""
+    if not RedisServer.available():
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(data_dir=tmp_path / "redis", durable=True)
+    server.start()
+    yield server
+    server.close()
+
+
+def test_a_waking_worker_recovers_promptly_from_a_redis_restart(
+    wake_settings, restartable_redis: RedisServer
+) -> None:
+    """Redis is SIGKILLed while the worker holds a message and another waits in the queue, and started
+    again: a message enqueued after the restart is handled within ``recovery_s``, well under the heartbeat
+    timeout (after which maintenance would requeue a dead worker's messages anyway), and none is lost."""
+    recovery_s = 6.0  # Dramatiq restarts a failed consumer after 3 s, then it fetches at once; slack
+    assert recovery_s < HEARTBEAT_TIMEOUT_MS / 1000 / 2
+    settings = msgspec.structs.replace(
+        wake_settings, redis_url=restartable_redis.url, worker_wake_fallback_ms=1000
+    )
+    seen, hold = Seen(), threading.Event()
+    with running(settings, seen, hold=hold, threads=2) as broker:
+        in_hand = broker.enqueue(message())
+        seen.wait(in_hand.message_id, timeout=10)
+        queued = broker.enqueue(message())  # prefetch 1 per thread: it waits in Redis or in the worker
+        restartable_redis.kill()
+        restartable_redis.start()
+        restarted_at = time.monotonic()
+        after = broker.enqueue(message())
+        hold.set()
+        assert seen.wait(after.message_id, timeout=30)[0] - restarted_at < recovery_s
+        for one in (in_hand, queued):
+            seen.wait(one.message_id, timeout=30)

@@ -15,8 +15,10 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq.brokers import redis as dramatiq_redis
 from dramatiq.common import compute_backoff, current_millis
+from dramatiq.errors import ConnectionClosed
 from dramatiq.worker import ConsumerThread, Worker
 
 from shared.broker import SignupRedisBroker
@@ -48,7 +50,7 @@ class FakeBroker:
     wake_fallback_ms = 1000
 
     def __init__(self, fetched: list[list[bytes]]) -> None:
-        self.client = FakeClient()
+        self.client = self.wait_client = FakeClient()
         self.fetched = fetched
         self.stopping = threading.Event()
 
@@ -135,6 +137,22 @@ def test_a_stopping_worker_ends_the_waits_of_its_own_consumers_only() -> None:
     assert broker.client.blpops == []
 
 
+def test_a_redis_timeout_is_a_connection_failure_in_the_wait_and_the_ack() -> None:
+    def timed_out(*args: Any, **kwargs: Any) -> None:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    broker = FakeBroker([[encoded()]])
+    consumer = WakingConsumer(broker, "q", 2, 50)
+    message = next(consumer)
+    assert message is not None
+    broker.do_ack = timed_out  # type: ignore[method-assign]
+    with pytest.raises(ConnectionClosed):
+        consumer.ack(message)
+    broker.wait_client.blpop = timed_out  # type: ignore[method-assign]
+    with pytest.raises(ConnectionClosed):
+        next(consumer)
+
+
 # --- What the code above relies on in Dramatiq 2.2.1 -------------------------------------------------------
 
 PINNED_SOURCES = {
@@ -153,6 +171,9 @@ PINNED_SOURCES = {
     # Worker.stop emits worker_shutdown before it waits for the consumer threads.
     ConsumerThread.run: "6003fa99242662db",
     ConsumerThread.handle_delayed_messages: "357b6b23675bc029",
+    # A worker thread's ack that raises a BrokerConnectionError is retried until Redis answers; any other
+    # error is only logged (and the message stays held): hence every Redis failure is a ConnectionClosed.
+    ConsumerThread.post_process_message: "34d4806bcc9eca81",
     Worker.stop: "b07f970155fef59e",
 }
 DISPATCH_LUA_SHA256 = "ba4d872e4fb204ebc3f73ca4719265a9946d70e847856c125314f01a8c90540c"
