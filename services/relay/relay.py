@@ -18,7 +18,6 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -43,7 +42,6 @@ STATS_INTERVAL_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 PG_COMMAND_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 5.0
-CURSOR_START = (datetime(1970, 1, 1, tzinfo=UTC), 0)
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._pool: Any = None
-        self._cursor = CURSOR_START
+        self._cursor = store.CURSOR_START
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and return."""
@@ -230,7 +228,7 @@ class Relay:
         async with self._pool.acquire() as connection:
             found = await store.candidates(connection, after=self._cursor, grace_ms=grace_ms, limit=limit)
         # A short page means the end of the unhandled rows: the next pass starts again from the oldest.
-        self._cursor = (found[-1].published_at, found[-1].id) if len(found) == limit else CURSOR_START
+        self._cursor = (found[-1].published_at, found[-1].id) if len(found) == limit else store.CURSOR_START
         present = await asyncio.to_thread(self._locate, [str(c.event_id) for c in found])
         missing = [c.id for c, here in zip(found, present, strict=True) if not here]
         rows: list[store.OutboxRow] = []

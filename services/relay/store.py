@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -43,7 +43,9 @@ DELETE FROM outbox WHERE id IN (
 # Reconciliation (DESIGN §13). Both walk outbox_unhandled_idx (published, not handled): handled rows, however
 # many, are never read. The candidates come in (published_at, id) order after a cursor, so that a pass that
 # finds its rows all still in Redis moves on, and the next pass starts where it stopped.
-_CANDIDATES = """
+CURSOR_START = (datetime(1970, 1, 1, tzinfo=UTC), 0)
+"""Before every row: where a pass starts after it reached the end."""
+CANDIDATES = """
 SELECT id, event_id, published_at
 FROM outbox
 WHERE published_at IS NOT NULL AND handled_at IS NULL
@@ -150,7 +152,7 @@ async def candidates(
 ) -> list[Candidate]:
     """Up to ``limit`` published, unhandled rows older than ``grace_ms``, in (published_at, id) order after
     ``after``: one query on the partial index of unhandled rows."""
-    records = await connection.fetch(_CANDIDATES, after[0], after[1], grace_ms, limit)
+    records = await connection.fetch(CANDIDATES, after[0], after[1], grace_ms, limit)
     return [Candidate(r["id"], r["event_id"], r["published_at"]) for r in records]
 
 
