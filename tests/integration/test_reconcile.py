@@ -24,6 +24,7 @@ from dramatiq.broker import MessageProxy
 from services.relay.relay import Relay
 from services.worker.app import build_worker
 from shared.settings import Settings
+from signup_cli.trace import timeline
 from tests.conftest import LogTee
 from tests.integration.relay_helpers import fetch, running_relay
 from tests.integration.test_worker import add_user, logged, signup_cli
@@ -192,6 +193,11 @@ async def test_a_message_redis_lost_is_published_again_and_emailed_once(
     assert relay.metrics.registry.get_sample_value("outbox_republished_total") == 1
     [line] = logged(log_tee, "relay.event_republished", since=since)
     assert (line["request_id"], line["event_id"]) == ("trace-alice", event_id)
+    found = await timeline(rsettings, "alice")
+    assert found is not None
+    steps = [what for _, what in found[0]]
+    assert any("re-published by reconciliation" in what and "times=1" in what for what in steps), steps
+    assert any("handled by a worker" in what for what in steps), steps
 
 
 async def test_a_message_in_retry_backoff_is_not_published_again(
