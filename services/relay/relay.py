@@ -242,6 +242,10 @@ class Relay:
         self.metrics.reconcile_passes.inc()
         return ReconcilePass(checked=len(found), missing=len(missing), republished=len(rows))
 
+    def rewind(self) -> None:
+        """Make the next reconciliation pass start from the oldest unhandled row (the bench's repeats)."""
+        self._cursor = store.CURSOR_START
+
     def _locate(self, event_ids: list[str]) -> list[bool]:
         if not isinstance(self.broker, SignupRedisBroker):  # another broker keeps no locators
             return [True] * len(event_ids)
