@@ -4,7 +4,8 @@
 short one. It starts everything privately (a PostgreSQL cluster and a Redis of its own, an SMTP
 sink, ``signup api/relay/worker`` subprocesses), then: SIGKILLs the relay and the worker at random moments
 and restarts them, crashes PostgreSQL once (``pg_ctl -m immediate``), SIGKILLs Redis once after the last
-kill, and has SMTP answer 451 to a random share of attempts. After a deadline it judges the run (see
+kill, makes Redis lose its data twice (a ``FLUSHALL``, and a restart without its append-only file), and has
+SMTP answer 451 to a random share of attempts. After a deadline it judges the run (see
 lab/soak/verdict.py).
 """
 
@@ -13,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
+
+import redis
 
 from lab.harness.database import committed_users, unpublished_rows
 from lab.harness.load import Signup, email_of, generate_load
@@ -93,6 +97,25 @@ class Soak:
         await asyncio.sleep(self.plan.redis_down_s)
         await asyncio.to_thread(self.stack.redis.start)
 
+    async def flush_redis(self, *, after_s: float) -> None:
+        """An operator's ``FLUSHALL``: whatever was queued, delayed or held is gone; the relay must notice."""
+        await asyncio.sleep(after_s)
+        client = redis.Redis.from_url(self.stack.redis.url)
+        try:
+            await asyncio.to_thread(client.flushall)
+        finally:
+            client.close()
+        self.faults["Redis FLUSHALL"] += 1
+
+    async def wipe_redis(self, *, after_s: float) -> None:
+        """SIGKILL Redis and start it on no data, as a Redis without persistence restarts."""
+        await asyncio.sleep(after_s)
+        await asyncio.to_thread(self.stack.redis.kill)
+        await asyncio.to_thread(_remove_data, self.stack.redis.data_dir)
+        self.faults["Redis restart without its data"] += 1
+        await asyncio.sleep(self.plan.redis_down_s)
+        await asyncio.to_thread(self.stack.redis.start)
+
     async def crash_postgres(self, *, after_s: float) -> None:
         await asyncio.sleep(after_s)
         began = time.time()
@@ -121,6 +144,8 @@ class Soak:
             asyncio.create_task(self.kill_repeatedly("worker", stop_killing)),
             asyncio.create_task(self.crash_postgres(after_s=duration * self.plan.postgres_at)),
             asyncio.create_task(self.restart_redis(after_s=duration * self.plan.redis_at)),
+            asyncio.create_task(self.flush_redis(after_s=duration * self.plan.flushall_at)),
+            asyncio.create_task(self.wipe_redis(after_s=duration * self.plan.redis_wipe_at)),
         ]
         load = asyncio.create_task(self.load(duration))
         await asyncio.sleep(duration * self.plan.kills_until)
@@ -143,6 +168,15 @@ class Soak:
         logs = {name: service.log_lines() for name, service in self.stack.services.items()}
         judge_logs(verdict, logs, emails={email.lower() for email, _ in users.values()})
         return verdict
+
+
+def _remove_data(data_dir: Path) -> None:
+    """Every file Redis persists (append-only files, RDB snapshot) in ``data_dir``; its log stays."""
+    for path in data_dir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != "redis.log":
+            path.unlink()
 
 
 async def run_soak(plan: SoakPlan, *, work_dir: Path) -> Verdict:
