@@ -45,6 +45,15 @@ async def unpublished_rows(database_url: str) -> int:
         await connection.close()
 
 
+async def republished_rows(database_url: str) -> int:
+    """How many re-publishes reconciliation made, summed over the outbox rows."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
+    try:
+        return int(await connection.fetchval("SELECT coalesce(sum(republish_count), 0) FROM outbox"))
+    finally:
+        await connection.close()
+
+
 async def committed_users(database_url: str) -> dict[str, datetime]:
     """username → created_at of every user that committed."""
     connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)

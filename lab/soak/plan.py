@@ -33,8 +33,9 @@ class SoakPlan:
     redis_at: float = 0.9
     flushall_at: float = 0.5
     """When an operator's ``FLUSHALL`` wipes Redis (during the kills): every queued message is lost."""
-    redis_wipe_at: float = 0.85
-    """When Redis restarts without its data (as without persistence): every queued message is lost."""
+    redis_wipe_at: float = 0.7
+    """When Redis is SIGKILLed and restarts without its data (as without persistence): every queued message
+    is lost."""
     down_for_s: tuple[float, float] = (0.2, 3.0)
     smtp_fail_ratio: float = 0.2
     redis_down_s: float = 2.0

@@ -50,6 +50,7 @@ def _table(verdict: Verdict, *, plan: SoakPlan) -> str:
         ("duplicates (user with > 1 distinct Message-ID)", str(len(verdict.duplicates))),
         ("phantoms (email for no committed user)", str(len(verdict.phantoms))),
         ("outbox rows left unpublished", str(verdict.unpublished)),
+        ("messages Redis lost, re-published by reconciliation", str(verdict.republished)),
         ("commit → email delay, p99 / worst", f"{verdict.p99_delay_s:.2f} s / {verdict.worst_delay_s:.2f} s"),
         ("unhandled exceptions or raw emails in logs", str(len(verdict.log_problems))),
         ("handled error/critical log lines", handled or "0"),
@@ -89,7 +90,7 @@ answers, while it:
   again;
 - SIGKILLs Redis once, {redis_at} of the way through, after the last kill (so that no worker restart can
   rescue a message a live worker stranded), and starts it again on its append-only file;
-- makes Redis lose its data twice: a `FLUSHALL` {flushall_at} of the way through (while the kills go on),
+- makes Redis lose its data twice while the kills go on: a `FLUSHALL` {flushall_at} of the way through,
   and at {wipe_at} a SIGKILL and a restart with its data files deleted (as a Redis without persistence
   restarts); the relay's reconciliation must publish again what was lost (RECONCILE_GRACE_MS 10 s and
   RECONCILE_INTERVAL_MS 2 s here), and the worst delay below includes it;

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from lab.harness.database import committed_users, unpublished_rows
+from lab.harness.database import committed_users, republished_rows, unpublished_rows
 from lab.harness.load import Signup, email_of, generate_load
 from lab.harness.postgres import PrivatePostgres
 from lab.harness.stack import Stack
@@ -49,6 +49,8 @@ class Soak:
         self.faults: Counter[str] = Counter()
         self.outage: tuple[float, float] | None = None
         self.prefix = f"soak_{secrets.token_hex(3)}"
+        self.redis_faults = asyncio.Lock()
+        """One Redis fault at a time: a restart must not start a server another fault has started."""
 
     async def start(self) -> None:
         await asyncio.to_thread(self.postgres.start)
@@ -92,17 +94,19 @@ class Soak:
 
     async def restart_redis(self, *, after_s: float) -> None:
         await asyncio.sleep(after_s)
-        await asyncio.to_thread(self.stack.redis.kill)
-        self.faults["SIGKILL Redis, restart"] += 1
-        await asyncio.sleep(self.plan.redis_down_s)
-        await asyncio.to_thread(self.stack.redis.start)
+        async with self.redis_faults:
+            await asyncio.to_thread(self.stack.redis.kill)
+            self.faults["SIGKILL Redis, restart"] += 1
+            await asyncio.sleep(self.plan.redis_down_s)
+            await asyncio.to_thread(self.stack.redis.start)
 
     async def flush_redis(self, *, after_s: float) -> None:
         """An operator's ``FLUSHALL``: whatever was queued, delayed or held is gone; the relay must notice."""
         await asyncio.sleep(after_s)
         client = redis.Redis.from_url(self.stack.redis.url)
         try:
-            await asyncio.to_thread(client.flushall)
+            async with self.redis_faults:
+                await asyncio.to_thread(client.flushall)
         finally:
             client.close()
         self.faults["Redis FLUSHALL"] += 1
@@ -110,11 +114,12 @@ class Soak:
     async def wipe_redis(self, *, after_s: float) -> None:
         """SIGKILL Redis and start it on no data, as a Redis without persistence restarts."""
         await asyncio.sleep(after_s)
-        await asyncio.to_thread(self.stack.redis.kill)
-        await asyncio.to_thread(_remove_data, self.stack.redis.data_dir)
-        self.faults["Redis restart without its data"] += 1
-        await asyncio.sleep(self.plan.redis_down_s)
-        await asyncio.to_thread(self.stack.redis.start)
+        async with self.redis_faults:
+            await asyncio.to_thread(self.stack.redis.kill)
+            await asyncio.to_thread(_remove_data, self.stack.redis.data_dir)
+            self.faults["Redis restart without its data"] += 1
+            await asyncio.sleep(self.plan.redis_down_s)
+            await asyncio.to_thread(self.stack.redis.start)
 
     async def crash_postgres(self, *, after_s: float) -> None:
         await asyncio.sleep(after_s)
@@ -160,6 +165,7 @@ class Soak:
         verdict = Verdict(signups_sent=len(self.signups), committed=len(users), faults=self.faults)
         verdict.smtp_attempts, verdict.smtp_refused = len(self.stack.sink.attempts), self.stack.sink.refused
         verdict.unpublished = await unpublished_rows(self.stack.database_url)
+        verdict.republished = await republished_rows(self.stack.database_url)
         judge_mail(verdict, users=users, mail=self.stack.sink.snapshot())
         judge_api(verdict, self.signups, outage=self.outage)
         for name, service in self.stack.services.items():
