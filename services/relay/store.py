@@ -17,10 +17,13 @@ import msgspec
 # One DELETE per this many rows, so that a purge never holds a long lock or a huge transaction.
 PURGE_BATCH = 1000
 
-_CLAIM = """
-SELECT id, event_id, actor, queue, payload::text AS payload, trace_id, trace_context::text AS trace_context,
+# What a publish needs of a row; ``delay_ms`` is NULL for a row due now.
+_COLUMNS = """
+       id, event_id, actor, queue, payload::text AS payload, trace_id, trace_context::text AS trace_context,
        CASE WHEN available_at <= now() THEN NULL
-            ELSE ceil(extract(epoch FROM available_at - now()) * 1000)::bigint END AS delay_ms
+            ELSE ceil(extract(epoch FROM available_at - now()) * 1000)::bigint END AS delay_ms"""
+_CLAIM = f"""
+SELECT {_COLUMNS}
 FROM outbox
 WHERE published_at IS NULL AND available_at <= now() + make_interval(secs => $1::float8 / 1000)
 ORDER BY id
@@ -57,11 +60,11 @@ LIMIT $4
 """
 # The conditions again, under the row lock: a row handled (or re-published by another relay) since the
 # candidates were read is left alone.
-_MARK_REPUBLISHED = """
+_MARK_REPUBLISHED = f"""
 UPDATE outbox SET republished_at = now(), republish_count = republish_count + 1
 WHERE id = ANY($1::bigint[]) AND handled_at IS NULL
   AND (republished_at IS NULL OR republished_at < now() - make_interval(secs => $2::float8 / 1000))
-RETURNING id, event_id, actor, queue, payload::text AS payload, trace_id, trace_context::text AS trace_context
+RETURNING {_COLUMNS}
 """
 _UNHANDLED_AGE = """
 SELECT coalesce(extract(epoch FROM now() - min(published_at)), 0)::float8
@@ -94,10 +97,10 @@ async def claim(connection: Any, *, limit: int, lookahead_ms: int) -> list[Outbo
     Must run inside a transaction: the row locks last until it commits or rolls back.
     """
     records = await connection.fetch(_CLAIM, lookahead_ms, limit)
-    return [_row(r, delay_ms=None if r["delay_ms"] is None else max(int(r["delay_ms"]), 0)) for r in records]
+    return [_row(r) for r in records]
 
 
-def _row(r: Any, *, delay_ms: int | None) -> OutboxRow:
+def _row(r: Any) -> OutboxRow:
     return OutboxRow(
         id=r["id"],
         event_id=r["event_id"],
@@ -106,7 +109,7 @@ def _row(r: Any, *, delay_ms: int | None) -> OutboxRow:
         payload=msgspec.json.decode(r["payload"]),
         trace_id=r["trace_id"],
         trace_context=None if r["trace_context"] is None else msgspec.json.decode(r["trace_context"]),
-        delay_ms=delay_ms,
+        delay_ms=None if r["delay_ms"] is None else max(int(r["delay_ms"]), 0),
     )
 
 
@@ -158,9 +161,10 @@ async def candidates(
 
 async def mark_republished(connection: Any, *, ids: list[int], grace_ms: int) -> list[OutboxRow]:
     """Lock the rows of ``ids`` still unhandled (and not re-published within ``grace_ms``), count a
-    re-publish on them and return them, due now. Run it in the transaction that enqueues them."""
+    re-publish on them and return them (a row not yet due with its remaining delay, as a claim does). Run
+    it in the transaction that enqueues them."""
     records = await connection.fetch(_MARK_REPUBLISHED, ids, grace_ms)
-    return [_row(r, delay_ms=None) for r in sorted(records, key=lambda r: int(r["id"]))]
+    return [_row(r) for r in sorted(records, key=lambda r: int(r["id"]))]
 
 
 async def unhandled_age(connection: Any) -> float:
