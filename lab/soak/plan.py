@@ -32,7 +32,8 @@ class SoakPlan:
     postgres_at: float = 0.4
     redis_at: float = 0.9
     flushall_at: float = 0.5
-    """When an operator's ``FLUSHALL`` wipes Redis (during the kills): every queued message is lost."""
+    """When an operator's ``FLUSHALL`` wipes Redis (at the first worker kill after it): every queued message
+    is lost."""
     redis_wipe_at: float = 0.7
     """When Redis is SIGKILLed and restarts without its data (as without persistence): every queued message
     is lost."""

@@ -92,8 +92,10 @@ answers, while it:
   rescue a message a live worker stranded), and starts it again on its append-only file;
 - makes Redis lose its data twice while the kills go on: a `FLUSHALL` {flushall_at} of the way through,
   and at {wipe_at} a SIGKILL and a restart with its data files deleted (as a Redis without persistence
-  restarts); the relay's reconciliation must publish again what was lost (RECONCILE_GRACE_MS 10 s and
-  RECONCILE_INTERVAL_MS 2 s here), and the worst delay below includes it;
+  restarts), each at the first worker kill after that point, while the worker is down, so that the loss
+  takes a backlog (and what the worker held) with it; the relay's reconciliation must
+  publish again what was lost (RECONCILE_GRACE_MS 10 s and RECONCILE_INTERVAL_MS 2 s here), and the worst
+  delay below includes it;
 - has the SMTP server answer `451` to {ratio} of delivery attempts, at random.
 
 When the load ends, every service is running again; the soak waits until each committed user has an email

@@ -51,6 +51,9 @@ class Soak:
         self.prefix = f"soak_{secrets.token_hex(3)}"
         self.redis_faults = asyncio.Lock()
         """One Redis fault at a time: a restart must not start a server another fault has started."""
+        self.losses: list[tuple[float, str]] = []
+        """(when, kind) of the Redis data losses still to come, in order: each happens at the first worker
+        kill after its time, while the worker is down."""
 
     async def start(self) -> None:
         await asyncio.to_thread(self.postgres.start)
@@ -90,6 +93,10 @@ class Soak:
             self.stack.kill(name)
             self.faults[f"SIGKILL {name}"] += 1
             await asyncio.sleep(self.rng.uniform(*self.plan.down_for_s))
+            if name == "worker":
+                # While the worker is down, messages wait in Redis: a data loss now takes them with it
+                # (and those the worker held).
+                await self.due_losses()
             await self.stack.restart(name)
 
     async def restart_redis(self, *, after_s: float) -> None:
@@ -100,26 +107,30 @@ class Soak:
             await asyncio.sleep(self.plan.redis_down_s)
             await asyncio.to_thread(self.stack.redis.start)
 
-    async def flush_redis(self, *, after_s: float) -> None:
-        """An operator's ``FLUSHALL``: whatever was queued, delayed or held is gone; the relay must notice."""
-        await asyncio.sleep(after_s)
-        client = redis.Redis.from_url(self.stack.redis.url)
-        try:
-            async with self.redis_faults:
-                await asyncio.to_thread(client.flushall)
-        finally:
-            client.close()
-        self.faults["Redis FLUSHALL"] += 1
-
-    async def wipe_redis(self, *, after_s: float) -> None:
-        """SIGKILL Redis and start it on no data, as a Redis without persistence restarts."""
-        await asyncio.sleep(after_s)
+    async def lose_redis_data(self, kind: str) -> None:
+        """``flushall``: an operator's ``FLUSHALL``; ``wipe``: SIGKILL Redis and start it on no data, as a
+        Redis without persistence restarts. Whatever was queued, delayed or held is gone; the relay must
+        notice."""
         async with self.redis_faults:
+            if kind == "flushall":
+                client = redis.Redis.from_url(self.stack.redis.url)
+                try:
+                    await asyncio.to_thread(client.flushall)
+                finally:
+                    client.close()
+                self.faults["Redis FLUSHALL"] += 1
+                return
             await asyncio.to_thread(self.stack.redis.kill)
             await asyncio.to_thread(_remove_data, self.stack.redis.data_dir)
             self.faults["Redis restart without its data"] += 1
             await asyncio.sleep(self.plan.redis_down_s)
             await asyncio.to_thread(self.stack.redis.start)
+
+    async def due_losses(self, *, final: bool = False) -> None:
+        """The Redis data losses that are due (all that are left, when ``final``)."""
+        while self.losses and (final or time.monotonic() >= self.losses[0][0]):
+            _, kind = self.losses.pop(0)
+            await self.lose_redis_data(kind)
 
     async def crash_postgres(self, *, after_s: float) -> None:
         await asyncio.sleep(after_s)
@@ -149,13 +160,19 @@ class Soak:
             asyncio.create_task(self.kill_repeatedly("worker", stop_killing)),
             asyncio.create_task(self.crash_postgres(after_s=duration * self.plan.postgres_at)),
             asyncio.create_task(self.restart_redis(after_s=duration * self.plan.redis_at)),
-            asyncio.create_task(self.flush_redis(after_s=duration * self.plan.flushall_at)),
-            asyncio.create_task(self.wipe_redis(after_s=duration * self.plan.redis_wipe_at)),
         ]
+        began = time.monotonic()
+        self.losses = sorted(
+            [
+                (began + duration * self.plan.flushall_at, "flushall"),
+                (began + duration * self.plan.redis_wipe_at, "wipe"),
+            ]
+        )
         load = asyncio.create_task(self.load(duration))
         await asyncio.sleep(duration * self.plan.kills_until)
         stop_killing.set()
         await asyncio.gather(load, *chaos)
+        await self.due_losses(final=True)  # no worker kill came after its time
         await self.drain()
         return await self.judge()
 
