@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import redis
+from dramatiq import Message
 from dramatiq.broker import Consumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
@@ -26,6 +27,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from shared.locator import locator, locators_key
 from shared.settings import Settings
 from shared.wakeup import (
     REDIS_DOWN,
@@ -102,11 +104,13 @@ class SignupRedisBroker(RedisBroker):
         ]
 
     def do_enqueue(self, queue_name: str, redis_message_id: str, data: bytes) -> None:
-        """What ``RedisBroker.enqueue`` calls to store a message: Dramatiq's script, then a wake-up token, in
-        one MULTI/EXEC. Raises redis-py's errors."""
+        """What ``RedisBroker.enqueue`` calls to store a message: Dramatiq's script, the event's locator
+        (``shared.locator``) and a wake-up token, in one MULTI/EXEC. Raises redis-py's errors."""
         args = self.enqueue_args(queue_name, redis_message_id, data, maintenance=True)
+        message_id = Message.decode(data).message_id
         with self.client.pipeline(transaction=True) as pipe:
             self.scripts["dispatch"](keys=[self.namespace], args=args, client=pipe)
+            pipe.hset(locators_key(self.namespace), message_id, locator(queue_name, redis_message_id))
             push_wake(pipe, namespace=self.namespace, queue_name=queue_name)
             pipe.execute()
 

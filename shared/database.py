@@ -48,10 +48,21 @@ outbox = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True)),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
+    # Set by the worker when the handler succeeded or the message was dead-lettered (DESIGN §13).
+    sa.Column("handled_at", sa.DateTime(timezone=True)),
+    # The last time reconciliation published the row again, and how often it did.
+    sa.Column("republished_at", sa.DateTime(timezone=True)),
+    sa.Column("republish_count", sa.Integer, nullable=False, server_default="0"),
     sa.Index(
         "outbox_unpublished_idx", "available_at", "id", postgresql_where=sa.text("published_at IS NULL")
     ),
     sa.Index("outbox_published_at_idx", "published_at", postgresql_where=sa.text("published_at IS NOT NULL")),
+    sa.Index(
+        "outbox_unhandled_idx",
+        "published_at",
+        "id",
+        postgresql_where=sa.text("published_at IS NOT NULL AND handled_at IS NULL"),
+    ),
 )
 
 verify_emails = sa.Table(

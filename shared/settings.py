@@ -74,6 +74,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9101
     """0 turns the relay's metrics endpoint off."""
     outbox_retention_hours: PositiveInt = 168
+    """Handled rows published longer ago are purged; a row not yet handled is kept however old."""
+    reconcile_interval_ms: NonNegativeInt = 10_000
+    """How often the relay checks published, unhandled rows against Redis (DESIGN §13); 0 turns it off."""
+    reconcile_grace_ms: PositiveInt = 30_000
+    """A published row is checked only once it has waited this long unhandled (and as long again after a
+    re-publish)."""
+    reconcile_batch_size: PositiveInt = 1000
+    """Rows checked per pass, at most: one SQL query and one Redis script call for all of them."""
 
     worker_max_retries: NonNegativeInt = 10
     worker_min_backoff_ms: NonNegativeInt = 1000

@@ -57,6 +57,16 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
         )
         if event.published_at is not None:
             steps.append((event.published_at, f"outbox {event.actor} published  attempts={event.attempts}"))
+        if event.republished_at is not None:
+            steps.append(
+                (
+                    event.republished_at,
+                    f"outbox {event.actor} re-published by reconciliation (message lost from Redis)  "
+                    f"times={event.republish_count}",
+                )
+            )
+        if event.handled_at is not None:
+            steps.append((event.handled_at, f"outbox {event.actor} handled by a worker"))
     for resend in resends:
         steps.append((resend.requested_at, f"resend requested  event_id={resend.event_id}"))
     for email in emails:

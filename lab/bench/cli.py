@@ -1,18 +1,20 @@
-"""``signup bench [--quick] [--out-dir DIR]``: seven benchmarks, each a ratio to a baseline of the same run.
+"""``signup bench [--quick] [--out-dir DIR]``: nine benchmarks, each a ratio to a baseline of the same run.
 
 1. commit → email latency per strategy; 2. the API's cost of the outbox and its saturation against the
 argon2id hashing bound; 3. relay drain against a plain ``broker.enqueue`` loop; 4. claim cost against table
 size; 5. one worker's email throughput; 6. overload at 1x, 2x and 5x the hashing capacity (with a chart,
-``overload.png``); 7. the API's latency with tracing off and exporting OTLP. Prints each table and writes
-``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir`` (in ``BENCHMARKS.md`` only the part between the bench
-markers is replaced, so hand-written analysis around it survives a re-run). Exit code 0 when every section
-ran.
+``overload.png``); 7. the API's latency with tracing off and exporting OTLP; 8. idle cost, polling against
+wake-ups; 9. a reconciliation pass against the number of published rows (``--reconcile-rows``). Prints each
+table and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir`` (in ``BENCHMARKS.md`` only the part
+between the bench markers is replaced, so hand-written analysis around it survives a re-run). Exit code 0
+when every section ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shlex
@@ -30,6 +32,7 @@ from lab.bench.e2e import api_section, hashing_bound, latency_section
 from lab.bench.idle import idle_section
 from lab.bench.model import FULL, QUICK, BenchPlan, Section
 from lab.bench.overload import chart, overload_section
+from lab.bench.reconcile import reconcile_section
 from lab.bench.relay import drain_section
 from lab.bench.tracing import tracing_section
 from lab.bench.worker import claim_section, worker_section
@@ -58,7 +61,7 @@ async def versions(pg: str) -> dict[str, str]:
     return {"postgresql": postgres, "redis": redis.split("v=", 1)[-1].split()[0] if "v=" in redis else "?"}
 
 
-PARTS = ("latency", "api", "tracing", "relay", "overload", "idle")
+PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile")
 """What ``--only`` chooses from; ``relay`` is sections 3 to 5 (drain, claim, one worker)."""
 
 
@@ -100,6 +103,8 @@ async def sections(
         report(await overload_section(capacity=parallel, plan=plan, work_dir=work_dir, pg=pg))
     if "idle" in only:
         report(await idle_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
+    if "reconcile" in only:
+        report(await reconcile_section(plan, work_dir=work_dir, pg=pg))
     return done
 
 
@@ -149,6 +154,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``signup bench`` command."""
     configure_logging(service="bench", log_format="console", log_level="warning")
     plan = QUICK if args.quick else FULL
+    if args.reconcile_rows:
+        plan = dataclasses.replace(plan, reconcile_rows=args.reconcile_rows)
     only = frozenset(args.only.split(",")) if args.only else frozenset(PARTS)
     if unknown := only - set(PARTS):
         print(

@@ -32,6 +32,10 @@ class BenchPlan:
     overload_s: float
     idle_s: float = 60
     """How long section 6 leaves each stack idle before it measures one signup."""
+    reconcile_rows: int = 1_000_000
+    """Published rows in section 9 (``--reconcile-rows``), of which ``reconcile_unhandled`` not handled."""
+    reconcile_unhandled: int = 2_000
+    reconcile_repeats: int = 10
 
 
 FULL = BenchPlan(
@@ -56,6 +60,9 @@ QUICK = BenchPlan(
     hash_samples=3,
     overload_s=3,
     idle_s=3,
+    reconcile_rows=20_000,
+    reconcile_unhandled=200,
+    reconcile_repeats=3,
 )
 
 

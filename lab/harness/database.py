@@ -45,6 +45,12 @@ async def unpublished_rows(database_url: str) -> int:
         await connection.close()
 
 
+async def republished_rows(database_url: str) -> int:
+    """How many re-publishes reconciliation made, summed over the outbox rows."""
+    (rows,) = await _fetch(database_url, "SELECT coalesce(sum(republish_count), 0) AS n FROM outbox")
+    return int(rows[0]["n"])
+
+
 async def _fetch(database_url: str, *queries: str) -> list[list[Any]]:
     """The rows of each of ``queries``, on a connection of its own."""
     connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)

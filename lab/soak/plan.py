@@ -10,6 +10,10 @@ SOAK_ENV = {
     "RELAY_POLL_INTERVAL_MS": "500",
     "WORKER_MIN_BACKOFF_MS": "100",
     "WORKER_MAX_BACKOFF_MS": "2000",
+    # Reconciliation sooner than the defaults (30 s, 10 s), so that what Redis loses comes back within the
+    # drain; docs/RELIABILITY.md reports the delay this causes.
+    "RECONCILE_GRACE_MS": "10000",
+    "RECONCILE_INTERVAL_MS": "2000",
 }
 
 
@@ -27,6 +31,12 @@ class SoakPlan:
     restart can rescue a message a live worker stranded when Redis went away."""
     postgres_at: float = 0.4
     redis_at: float = 0.9
+    flushall_at: float = 0.5
+    """When an operator's ``FLUSHALL`` wipes Redis (at the first worker kill after it): every queued message
+    is lost."""
+    redis_wipe_at: float = 0.7
+    """When Redis is SIGKILLed and restarts without its data (as without persistence): every queued message
+    is lost."""
     down_for_s: tuple[float, float] = (0.2, 3.0)
     smtp_fail_ratio: float = 0.2
     redis_down_s: float = 2.0

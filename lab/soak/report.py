@@ -26,6 +26,8 @@ def write_report(verdict: Verdict | None, *, plan: SoakPlan, path: Path, run: st
             kills_until=f"{plan.kills_until:.0%}",
             postgres_at=f"{plan.postgres_at:.0%}",
             redis_at=f"{plan.redis_at:.0%}",
+            flushall_at=f"{plan.flushall_at:.0%}",
+            wipe_at=f"{plan.redis_wipe_at:.0%}",
             grace=f"{plan.outage_grace_s:g} s",
             drain=f"{plan.drain_timeout_s:g} s",
             resend_share=f"{plan.resend_share:.0%}",
@@ -74,6 +76,7 @@ def _table(verdict: Verdict, *, plan: SoakPlan) -> str:
         ("duplicates (email with a Message-ID none of its user's events has)", str(len(verdict.duplicates))),
         ("phantoms (email for no committed user)", str(len(verdict.phantoms))),
         ("outbox rows left unpublished", str(verdict.unpublished)),
+        ("messages Redis lost, re-published by reconciliation", str(verdict.republished)),
         ("commit → email delay, p99 / worst", f"{verdict.p99_delay_s:.2f} s / {verdict.worst_delay_s:.2f} s"),
         ("unhandled exceptions or raw emails in logs", str(len(verdict.log_problems))),
         ("handled error/critical log lines", handled or "0"),
@@ -114,6 +117,12 @@ answers, while it:
   again;
 - SIGKILLs Redis once, {redis_at} of the way through, after the last kill (so that no worker restart can
   rescue a message a live worker stranded), and starts it again on its append-only file;
+- makes Redis lose its data twice while the kills go on: a `FLUSHALL` {flushall_at} of the way through,
+  and at {wipe_at} a SIGKILL and a restart with its data files deleted (as a Redis without persistence
+  restarts), each at the first worker kill after that point, while the worker is down, so that the loss
+  takes a backlog (and what the worker held) with it; the relay's reconciliation must
+  publish again what was lost (RECONCILE_GRACE_MS 10 s and RECONCILE_INTERVAL_MS 2 s here), and the worst
+  delay below includes it;
 - has the SMTP server answer `451` to {ratio} of delivery attempts, at random.
 
 Meanwhile {resend_share} of the users whose signup was answered `200` ask for new emails
@@ -150,9 +159,10 @@ When the load ends, every service is running again; the soak waits until each ou
 
 ## What it relies on
 
-- Redis must persist its data (AOF). The relay marks a row published once Redis has accepted the message; a
-  Redis that restarts empty loses every message published and not yet consumed, and the outbox cannot
-  know. With `appendfsync everysec` a Redis *crash* may lose the last second.
+- Not on Redis keeping its data: a message Redis loses after the relay published it is found by the
+  relay's reconciliation (the outbox row is published, not handled, and its locator finds the message
+  nowhere in Redis) and published again under the same message id (docs/DESIGN.md §13); the worker's
+  idempotency makes a needless re-publish harmless.
 - A killed worker's unacknowledged message is redelivered only after Dramatiq's heartbeat timeout and a
   maintenance pass (about 30 s with shared/broker.py's settings), which shows in the worst delay.
 

@@ -4,8 +4,9 @@
 short one. It starts everything privately (a PostgreSQL cluster and a Redis of its own, an SMTP
 sink, ``signup api/relay/worker`` subprocesses), then: SIGKILLs the relay and the worker at random moments
 and restarts them, crashes PostgreSQL once (``pg_ctl -m immediate``), SIGKILLs Redis once after the last
-kill, and has SMTP answer 451 to a random share of attempts. Meanwhile a share of the new users ask for
-new emails, too soon and in time (lab/soak/resends.py). After a deadline it judges the run (see
+kill, makes Redis lose its data twice (a ``FLUSHALL``, and a restart without its append-only file), and has
+SMTP answer 451 to a random share of attempts. Meanwhile a share of the new users ask for new emails, too
+soon and in time (lab/soak/resends.py). After a deadline it judges the run (see
 lab/soak/verdict.py).
 """
 
@@ -14,13 +15,21 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
+import redis
 
-from lab.harness.database import committed_users, mail_records, unpublished_rows, verified_users
+from lab.harness.database import (
+    committed_users,
+    mail_records,
+    republished_rows,
+    unpublished_rows,
+    verified_users,
+)
 from lab.harness.load import Signup, email_of, generate_load
 from lab.harness.postgres import PrivatePostgres
 from lab.harness.stack import Stack
@@ -52,6 +61,11 @@ class Soak:
         self.faults: Counter[str] = Counter()
         self.outage: tuple[float, float] | None = None
         self.prefix = f"soak_{secrets.token_hex(3)}"
+        self.redis_faults = asyncio.Lock()
+        """One Redis fault at a time: a restart must not start a server another fault has started."""
+        self.losses: list[tuple[float, str]] = []
+        """(when, kind) of the Redis data losses still to come, in order: each happens at the first worker
+        kill after its time, while the worker is down."""
 
     async def start(self) -> None:
         await asyncio.to_thread(self.postgres.start)
@@ -107,14 +121,44 @@ class Soak:
             self.stack.kill(name)
             self.faults[f"SIGKILL {name}"] += 1
             await asyncio.sleep(self.rng.uniform(*self.plan.down_for_s))
+            if name == "worker":
+                # While the worker is down, messages wait in Redis: a data loss now takes them with it
+                # (and those the worker held).
+                await self.due_losses()
             await self.stack.restart(name)
 
     async def restart_redis(self, *, after_s: float) -> None:
         await asyncio.sleep(after_s)
-        await asyncio.to_thread(self.stack.redis.kill)
-        self.faults["SIGKILL Redis, restart"] += 1
-        await asyncio.sleep(self.plan.redis_down_s)
-        await asyncio.to_thread(self.stack.redis.start)
+        async with self.redis_faults:
+            await asyncio.to_thread(self.stack.redis.kill)
+            self.faults["SIGKILL Redis, restart"] += 1
+            await asyncio.sleep(self.plan.redis_down_s)
+            await asyncio.to_thread(self.stack.redis.start)
+
+    async def lose_redis_data(self, kind: str) -> None:
+        """``flushall``: an operator's ``FLUSHALL``; ``wipe``: SIGKILL Redis and start it on no data, as a
+        Redis without persistence restarts. Whatever was queued, delayed or held is gone; the relay must
+        notice."""
+        async with self.redis_faults:
+            if kind == "flushall":
+                client = redis.Redis.from_url(self.stack.redis.url)
+                try:
+                    await asyncio.to_thread(client.flushall)
+                finally:
+                    client.close()
+                self.faults["Redis FLUSHALL"] += 1
+                return
+            await asyncio.to_thread(self.stack.redis.kill)
+            await asyncio.to_thread(_remove_data, self.stack.redis.data_dir)
+            self.faults["Redis restart without its data"] += 1
+            await asyncio.sleep(self.plan.redis_down_s)
+            await asyncio.to_thread(self.stack.redis.start)
+
+    async def due_losses(self, *, final: bool = False) -> None:
+        """The Redis data losses that are due (all that are left, when ``final``)."""
+        while self.losses and (final or time.monotonic() >= self.losses[0][0]):
+            _, kind = self.losses.pop(0)
+            await self.lose_redis_data(kind)
 
     async def crash_postgres(self, *, after_s: float) -> None:
         await asyncio.sleep(after_s)
@@ -145,10 +189,18 @@ class Soak:
             asyncio.create_task(self.crash_postgres(after_s=duration * self.plan.postgres_at)),
             asyncio.create_task(self.restart_redis(after_s=duration * self.plan.redis_at)),
         ]
+        began = time.monotonic()
+        self.losses = sorted(
+            [
+                (began + duration * self.plan.flushall_at, "flushall"),
+                (began + duration * self.plan.redis_wipe_at, "wipe"),
+            ]
+        )
         load = asyncio.create_task(self.load(duration))
         await asyncio.sleep(duration * self.plan.kills_until)
         stop_killing.set()
         await asyncio.gather(load, *chaos)
+        await self.due_losses(final=True)  # no worker kill came after its time
         await self.drain()
         return await self.judge()
 
@@ -158,6 +210,7 @@ class Soak:
         verdict = Verdict(signups_sent=len(self.signups), committed=len(users), faults=self.faults)
         verdict.smtp_attempts, verdict.smtp_refused = len(self.stack.sink.attempts), self.stack.sink.refused
         verdict.unpublished = await unpublished_rows(self.stack.database_url)
+        verdict.republished = await republished_rows(self.stack.database_url)
         events, resends = await mail_records(self.stack.database_url)
         judge_mail(verdict, users=users, events=events, resends=resends, mail=self.stack.sink.snapshot())
         judge_api(verdict, self.signups, self.resends, outage=self.outage)
@@ -178,6 +231,15 @@ class Soak:
         count_resend_outcomes(verdict, logs["api"])
         judge_logs(verdict, logs, emails={email.lower() for email, _ in users.values()})
         return verdict
+
+
+def _remove_data(data_dir: Path) -> None:
+    """Every file Redis persists (append-only files, RDB snapshot) in ``data_dir``; its log stays."""
+    for path in data_dir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != "redis.log":
+            path.unlink()
 
 
 async def run_soak(plan: SoakPlan, *, work_dir: Path) -> Verdict:

@@ -60,6 +60,8 @@ class Verdict:
     handled_errors: Counter[str] = field(default_factory=Counter)
     """Error/critical log lines per service that named a failure which was then handled (retried)."""
     unpublished: int = 0
+    republished: int = 0
+    """Messages Redis lost that reconciliation published again (re-publishes, summed over outbox rows)."""
     worst_delay_s: float = 0.0
     p99_delay_s: float = 0.0
     p99_api_latency_s: float = 0.0

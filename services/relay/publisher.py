@@ -3,20 +3,24 @@
 ``enqueue_batch`` does what ``RedisBroker.enqueue`` does for each message (fresh ``redis_message_id``, the
 delay queue and ``eta`` for a delayed message, the broker's enqueue middleware hooks), but sends the whole
 batch through one MULTI/EXEC pipeline: one round trip instead of one per message, and either every message
-of the batch reaches Redis or none does. The pipeline ends with the wake-up tokens of each queue it filled
-(``shared.wakeup``), so idle consumers fetch at once. Any other broker gets a plain ``broker.enqueue`` loop.
+of the batch reaches Redis or none does. The same transaction writes each event's locator
+(``shared.locator``), which reconciliation reads to tell a lost message from a waiting one. The pipeline
+ends with the wake-up tokens of each queue it filled (``shared.wakeup``), so idle consumers fetch at once.
+Any other broker gets a plain ``broker.enqueue`` loop.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
+from typing import Any
 
 import dramatiq
 from dramatiq.common import current_millis, dq_name
 
 from services.relay.store import OutboxRow
 from shared.broker import SignupRedisBroker
+from shared.locator import locator, locators_key
 from shared.wakeup import push_wake
 
 
@@ -42,6 +46,7 @@ def enqueue_batch(broker: dramatiq.Broker, rows: list[OutboxRow]) -> None:
     dispatch = broker.scripts["dispatch"]
     emitted = []
     filled: Counter[str] = Counter()
+    locators: dict[Any, Any] = {}  # redis-py types its mapping too narrowly for a dict[str, str]
     with broker.client.pipeline(transaction=True) as pipe:
         for row in rows:
             message, queue_name = _prepare(to_message(row), row.delay_ms)
@@ -53,6 +58,8 @@ def enqueue_batch(broker: dramatiq.Broker, rows: list[OutboxRow]) -> None:
             dispatch(keys=[broker.namespace], args=args, client=pipe)
             emitted.append((message, row.delay_ms))
             filled[queue_name] += 1
+            locators[message.message_id] = locator(queue_name, message.options["redis_message_id"])
+        pipe.hset(locators_key(broker.namespace), mapping=locators)
         for queue_name, count in filled.items():
             push_wake(pipe, namespace=broker.namespace, queue_name=queue_name, count=count)
         pipe.execute()

@@ -5,6 +5,10 @@ mark them published, commit. If Redis or PostgreSQL fails anywhere in between, t
 (so no row is marked published that was not enqueued), the failure is counted on the rows in a separate
 transaction, and the loop backs off and carries on. A row enqueued but not committed (a crash between the
 two) is published again later under the same message id: at-least-once, never lost.
+
+Every ``RECONCILE_INTERVAL_MS`` a reconciliation pass (``reconcile``, DESIGN §13) publishes again, under the
+same message id, the published rows that no worker has handled after ``RECONCILE_GRACE_MS`` and whose
+message is nowhere in Redis any more.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -23,8 +28,9 @@ from services.relay.listener import listen_forever
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import enqueue_batch
 from services.relay.spans import publish_span
-from shared.broker import create_broker
+from shared.broker import SignupRedisBroker, create_broker
 from shared.database import asyncpg_dsn
+from shared.locator import locate
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -36,6 +42,15 @@ STATS_INTERVAL_S = 5.0
 REDIS_SOCKET_TIMEOUT_S = 10.0
 PG_COMMAND_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ReconcilePass:
+    """What one reconciliation pass did: rows checked, found lost, published again."""
+
+    checked: int
+    missing: int
+    republished: int
 
 
 class Relay:
@@ -62,6 +77,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._pool: Any = None
+        self._cursor = store.CURSOR_START
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and return."""
@@ -70,16 +86,12 @@ class Relay:
 
     async def run(self) -> None:
         """Run until ``stop()``. Never raises for an outage of Redis or PostgreSQL: it logs and backs off."""
-        self._pool = asyncpg.create_pool(
-            self._dsn,
-            min_size=0,
-            max_size=4,
-            command_timeout=PG_COMMAND_TIMEOUT_S,
-            timeout=PG_CONNECT_TIMEOUT_S,
-            server_settings={"application_name": "signup-relay"},
-        )
-        await self._pool
+        await self.connect()
         helpers = [asyncio.create_task(self._every(self.purge_interval_s, self.purge))]
+        if self.settings.reconcile_interval_ms:
+            helpers.append(
+                asyncio.create_task(self._every(self.settings.reconcile_interval_ms / 1000, self.reconcile))
+            )
         if self.listen:
             helpers.append(asyncio.create_task(listen_forever(dsn=self._dsn, wake=self._wake)))
         if self.settings.relay_metrics_port:
@@ -91,9 +103,25 @@ class Relay:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self._pool.close()
-            self.broker.close()
+            await self.close()
             log.info("relay.stopped")
+
+    async def connect(self, **pool_options: Any) -> None:
+        """Open the PostgreSQL pool (``run`` does; the bench and tests call a single pass after it)."""
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=4,
+            command_timeout=PG_COMMAND_TIMEOUT_S,
+            timeout=PG_CONNECT_TIMEOUT_S,
+            server_settings={"application_name": "signup-relay"},
+            **pool_options,
+        )
+
+    async def close(self) -> None:
+        """Close the pool and the broker."""
+        await self._pool.close()
+        self.broker.close()
 
     async def _loop(self) -> None:
         failures = 0
@@ -181,8 +209,58 @@ class Relay:
         """Refresh the backlog gauges."""
         async with self._pool.acquire() as connection:
             size, age = await store.backlog(connection)
+            unhandled_age = await store.unhandled_age(connection)
         self.metrics.backlog.set(size)
         self.metrics.oldest_age.set(age)
+        self.metrics.oldest_unhandled_age.set(unhandled_age)
+
+    async def reconcile(self) -> ReconcilePass:
+        """One reconciliation pass: publish again the unhandled rows whose message Redis lost.
+
+        Reads up to ``RECONCILE_BATCH_SIZE`` candidates after the cursor (one query), asks Redis where each
+        message is (one script call); only if some are missing: one transaction that re-checks and marks
+        them under their row locks and enqueues them in one MULTI/EXEC. Raises Redis's or PostgreSQL's errors
+        (the periodic runner logs them); nothing is marked unless it was enqueued.
+        """
+        started = time.perf_counter()
+        limit = self.settings.reconcile_batch_size
+        grace_ms = self.settings.reconcile_grace_ms
+        async with self._pool.acquire() as connection:
+            found = await store.candidates(connection, after=self._cursor, grace_ms=grace_ms, limit=limit)
+        # A short page means the end of the unhandled rows: the next pass starts again from the oldest.
+        self._cursor = (found[-1].published_at, found[-1].id) if len(found) == limit else store.CURSOR_START
+        present = await asyncio.to_thread(self._locate, [str(c.event_id) for c in found])
+        missing = [c.id for c, here in zip(found, present, strict=True) if not here]
+        rows: list[store.OutboxRow] = []
+        if missing:
+            async with self._pool.acquire() as connection, connection.transaction():
+                rows = await store.mark_republished(connection, ids=missing, grace_ms=grace_ms)
+                if rows:
+                    await asyncio.shield(asyncio.to_thread(enqueue_batch, self.broker, rows))
+            self._republished(rows)
+        self.metrics.reconcile_seconds.set(time.perf_counter() - started)
+        self.metrics.reconcile_passes.inc()
+        return ReconcilePass(checked=len(found), missing=len(missing), republished=len(rows))
+
+    def rewind(self) -> None:
+        """Make the next reconciliation pass start from the oldest unhandled row (the bench's repeats)."""
+        self._cursor = store.CURSOR_START
+
+    def _locate(self, event_ids: list[str]) -> list[bool]:
+        if not isinstance(self.broker, SignupRedisBroker):  # another broker keeps no locators
+            return [True] * len(event_ids)
+        return locate(self.broker.client, self.broker.namespace, event_ids)
+
+    def _republished(self, rows: list[store.OutboxRow]) -> None:
+        self.metrics.republished.inc(len(rows))
+        for row in rows:
+            log.warning(
+                "relay.event_republished",
+                request_id=row.trace_id,
+                event_id=str(row.event_id),
+                actor=row.actor,
+                reason="message not in Redis",
+            )
 
     async def _every(self, interval_s: float, job: Any) -> None:
         while True:

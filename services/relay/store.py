@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -16,10 +17,13 @@ import msgspec
 # One DELETE per this many rows, so that a purge never holds a long lock or a huge transaction.
 PURGE_BATCH = 1000
 
-_CLAIM = """
-SELECT id, event_id, actor, queue, payload::text AS payload, trace_id, trace_context::text AS trace_context,
+# What a publish needs of a row; ``delay_ms`` is NULL for a row due now.
+_COLUMNS = """
+       id, event_id, actor, queue, payload::text AS payload, trace_id, trace_context::text AS trace_context,
        CASE WHEN available_at <= now() THEN NULL
-            ELSE ceil(extract(epoch FROM available_at - now()) * 1000)::bigint END AS delay_ms
+            ELSE ceil(extract(epoch FROM available_at - now()) * 1000)::bigint END AS delay_ms"""
+_CLAIM = f"""
+SELECT {_COLUMNS}
 FROM outbox
 WHERE published_at IS NULL AND available_at <= now() + make_interval(secs => $1::float8 / 1000)
 ORDER BY id
@@ -35,8 +39,36 @@ _PURGE = """
 DELETE FROM outbox WHERE id IN (
     SELECT id FROM outbox
     WHERE published_at IS NOT NULL AND published_at < now() - make_interval(hours => $1)
+      AND handled_at IS NOT NULL
     LIMIT $2
 )
+"""
+# Reconciliation (DESIGN §13). Both walk outbox_unhandled_idx (published, not handled): handled rows, however
+# many, are never read. The candidates come in (published_at, id) order after a cursor, so that a pass that
+# finds its rows all still in Redis moves on, and the next pass starts where it stopped.
+CURSOR_START = (datetime(1970, 1, 1, tzinfo=UTC), 0)
+"""Before every row: where a pass starts after it reached the end."""
+CANDIDATES = """
+SELECT id, event_id, published_at
+FROM outbox
+WHERE published_at IS NOT NULL AND handled_at IS NULL
+  AND (published_at, id) > ($1::timestamptz, $2::bigint)
+  AND published_at < now() - make_interval(secs => $3::float8 / 1000)
+  AND (republished_at IS NULL OR republished_at < now() - make_interval(secs => $3::float8 / 1000))
+ORDER BY published_at, id
+LIMIT $4
+"""
+# The conditions again, under the row lock: a row handled (or re-published by another relay) since the
+# candidates were read is left alone.
+_MARK_REPUBLISHED = f"""
+UPDATE outbox SET republished_at = now(), republish_count = republish_count + 1
+WHERE id = ANY($1::bigint[]) AND handled_at IS NULL
+  AND (republished_at IS NULL OR republished_at < now() - make_interval(secs => $2::float8 / 1000))
+RETURNING {_COLUMNS}
+"""
+_UNHANDLED_AGE = """
+SELECT coalesce(extract(epoch FROM now() - min(published_at)), 0)::float8
+FROM outbox WHERE published_at IS NOT NULL AND handled_at IS NULL
 """
 _BACKLOG = """
 SELECT count(*) AS backlog,
@@ -65,19 +97,20 @@ async def claim(connection: Any, *, limit: int, lookahead_ms: int) -> list[Outbo
     Must run inside a transaction: the row locks last until it commits or rolls back.
     """
     records = await connection.fetch(_CLAIM, lookahead_ms, limit)
-    return [
-        OutboxRow(
-            id=r["id"],
-            event_id=r["event_id"],
-            actor=r["actor"],
-            queue=r["queue"],
-            payload=msgspec.json.decode(r["payload"]),
-            trace_id=r["trace_id"],
-            trace_context=None if r["trace_context"] is None else msgspec.json.decode(r["trace_context"]),
-            delay_ms=None if r["delay_ms"] is None else max(int(r["delay_ms"]), 0),
-        )
-        for r in records
-    ]
+    return [_row(r) for r in records]
+
+
+def _row(r: Any) -> OutboxRow:
+    return OutboxRow(
+        id=r["id"],
+        event_id=r["event_id"],
+        actor=r["actor"],
+        queue=r["queue"],
+        payload=msgspec.json.decode(r["payload"]),
+        trace_id=r["trace_id"],
+        trace_context=None if r["trace_context"] is None else msgspec.json.decode(r["trace_context"]),
+        delay_ms=None if r["delay_ms"] is None else max(int(r["delay_ms"]), 0),
+    )
 
 
 async def mark_published(connection: Any, *, ids: list[int]) -> None:
@@ -91,7 +124,8 @@ async def record_failure(connection: Any, *, ids: list[int], error: str) -> None
 
 
 async def purge(connection: Any, *, older_than_hours: int, batch: int = PURGE_BATCH) -> int:
-    """Delete rows published more than ``older_than_hours`` ago, ``batch`` per statement; return the count."""
+    """Delete handled rows published more than ``older_than_hours`` ago, ``batch`` per statement; return the
+    count. A row not yet handled is kept: reconciliation may still need it."""
     deleted = 0
     while True:
         status = await connection.execute(_PURGE, older_than_hours, batch)
@@ -105,3 +139,34 @@ async def backlog(connection: Any) -> tuple[int, float]:
     """The number of due unpublished rows and the age in seconds of the oldest one."""
     record = await connection.fetchrow(_BACKLOG)
     return int(record["backlog"]), float(record["oldest_age_s"])
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A published row not handled after the grace period: its message may be lost."""
+
+    id: int
+    event_id: uuid.UUID
+    published_at: datetime
+
+
+async def candidates(
+    connection: Any, *, after: tuple[datetime, int], grace_ms: int, limit: int
+) -> list[Candidate]:
+    """Up to ``limit`` published, unhandled rows older than ``grace_ms``, in (published_at, id) order after
+    ``after``: one query on the partial index of unhandled rows."""
+    records = await connection.fetch(CANDIDATES, after[0], after[1], grace_ms, limit)
+    return [Candidate(r["id"], r["event_id"], r["published_at"]) for r in records]
+
+
+async def mark_republished(connection: Any, *, ids: list[int], grace_ms: int) -> list[OutboxRow]:
+    """Lock the rows of ``ids`` still unhandled (and not re-published within ``grace_ms``), count a
+    re-publish on them and return them (a row not yet due with its remaining delay, as a claim does). Run
+    it in the transaction that enqueues them."""
+    records = await connection.fetch(_MARK_REPUBLISHED, ids, grace_ms)
+    return [_row(r) for r in sorted(records, key=lambda r: int(r["id"]))]
+
+
+async def unhandled_age(connection: Any) -> float:
+    """The age in seconds of the oldest published row not yet handled (0 when there is none)."""
+    return float(await connection.fetchval(_UNHANDLED_AGE))

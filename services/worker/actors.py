@@ -1,9 +1,9 @@
 """One Dramatiq actor per registered message, all declared by the same generic function.
 
 The actor parses the message's one argument into its ``Message`` class, calls the class's handler with the
-worker process's shared context and the message id (the outbox event id, the idempotency key), and maps a
-database outage to a retry. A payload that is not the class's struct is a ``BadPayload``: dead-lettered at
-once, since no retry can mend it.
+worker process's shared context and the message id (the outbox event id, the idempotency key), records the
+event as handled (``handled``), and maps a database outage to a retry. A payload that is not the class's
+struct is a ``BadPayload``: dead-lettered at once, since no retry can mend it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dramatiq.middleware import CurrentMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.worker.errors import PermanentError, TransientError
+from services.worker.handled import forget_locator, mark_handled
 from services.worker.mailer import Mailer
 from services.worker.metrics import WorkerMetrics
 from shared.database import database_unavailable
@@ -77,11 +78,14 @@ def declare_actor(
         assert current is not None, "the CurrentMessage middleware is missing"
         try:
             await handler(payload, context=context, message_id=current.message_id)
+            # Before the ack: a message gone from Redis was handled in the database first.
+            await mark_handled(context.engine, current.message_id)
         except Exception as exc:
             # A database that is down or restarting is a transient failure like an SMTP 4xx (DESIGN §4).
             if database_unavailable(exc):
                 raise TransientError(f"database unavailable: {type(exc).__name__}") from None
             raise
+        forget_locator(broker, current.message_id)
 
     actor.__name__ = actor.__qualname__ = message_class.actor
     return dramatiq.Actor(

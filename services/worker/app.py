@@ -10,6 +10,7 @@ from dramatiq import Broker, Middleware, Worker
 from dramatiq.middleware import Retries
 
 from services.worker.actors import WorkerContext, declare_actors
+from services.worker.handled import DeadLetterHandled
 from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
 from shared.broker import SignupRedisBroker, create_broker
@@ -44,7 +45,13 @@ def build_worker(
     )
     broker = create_broker(
         settings,
-        extra_middleware=[MessageContext(), FailureObserver(context.metrics), _Lifecycle(context)],
+        extra_middleware=[
+            MessageContext(),
+            # After-hooks run in reverse: a dead letter's error is recorded before the database is written.
+            DeadLetterHandled(context.engine),
+            FailureObserver(context.metrics),
+            _Lifecycle(context),
+        ],
     )
     if tracing_enabled():
         # Before Retries, so that its after-hook sees whether Retries dead-lettered the message.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import uuid
 
+import asyncpg
 from dramatiq.brokers.redis import RedisBroker
 
 from services.worker.deadletters import DeadLetter, list_dead_letters, replay
 from shared.broker import create_broker
+from shared.database import asyncpg_dsn
 from shared.settings import Settings
 
 
@@ -32,13 +36,35 @@ def _list(broker: RedisBroker) -> int:
     return 0
 
 
-def _replay(broker: RedisBroker, *, message_id: str | None) -> int:
+_REOPEN = "UPDATE outbox SET handled_at = NULL WHERE event_id = ANY($1::uuid[])"
+
+
+async def reopen(database_url: str, message_ids: list[str]) -> None:
+    """Clear ``handled_at`` on the outbox rows of these messages (set when they were dead-lettered), so that
+    reconciliation watches over the replay as over a first publish (DESIGN §13)."""
+    event_ids = []
+    for message_id in message_ids:
+        try:
+            event_ids.append(uuid.UUID(message_id))
+        except ValueError:
+            continue  # not an outbox event
+    connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
+    try:
+        await connection.execute(_REOPEN, event_ids)
+    finally:
+        await connection.close()
+
+
+def _replay(broker: RedisBroker, *, message_id: str | None, database_url: str) -> int:
     letters = [
         letter for letter in list_dead_letters(broker) if message_id in (None, letter.message.message_id)
     ]
     if not letters:
         print(f"no dead-lettered message {message_id}" if message_id else "no dead-lettered messages")
         return 1 if message_id else 0
+    # First, so that a replay handled at once is not un-handled afterwards; a replay that then fails is
+    # still a dead letter, which reconciliation leaves alone.
+    asyncio.run(reopen(database_url, [letter.message.message_id for letter in letters]))
     for letter in letters:
         replay(broker, letter)
         print(f"replayed {letter.message.message_id} to {letter.queue}")
@@ -50,6 +76,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.dlq_command == "list":
             return _list(broker)
-        return _replay(broker, message_id=None if args.all else args.message_id)
+        return _replay(
+            broker, message_id=None if args.all else args.message_id, database_url=settings.database_url
+        )
     finally:
         broker.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.support import RedisServer, missing_service
 
-SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "overload")
+SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "overload", "reconcile")
 RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
     "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
@@ -33,6 +33,7 @@ RATIOS = {
         "cpu_generator_5x",
         "cpu_postgres_5x",
     ),
+    "reconcile": ("small_check_ms", "large_check_ms", "large_over_small", "large_republish_ms"),
     "idle": (
         "poll_1p_idle_redis_per_s",
         "wake_1p_idle_redis_per_s",
@@ -79,6 +80,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
     # The CPU went somewhere: the API hashed while the load ran (its shares are of all cores).
     assert 0 < report["sections"]["overload"]["figures"]["cpu_api_hashing_5x"] <= 1
     assert (out / "overload.png").stat().st_size > 0
+    assert report["sections"]["reconcile"]["figures"]["published_rows"] == 20_000  # --quick keeps it small
 
     markdown = (out / "BENCHMARKS.md").read_text()
     for title in (
@@ -90,6 +92,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "6. Overload",
         "7. Tracing",
         "8. Idle",
+        "9. Reconciliation",
     ):
         assert f"### {title}" in markdown
     assert "signup bench --quick" in markdown

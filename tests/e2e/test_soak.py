@@ -2,8 +2,9 @@
 
 The full run is ``signup soak`` (``just soak``: 10,000 signups, docs/RELIABILITY.md); this one sends 200
 signups at 5/s while the relay and the worker are SIGKILLed every few seconds, Redis is SIGKILLed once,
-PostgreSQL crashes once and SMTP answers 451 to a fifth of the attempts; a third of the new users ask for
-new emails, too soon (refused) and in time (sent), some after verifying (nothing to send).
+loses its data twice (FLUSHALL, a restart without its files), PostgreSQL crashes once and SMTP answers 451
+to a fifth of the attempts; a third of the new users ask for new emails, too soon (refused) and in time
+(sent), some after verifying (nothing to send).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ async def test_every_committed_signup_gets_exactly_one_email_under_faults(tmp_pa
     # The faults really happened, and enough signups got through for the verdict to mean something.
     assert verdict.faults["SIGKILL relay"] >= 2 and verdict.faults["SIGKILL worker"] >= 2
     assert verdict.faults["SIGKILL Redis, restart"] == 1
+    assert verdict.faults["Redis FLUSHALL"] == 1 and verdict.faults["Redis restart without its data"] == 1
     assert verdict.faults["PostgreSQL crash (immediate stop), restart"] == 1
     assert verdict.smtp_refused > 0 and verdict.api_answers["503"] > 0
     assert verdict.committed >= SHORT.signups * 0.7 and verdict.deliveries >= verdict.committed

@@ -65,15 +65,20 @@ async def busy(settings) -> bool:
     return bool(rows)
 
 
-async def test_purge_deletes_only_old_published_rows(settings):
+async def test_purge_deletes_only_old_handled_rows(settings):
     await add_rows(settings, 2500, due_in_s=3600)  # not due: the relay leaves them unpublished
     for statement in (
-        "UPDATE outbox SET published_at = now() - interval '200 hours' WHERE id <= 2100",
-        "UPDATE outbox SET published_at = now() - interval '1 hour' WHERE id > 2100 AND id <= 2300",
+        "UPDATE outbox SET published_at = now() - interval '200 hours', handled_at = now() - interval "
+        "'199 hours' WHERE id <= 2100",
+        "UPDATE outbox SET published_at = now() - interval '1 hour' WHERE id > 2100 AND id <= 2290",
+        # Old, published, never handled: reconciliation may still need them.
+        "UPDATE outbox SET published_at = now() - interval '200 hours' WHERE id > 2290 AND id <= 2300",
         "UPDATE outbox SET created_at = now() - interval '400 hours' WHERE id > 2300",
     ):
         await fetch(settings, statement)
-    async with running_relay(settings, outbox_retention_hours=168, purge_interval_s=0.2):
+    async with running_relay(
+        settings, outbox_retention_hours=168, purge_interval_s=0.2, reconcile_interval_ms=0
+    ):
 
         async def old_gone():
             rows = await fetch(settings, "SELECT count(*) AS n FROM outbox WHERE id <= 2100")

@@ -1,0 +1,73 @@
+"""Recording that an outbox event was handled, for any kind of message (reconciliation's input, DESIGN §13).
+
+The actor sets ``outbox.handled_at`` after the handler returned and before Dramatiq acknowledges the
+message, so a message that has left Redis was handled in the database first (or its message is still in
+Redis, being retried). A dead-lettered message counts as handled too (``DeadLetterHandled``): it stays dead
+until ``signup dlq replay``, which clears the mark again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from dramatiq import Broker, Middleware
+from dramatiq.broker import MessageProxy
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.database import outbox
+from shared.locator import forget
+from shared.logging import get_logger
+
+log = get_logger()
+
+
+def _event_id(message_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(message_id)
+    except ValueError:
+        return None  # not an outbox event (no row to mark)
+
+
+async def mark_handled(engine: AsyncEngine, message_id: str) -> None:
+    """Set ``handled_at`` on the outbox row of ``message_id``, if it has one and it is not set yet."""
+    event_id = _event_id(message_id)
+    if event_id is None:
+        return
+    async with engine.begin() as connection:
+        await connection.execute(
+            outbox.update()
+            .where(outbox.c.event_id == event_id, outbox.c.handled_at.is_(None))
+            .values(handled_at=sa.func.now())
+        )
+
+
+def forget_locator(broker: Any, message_id: str) -> None:
+    """Drop the event's locator after a success (memory only: a handled event is never checked again)."""
+    namespace = getattr(broker, "namespace", None)
+    if namespace is None:
+        return
+    try:
+        forget(broker.client, namespace, message_id)
+    except Exception as exc:  # a stale locator is harmless; the message itself is handled
+        log.warning("locator not dropped", error=repr(exc))
+
+
+class DeadLetterHandled(Middleware):
+    """Marks a dead-lettered message's event handled, so reconciliation leaves it dead."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        from dramatiq.asyncio import get_event_loop_thread
+
+        loop_thread = get_event_loop_thread()
+        try:
+            if loop_thread is None:
+                raise RuntimeError("the AsyncIO middleware's event loop is not running")
+            loop_thread.run_coroutine(mark_handled(self.engine, message.message_id))
+        except Exception as exc:
+            # It is in the dead letters all the same: reconciliation finds it there and leaves it alone.
+            log.warning("dead letter not marked handled", error=repr(exc))
