@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import uuid
 
 import asyncpg
 from dramatiq.brokers.redis import RedisBroker
 
 from services.worker.deadletters import DeadLetter, list_dead_letters, replay
+from services.worker.handled import event_id_of
 from shared.broker import create_broker
 from shared.database import asyncpg_dsn
 from shared.settings import Settings
@@ -42,12 +42,7 @@ _REOPEN = "UPDATE outbox SET handled_at = NULL WHERE event_id = ANY($1::uuid[])"
 async def reopen(database_url: str, message_ids: list[str]) -> None:
     """Clear ``handled_at`` on the outbox rows of these messages (set when they were dead-lettered), so that
     reconciliation watches over the replay as over a first publish (DESIGN §13)."""
-    event_ids = []
-    for message_id in message_ids:
-        try:
-            event_ids.append(uuid.UUID(message_id))
-        except ValueError:
-            continue  # not an outbox event
+    event_ids = [event_id for event_id in map(event_id_of, message_ids) if event_id is not None]
     connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
     try:
         await connection.execute(_REOPEN, event_ids)

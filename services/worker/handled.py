@@ -23,7 +23,8 @@ from shared.logging import get_logger
 log = get_logger()
 
 
-def _event_id(message_id: str) -> uuid.UUID | None:
+def event_id_of(message_id: str) -> uuid.UUID | None:
+    """The outbox event id a message id stands for, or None for a message that is not an outbox event."""
     try:
         return uuid.UUID(message_id)
     except ValueError:
@@ -32,7 +33,7 @@ def _event_id(message_id: str) -> uuid.UUID | None:
 
 async def mark_handled(engine: AsyncEngine, message_id: str) -> None:
     """Set ``handled_at`` on the outbox row of ``message_id``, if it has one and it is not set yet."""
-    event_id = _event_id(message_id)
+    event_id = event_id_of(message_id)
     if event_id is None:
         return
     async with engine.begin() as connection:
