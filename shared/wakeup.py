@@ -128,9 +128,17 @@ class WakingConsumer(PollingConsumer):
 
     def __next__(self) -> MessageProxy | None:
         self._slot_freed.clear()  # before the fetch: an ack from now on ends a wait for room at once
+        unfetched: list[bytes] = []
+        if not self.message_cache:
+            # Dramatiq replaces this list by the result of its fetch, if it fetches: when it hands back this
+            # very list, it did not fetch because the consumer was full. Reading the count of held messages
+            # afterwards instead raced with the worker threads' acks: an ack in between made a full consumer
+            # look idle, and it blocked on the wake-up list for the whole fallback with its queue full of
+            # work (section 5 of the bench: 47 emails/s where the threads could do several times that).
+            self.message_cache = unfetched
         message = super().__next__()
         if message is None:
-            self._wait()
+            self._wait(fetched=self.message_cache is not unfetched)
         elif message.options.get("eta") is not None:
             eta = message.options["eta"]
             with self._lock:  # Dramatiq's consumer thread replaces an eta that is not a number by "now"
@@ -154,15 +162,18 @@ class WakingConsumer(PollingConsumer):
             self._etas.pop(message.options.get("redis_message_id", ""), None)
         self._slot_freed.set()
 
-    def _wait(self) -> None:
-        """Wait for work: until a token, room to fetch, the next delayed message's eta, or the fallback."""
+    def _wait(self, *, fetched: bool) -> None:
+        """Wait for work: until a token, room to fetch, the next delayed message's eta, or the fallback.
+
+        ``fetched``: the consumer had room and fetched nothing; otherwise it was full and did not fetch.
+        """
         with self._lock:
             next_eta = min(self._etas.values(), default=None)
         if next_eta is not None:
             # Redis times a BLPOP out only on its cron tick (100 ms at the default hz 10), too coarse for an
             # eta: while it holds delayed messages the consumer polls as Dramatiq's does, never past the eta.
             self._slot_freed.wait(max(0.0, min(self.poll_s, (next_eta - current_millis()) / 1000)))
-        elif self.outstanding_message_count >= self.prefetch:
+        elif not fetched:
             self._slot_freed.wait(self.fallback_s)  # full: an ack, not Redis, says when to fetch again
         elif self.broker.stopping.is_set():
             self._slot_freed.wait(self.poll_s)  # its worker is stopping: it must see that soon, as Dramatiq's

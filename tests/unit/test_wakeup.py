@@ -94,6 +94,29 @@ def test_a_full_consumer_waits_for_an_ack_not_for_redis() -> None:
     assert broker.client.blpops == []
 
 
+def test_an_ack_after_dramatiq_found_the_consumer_full_does_not_send_it_to_sleep_on_redis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Dramatiq decides not to fetch (full), then a worker thread acks before the consumer waits: the
+    # consumer must fetch again at once, not block on the wake-up list with its queue full of work.
+    broker = FakeBroker([[encoded()], [encoded()]])
+    consumer = WakingConsumer(broker, "q", 1, 50)
+    held = next(consumer)
+    assert held is not None
+
+    def ack_during_backoff(misses: int, *, max_backoff: int) -> tuple[int, int]:
+        consumer.ack(held)
+        return compute_backoff(misses, max_backoff=max_backoff)
+
+    monkeypatch.setattr(dramatiq_redis, "compute_backoff", ack_during_backoff)
+    started = time.monotonic()
+    assert next(consumer) is None
+    assert time.monotonic() - started < 0.5
+    assert broker.client.blpops == []
+    monkeypatch.undo()
+    assert next(consumer) is not None  # the second message, fetched on the next call
+
+
 def test_a_consumer_holding_a_delayed_message_polls_until_its_eta_instead_of_blocking() -> None:
     broker = FakeBroker([[encoded(eta=current_millis() + 60_000)]])
     consumer = WakingConsumer(broker, "q.DQ", 10, 50)
