@@ -130,18 +130,19 @@ POOL_SIZE = 10
 
 
 def create_engine(
-    database_url: str, *, pool_size: int = POOL_SIZE, connect_timeout_s: float = 5.0
+    database_url: str, *, pool_size: int = POOL_SIZE, connect_timeout_s: float = 5.0, pre_ping: bool = True
 ) -> AsyncEngine:
     """An asyncio engine; it connects lazily, on first use.
 
-    ``pool_pre_ping`` lets a process survive a PostgreSQL restart: a dead pooled connection is replaced
-    instead of failing the next request.
+    ``pre_ping`` lets a process survive a PostgreSQL restart: a dead pooled connection is replaced instead
+    of failing the next request, for three round trips on every checkout. A caller that retries on a
+    connection that died pooled (the worker's actors) turns it off.
     """
     return create_async_engine(
         sqlalchemy_url(database_url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         # Parameters hold password hashes and email addresses: keep them out of exception text (and logs).
         hide_parameters=True,
         pool_timeout=connect_timeout_s,

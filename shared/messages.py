@@ -20,8 +20,9 @@ class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Base of every message: the struct's fields are the payload, the class variables say where it goes.
 
     ``actor`` is the Dramatiq actor name (unique), ``queue`` the Dramatiq queue, ``handler`` the
-    ``"module:function"`` the worker imports and calls as ``await handler(message, delivery)``; it is a
-    string so that the API, which writes messages, never imports the worker's code.
+    ``"module:function"`` the worker imports and calls as ``await handler(message, context=...,
+    message_id=..., connection=...)`` (``services.worker.handlers``); it is a string so that the API,
+    which writes messages, never imports the worker's code.
     """
 
     actor: ClassVar[str]

@@ -65,8 +65,9 @@ class SmtpSink:
             self._controller = None
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        received_at = time.time()  # the data is in: the sink's own parsing below is not the sender's time
         with self._lock:
-            self.attempts.append(time.time())
+            self.attempts.append(received_at)
             reply = self.script.pop(0) if self.script else None
             if reply is None and self.fail_ratio and random.random() < self.fail_ratio:
                 reply = "451 4.3.0 injected temporary failure"
@@ -75,7 +76,7 @@ class SmtpSink:
                 return reply
             message = message_from_bytes(envelope.content)
             recipients = tuple(address.lower() for address in envelope.rcpt_tos)
-            self.received.append(Delivery(recipients, str(message["Message-ID"]), time.time(), message))
+            self.received.append(Delivery(recipients, str(message["Message-ID"]), received_at, message))
         return "250 OK"
 
     def snapshot(self) -> list[Delivery]:

@@ -1,8 +1,9 @@
 """One Dramatiq actor per registered message, all declared by the same generic function.
 
 The actor parses the message's one argument into its ``Message`` class, calls the class's handler with the
-worker process's shared context and the message id (the outbox event id, the idempotency key), records the
-event as handled (``handled``), and maps a database outage to a retry. A payload that is not the class's
+worker process's shared context, the message id (the outbox event id, the idempotency key) and the
+message's one database connection, records the event as handled on that connection (``handled``), and maps
+a database outage to a retry. A payload that is not the class's
 struct is a ``BadPayload``: dead-lettered at once, since no retry can mend it.
 """
 
@@ -17,17 +18,21 @@ import dramatiq
 import msgspec
 from dramatiq import Broker
 from dramatiq.middleware import CurrentMessage
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.worker.errors import PermanentError, TransientError
-from services.worker.handled import forget_locator, mark_handled
+from services.worker.handled import mark_handled
 from services.worker.mailer import Mailer
 from services.worker.metrics import WorkerMetrics
 from shared.database import database_unavailable
+from shared.logging import get_logger
 from shared.messages import Message, registered
 from shared.settings import Settings
 
 Handler = Callable[..., Awaitable[None]]
+
+log = get_logger()
 
 
 class BadPayload(PermanentError):
@@ -58,6 +63,27 @@ def decode(message_class: type[Message], args: tuple[Any, ...], kwargs: dict[str
         raise BadPayload(f"invalid payload: {exc}") from None
 
 
+async def _handle(handler: Handler, payload: Message, *, context: WorkerContext, message_id: str) -> None:
+    """Run ``handler`` and mark the event handled, on one pooled connection.
+
+    The pool does not ping a connection before lending it (three round trips on every message): a
+    connection that died while pooled (PostgreSQL restarted) fails its first statement instead, SQLAlchemy
+    then discards every connection pooled before it, and the message is handled once more at once, on a
+    fresh one. Handlers are idempotent on the message id, so running one again is safe.
+    """
+    for attempt in (1, 2):
+        try:
+            async with context.engine.connect() as connection:
+                await handler(payload, context=context, message_id=message_id, connection=connection)
+                # Before the ack: a message gone from Redis was handled in the database first.
+                await mark_handled(connection, message_id)
+            return
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+            log.info("stale database connection discarded; handling the message again")
+
+
 def declare_actors(broker: Broker, context: WorkerContext) -> list[dramatiq.Actor[..., Any]]:
     """Declare one actor on ``broker`` for every registered message; its queues are then the broker's.
 
@@ -77,15 +103,12 @@ def declare_actor(
         current = CurrentMessage.get_current_message()
         assert current is not None, "the CurrentMessage middleware is missing"
         try:
-            await handler(payload, context=context, message_id=current.message_id)
-            # Before the ack: a message gone from Redis was handled in the database first.
-            await mark_handled(context.engine, current.message_id)
+            await _handle(handler, payload, context=context, message_id=current.message_id)
         except Exception as exc:
             # A database that is down or restarting is a transient failure like an SMTP 4xx (DESIGN §4).
             if database_unavailable(exc):
                 raise TransientError(f"database unavailable: {type(exc).__name__}") from None
             raise
-        forget_locator(broker, current.message_id)
 
     actor.__name__ = actor.__qualname__ = message_class.actor
     return dramatiq.Actor(

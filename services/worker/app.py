@@ -10,7 +10,7 @@ from dramatiq import Broker, Middleware, Worker
 from dramatiq.middleware import Retries
 
 from services.worker.actors import WorkerContext, declare_actors
-from services.worker.handled import DeadLetterHandled
+from services.worker.handled import DeadLetterHandled, ForgetLocator
 from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
 from shared.broker import SignupRedisBroker, create_broker
@@ -41,7 +41,10 @@ def build_worker(
 ) -> tuple[SignupRedisBroker, WorkerContext]:
     """The worker's broker with its middleware and actors, and the context its messages share."""
     context = WorkerContext(
-        settings=settings, mailer=mailer or SmtpMailer(settings), engine=create_engine(settings.database_url)
+        settings=settings,
+        mailer=mailer or SmtpMailer(settings),
+        # No ping on checkout: the actor handles a message once more on a connection that died pooled.
+        engine=create_engine(settings.database_url, pre_ping=False),
     )
     broker = create_broker(
         settings,
@@ -49,6 +52,7 @@ def build_worker(
             MessageContext(),
             # After-hooks run in reverse: a dead letter's error is recorded before the database is written.
             DeadLetterHandled(context.engine),
+            ForgetLocator(),
             FailureObserver(context.metrics),
             _Lifecycle(context),
         ],

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.database import outbox
 from shared.locator import forget
@@ -31,28 +31,42 @@ def event_id_of(message_id: str) -> uuid.UUID | None:
         return None  # not an outbox event (no row to mark)
 
 
-async def mark_handled(engine: AsyncEngine, message_id: str) -> None:
-    """Set ``handled_at`` on the outbox row of ``message_id``, if it has one and it is not set yet."""
+_MARK_HANDLED = (
+    outbox.update()
+    .where(outbox.c.event_id == sa.bindparam("event"), outbox.c.handled_at.is_(None))
+    .values(handled_at=sa.func.now())
+)
+
+
+async def mark_handled(connection: AsyncConnection, message_id: str) -> None:
+    """Set ``handled_at`` on the outbox row of ``message_id``, if it has one and it is not set yet (in a
+    transaction of its own on ``connection``, the one the message's handler used)."""
     event_id = event_id_of(message_id)
     if event_id is None:
         return
-    async with engine.begin() as connection:
-        await connection.execute(
-            outbox.update()
-            .where(outbox.c.event_id == event_id, outbox.c.handled_at.is_(None))
-            .values(handled_at=sa.func.now())
-        )
+    async with connection.begin():
+        await connection.execute(_MARK_HANDLED, {"event": event_id})
 
 
-def forget_locator(broker: Any, message_id: str) -> None:
-    """Drop the event's locator after a success (memory only: a handled event is never checked again)."""
-    namespace = getattr(broker, "namespace", None)
-    if namespace is None:
-        return
-    try:
-        forget(broker.client, namespace, message_id)
-    except Exception as exc:  # a stale locator is harmless; the message itself is handled
-        log.warning("locator not dropped", error=repr(exc))
+class ForgetLocator(Middleware):
+    """Drops an event's locator once its message was handled (memory only: a handled event is never
+    checked again).
+
+    It runs on the worker thread after the actor returned, not in the actor: a Redis call there would block
+    the event loop that every message of the process shares. After a failure the locator stays: the retry's
+    enqueue has written the new one.
+    """
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: Any = None
+    ) -> None:
+        namespace = getattr(broker, "namespace", None)
+        if exception is not None or namespace is None:
+            return
+        try:
+            forget(broker.client, namespace, message.message_id)  # type: ignore[attr-defined]
+        except Exception as exc:  # a stale locator is harmless; the message itself is handled
+            log.warning("locator not dropped", error=repr(exc))
 
 
 class DeadLetterHandled(Middleware):
@@ -68,7 +82,11 @@ class DeadLetterHandled(Middleware):
         try:
             if loop_thread is None:
                 raise RuntimeError("the AsyncIO middleware's event loop is not running")
-            loop_thread.run_coroutine(mark_handled(self.engine, message.message_id))
+            loop_thread.run_coroutine(self._mark(message.message_id))
         except Exception as exc:
             # It is in the dead letters all the same: reconciliation finds it there and leaves it alone.
             log.warning("dead letter not marked handled", error=repr(exc))
+
+    async def _mark(self, message_id: str) -> None:
+        async with self.engine.connect() as connection:
+            await mark_handled(connection, message_id)

@@ -1,7 +1,8 @@
 """The worker's handlers: what each message does, at most once per message id (DESIGN §4).
 
 A handler is named by its message class (``shared.messages``) and called as ``await handler(message,
-context=..., message_id=...)`` by the actor that ``services.worker.actors`` declares for it.
+context=..., message_id=..., connection=...)`` by the actor that ``services.worker.actors`` declares for it:
+``connection`` is the message's one pooled connection, outside any transaction.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
@@ -21,7 +22,6 @@ from services.worker.errors import UserNotVisible
 from shared.database import users, verify_emails
 from shared.logging import get_logger
 from shared.messages import SendVerifyEmail
-from shared.settings import Settings
 
 if TYPE_CHECKING:
     from services.worker.actors import WorkerContext
@@ -29,7 +29,53 @@ if TYPE_CHECKING:
 log = get_logger()
 
 
-async def send_verify_email(command: SendVerifyEmail, *, context: WorkerContext, message_id: str) -> None:
+# The handler's statements, built once: building a SQLAlchemy construct costs more than its round trip, and
+# a statement built per message is compiled from the cache by its key only after that key is computed.
+_USER = (
+    sa.select(users.c.username, users.c.email, users.c.full_name, users.c.is_email_verified)
+    .where(users.c.username == sa.bindparam("username"))
+    .cte("u")
+)
+_CREATED = (
+    insert(verify_emails)
+    .from_select(
+        ["username", "email", "secret_code", "event_id", "expired_at"],
+        sa.select(
+            _USER.c.username,
+            _USER.c.email,
+            sa.bindparam("code", type_=sa.String()),
+            sa.bindparam("event", type_=sa.Uuid()),
+            sa.bindparam("expires", type_=sa.DateTime(timezone=True)),
+        ).where(sa.not_(_USER.c.is_email_verified)),
+    )
+    .on_conflict_do_nothing(index_elements=["event_id"])
+    .returning(verify_emails.c.id)
+    .cte("created")
+)
+LOAD_USER_AND_ENSURE_ROW = sa.select(_USER, sa.select(_CREATED.c.id).scalar_subquery().label("email_id"))
+"""The user (no row if missing) and, unless verified, the id of the verify_emails row this statement
+created for the event (the message id, the idempotency key) as ``email_id``: NULL if it existed already.
+One round trip::
+
+    WITH u AS (SELECT username, email, full_name, is_email_verified FROM users WHERE username = :username),
+         created AS (INSERT INTO verify_emails (username, email, secret_code, event_id, expired_at)
+                     SELECT username, email, :code, :event, :expires FROM u
+                     WHERE NOT is_email_verified
+                     ON CONFLICT (event_id) DO NOTHING RETURNING id)
+    SELECT u.*, (SELECT id FROM created) AS email_id FROM u
+"""
+_ROW_OF_EVENT = sa.select(verify_emails.c.id).where(verify_emails.c.event_id == sa.bindparam("event"))
+_LOCK_ROW = sa.select(verify_emails).where(verify_emails.c.id == sa.bindparam("email_id")).with_for_update()
+_MARK_SENT = (
+    verify_emails.update()
+    .where(verify_emails.c.id == sa.bindparam("email_id"))
+    .values(sent_at=sa.bindparam("now"), expired_at=sa.bindparam("expires"))
+)
+
+
+async def send_verify_email(
+    command: SendVerifyEmail, *, context: WorkerContext, message_id: str, connection: AsyncConnection
+) -> None:
     """Send the email for ``command`` unless message ``message_id`` already sent it or the user is verified.
 
     The signup's email and every resend are this same command: each message id gets its own row, code and
@@ -40,52 +86,53 @@ async def send_verify_email(command: SendVerifyEmail, *, context: WorkerContext,
     """
     settings = context.settings
     event_id = uuid.UUID(message_id)
-    # One connection for the whole message: one pool checkout (and its liveness ping) instead of one per
-    # transaction, and SQLAlchemy Core without the ORM session's bookkeeping per statement.
-    async with context.engine.connect() as connection:
-        async with connection.begin():
-            user = await _load_user(connection, command.username)
-            if user is None:
-                if settings.worker_skip_retry_missing_user:
-                    log.warning("user not found; dropping the message (SkipRetry)", username=command.username)
-                    return
-                raise UserNotVisible("user not yet visible")
-            if user.is_email_verified:
-                # A resend asked for while unverified, and the address got verified before it left.
-                log.info("email already verified; nothing sent", username=command.username)
+    ttl = timedelta(minutes=settings.verify_email_ttl_minutes)
+    # SQLAlchemy Core on the message's one connection, without the ORM session's bookkeeping per statement:
+    # every round trip before the send is on the way from the commit to the inbox.
+    async with connection.begin():
+        found = await connection.execute(
+            LOAD_USER_AND_ENSURE_ROW,
+            {
+                "username": command.username,
+                "code": secrets.token_urlsafe(32),
+                "event": event_id,
+                "expires": datetime.now(UTC) + ttl,
+            },
+        )
+        user = found.one_or_none()
+        if user is None:
+            if settings.worker_skip_retry_missing_user:
+                log.warning("user not found; dropping the message (SkipRetry)", username=command.username)
                 return
-            email_id = await _ensure_row(connection, event_id=event_id, user=user, settings=settings)
-        # The row (and its code) commits before anything is sent: a redelivery after a crash between the
-        # send and the commit below sends the very same email (same link, same Message-ID), not a second one.
-        async with connection.begin():
-            row = (
-                await connection.execute(
-                    sa.select(verify_emails).where(verify_emails.c.id == email_id).with_for_update()
-                )
-            ).one()
-            if row.sent_at is not None:
-                log.info("duplicate delivery; email already sent", username=command.username)
-                return
-            link = verify_link(
-                base_url=settings.public_base_url, email_id=row.id, secret_code=row.secret_code
-            )
-            email = render_email(
-                "verify_email",
-                settings=settings,
-                to=row.email,
-                message_id=message_id,
-                full_name=user.full_name,
-                link=link,
-                minutes=settings.verify_email_ttl_minutes,
-            )
-            await context.mailer.send(email)
-            now = datetime.now(UTC)
-            await connection.execute(
-                verify_emails.update()
-                .where(verify_emails.c.id == email_id)
-                # The link's lifetime starts when the email leaves, not when the first attempt began.
-                .values(sent_at=now, expired_at=now + timedelta(minutes=settings.verify_email_ttl_minutes))
-            )
+            raise UserNotVisible("user not yet visible")
+        if user.is_email_verified:
+            # A resend asked for while unverified, and the address got verified before it left.
+            log.info("email already verified; nothing sent", username=command.username)
+            return
+        email_id = user.email_id
+        if email_id is None:  # a redelivery: the row exists (ON CONFLICT waited for its transaction to end)
+            email_id = (await connection.execute(_ROW_OF_EVENT, {"event": event_id})).scalar_one()
+    # The row (and its code) commits before anything is sent: a redelivery after a crash between the
+    # send and the commit below sends the very same email (same link, same Message-ID), not a second one.
+    async with connection.begin():
+        row = (await connection.execute(_LOCK_ROW, {"email_id": email_id})).one()
+        if row.sent_at is not None:
+            log.info("duplicate delivery; email already sent", username=command.username)
+            return
+        link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=row.secret_code)
+        email = render_email(
+            "verify_email",
+            settings=settings,
+            to=row.email,
+            message_id=message_id,
+            full_name=user.full_name,
+            link=link,
+            minutes=settings.verify_email_ttl_minutes,
+        )
+        await context.mailer.send(email)
+        now = datetime.now(UTC)
+        # The link's lifetime starts when the email leaves, not when the first attempt began.
+        await connection.execute(_MARK_SENT, {"email_id": email_id, "now": now, "expires": now + ttl})
     context.metrics.emails_sent.labels(kind="verify_email").inc()
     log.info("verification email sent", username=command.username, email=row.email, verify_email_id=email_id)
 
@@ -94,37 +141,3 @@ def verify_link(*, base_url: str, email_id: int, secret_code: str) -> str:
     """The link in the email: the API's ``GET /v1/verify_email`` with the row's id and code."""
     query = urlencode({"email_id": email_id, "secret_code": secret_code})
     return f"{base_url.rstrip('/')}/v1/verify_email?{query}"
-
-
-async def _load_user(connection: AsyncConnection, username: str) -> Any | None:
-    query = sa.select(users.c.username, users.c.email, users.c.full_name, users.c.is_email_verified).where(
-        users.c.username == username
-    )
-    return (await connection.execute(query)).one_or_none()
-
-
-async def _ensure_row(
-    connection: AsyncConnection,
-    *,
-    event_id: uuid.UUID,
-    user: Any,
-    settings: Settings,
-) -> int:
-    """Get or create the verify_emails row of ``event_id`` (the idempotency key) and return its id."""
-    inserted = await connection.execute(
-        insert(verify_emails)
-        .values(
-            username=user.username,
-            email=user.email,
-            secret_code=secrets.token_urlsafe(32),
-            event_id=event_id,
-            expired_at=datetime.now(UTC) + timedelta(minutes=settings.verify_email_ttl_minutes),
-        )
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(verify_emails.c.id)
-    )
-    email_id = inserted.scalar_one_or_none()
-    if email_id is None:  # a redelivery: the row exists (ON CONFLICT waited for its transaction to end)
-        query = sa.select(verify_emails.c.id).where(verify_emails.c.event_id == event_id)
-        email_id = (await connection.execute(query)).scalar_one()
-    return int(email_id)

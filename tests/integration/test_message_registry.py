@@ -34,7 +34,7 @@ class Ping(Message, frozen=True):
     note: str
 
 
-async def handle_ping(message: Ping, *, context: Any, message_id: str) -> None:
+async def handle_ping(message: Ping, *, context: Any, message_id: str, connection: Any) -> None:
     handled_pings.append((message.note, message_id, context.settings.database_url))
 
 

@@ -175,11 +175,13 @@ class RecordingMailer:
 async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> RecordingMailer:
     """Run the worker's use case for one new message to ``username``, with a recording mailer."""
     mailer = RecordingMailer()
-    await send_verify_email(
-        SendVerifyEmail(username=username),
-        context=WorkerContext(settings=settings, mailer=mailer, engine=db),
-        message_id=str(uuid.uuid4()),
-    )
+    async with db.connect() as connection:
+        await send_verify_email(
+            SendVerifyEmail(username=username),
+            context=WorkerContext(settings=settings, mailer=mailer, engine=db),
+            message_id=str(uuid.uuid4()),
+            connection=connection,
+        )
     assert len(mailer.sent) == 1
     return mailer
 

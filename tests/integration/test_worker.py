@@ -138,6 +138,34 @@ async def test_the_same_message_twice_sends_one_email(worker_settings, db, sink,
     assert len(sink.received) == 1 and len(await sent_rows(db)) == 1
 
 
+async def test_a_connection_that_died_in_the_pool_costs_no_failed_attempt(
+    worker_settings, db, sink, log_tee
+) -> None:
+    # The worker's pool lends connections without a ping (DESIGN §4): one that PostgreSQL closed while it was
+    # pooled fails the message's first statement, and the actor handles the message again at once.
+    start = len(log_tee.lines)
+    await add_user(db, "alice")
+    await add_user(db, "bob")
+    with running_worker(worker_settings) as broker:
+        broker.enqueue(verify_message("alice"))
+        await wait_for(lambda: _received(sink), timeout=10, what="the first email")
+        async with db.connect() as connection:
+            killed = await connection.scalar(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend'"
+                )
+            )
+        assert killed >= 1
+        broker.enqueue(verify_message("bob"))
+        stale = "stale database connection discarded; handling the message again"
+        await wait_logged(log_tee, stale, since=start)
+        await wait_for(lambda: _async(len(sink.received) == 2 or None), timeout=10, what="the second email")
+    assert logged(log_tee, "attempt failed", since=start) == []
+    assert {r.username for r in await sent_rows(db) if r.sent_at is not None} == {"alice", "bob"}
+
+
 async def test_smtp_451_is_retried_with_growing_backoff(worker_settings, db, sink) -> None:
     await add_user(db)
     sink.script.extend(["451 4.3.0 try again later"] * 3)
