@@ -108,11 +108,41 @@ class SignupRedisBroker(RedisBroker):
         (``shared.locator``) and a wake-up token, in one MULTI/EXEC. Raises redis-py's errors."""
         args = self.enqueue_args(queue_name, redis_message_id, data, maintenance=True)
         message_id = Message.decode(data).message_id
-        with self.client.pipeline(transaction=True) as pipe:
-            self.scripts["dispatch"](keys=[self.namespace], args=args, client=pipe)
+
+        def fill(pipe: Any) -> None:
+            self.dispatch_in(pipe, args)
             pipe.hset(locators_key(self.namespace), message_id, locator(queue_name, redis_message_id))
             push_wake(pipe, namespace=self.namespace, queue_name=queue_name)
-            pipe.execute()
+
+        self.transaction(fill)
+
+    def dispatch_in(self, pipe: Any, args: list[str | int | bytes]) -> None:
+        """Queue a call of Dramatiq's ``dispatch`` script on ``pipe`` by its SHA (run it in ``transaction``).
+
+        Not through redis-py's ``Script``, which sends ``SCRIPT EXISTS`` before every pipeline that holds
+        one: a round trip on the way from the commit to the inbox.
+        """
+        pipe.evalsha(self.scripts["dispatch"].sha, 1, self.namespace, *args)
+
+    def transaction(self, fill: Any) -> None:
+        """Run the commands ``fill(pipe)`` queues (``dispatch_in`` calls among them) in one MULTI/EXEC.
+
+        If Redis no longer has the script (it restarted, or ``SCRIPT FLUSH``), that call fails while the
+        rest of the transaction ran: the script is loaded and the same commands run once more, which writes
+        the same locators and only adds wake-up tokens (a stale one costs one empty fetch). Raises redis-py's
+        errors.
+        """
+        for attempt in (1, 2):
+            with self.client.pipeline(transaction=True) as pipe:
+                fill(pipe)
+                try:
+                    pipe.execute()
+                    return
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+            script = self.scripts["dispatch"]
+            script.sha = self.client.script_load(script.script)
 
     def close(self) -> None:
         super().close()

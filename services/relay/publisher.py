@@ -43,26 +43,31 @@ def enqueue_batch(broker: dramatiq.Broker, rows: list[OutboxRow]) -> None:
         for row in rows:
             broker.enqueue(to_message(row), delay=row.delay_ms)
         return
-    dispatch = broker.scripts["dispatch"]
     emitted = []
+    calls = []
     filled: Counter[str] = Counter()
     locators: dict[Any, Any] = {}  # redis-py types its mapping too narrowly for a dict[str, str]
-    with broker.client.pipeline(transaction=True) as pipe:
-        for row in rows:
-            message, queue_name = _prepare(to_message(row), row.delay_ms)
-            broker.emit_before("enqueue", message, row.delay_ms)
-            # No maintenance pass from the relay: the workers run it.
-            args = broker.enqueue_args(
+    for row in rows:
+        message, queue_name = _prepare(to_message(row), row.delay_ms)
+        broker.emit_before("enqueue", message, row.delay_ms)
+        # No maintenance pass from the relay: the workers run it.
+        calls.append(
+            broker.enqueue_args(
                 queue_name, message.options["redis_message_id"], message.encode(), maintenance=False
             )
-            dispatch(keys=[broker.namespace], args=args, client=pipe)
-            emitted.append((message, row.delay_ms))
-            filled[queue_name] += 1
-            locators[message.message_id] = locator(queue_name, message.options["redis_message_id"])
+        )
+        emitted.append((message, row.delay_ms))
+        filled[queue_name] += 1
+        locators[message.message_id] = locator(queue_name, message.options["redis_message_id"])
+
+    def fill(pipe: Any) -> None:
+        for args in calls:
+            broker.dispatch_in(pipe, args)
         pipe.hset(locators_key(broker.namespace), mapping=locators)
         for queue_name, count in filled.items():
             push_wake(pipe, namespace=broker.namespace, queue_name=queue_name, count=count)
-        pipe.execute()
+
+    broker.transaction(fill)
     for message, delay in emitted:
         broker.emit_after("enqueue", message, delay)
 

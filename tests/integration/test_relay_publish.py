@@ -6,6 +6,7 @@ import uuid
 
 import httpx
 import pytest
+import redis
 
 from services.relay.publisher import enqueue_batch
 from services.relay.store import OutboxRow
@@ -47,6 +48,27 @@ def test_a_pipelined_batch_is_consumed_like_broker_enqueue(settings):
     assert left.ready == []
     # delay=0 is still a delayed message: Dramatiq routes any non-None delay through the delay queue.
     assert [m.message_id for m in left.delayed] == [str(delayed.event_id)]
+
+
+def test_a_batch_calls_the_script_by_its_sha_and_loads_it_again_after_redis_lost_it(settings):
+    broker = create_broker(settings)
+    admin = redis.Redis.from_url(settings.redis_url)
+    try:
+        admin.script_flush()  # as after a Redis restart: the script is gone
+        first = row(None)
+        enqueue_batch(broker, [first])
+        assert [m.message_id for m in queued_messages(settings.redis_url).ready] == [str(first.event_id)]
+        admin.config_resetstat()
+        second = row(None)
+        enqueue_batch(broker, [second])
+        stats = admin.info("commandstats")
+        # One MULTI/EXEC and nothing before it: no SCRIPT EXISTS (redis-py's Script does one per pipeline).
+        assert not any(name.startswith("cmdstat_script") for name in stats), stats.keys()
+        assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_exec"]["calls"] == 1
+        assert len(queued_messages(settings.redis_url).ready) == 2
+    finally:
+        admin.close()
+        broker.close()
 
 
 async def test_metrics_endpoint_reports_published_and_backlog(settings):
