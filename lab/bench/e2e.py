@@ -26,7 +26,7 @@ from services.api.passwords import _hasher
 
 STRATEGIES = ("outbox", "fixed_delay", "immediate")
 FIXED_DELAY_MS = 10_000
-# An idle Dramatiq consumer backs off up to this many ms between polls of Redis (DESIGN §4): with the lab's
+# An idle Dramatiq consumer backs off up to this many ms between polls of Redis (DESIGN §5): with the lab's
 # 50 it alone can take half the outbox's latency budget. The same for every strategy.
 WORKER_TIMEOUT_MS = 20
 # Signups in flight at saturation: enough to keep every core hashing while others wait on the database.

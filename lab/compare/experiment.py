@@ -24,7 +24,7 @@ COMMON_ENV = {"WORKER_THREADS": "4", "WORKER_MAX_BACKOFF_MS": "8000"}
 GRACE_S = 3.0
 """After the last signup plus the strategy's delay and commit delay: time for every message's first try."""
 REDELIVERY_S = 30.0
-"""After a SIGKILL: how long a dead worker's unacked messages may take to come back (DESIGN §4)."""
+"""After a SIGKILL: how long a dead worker's unacked messages may take to come back (DESIGN §5)."""
 
 PROGRESS_EVERY_S = 10.0
 

@@ -101,7 +101,7 @@ class Stack:
             "DISPATCH_STRATEGY": strategy,
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "info",
-            # An idle Dramatiq consumer sleeps up to this between polls (DESIGN §4): keep latency honest.
+            # An idle Dramatiq consumer sleeps up to this between polls (DESIGN §5): keep latency honest.
             "dramatiq_worker_timeout": "50",
             **PATIENT_ADMISSION,
             **extra,

@@ -105,7 +105,7 @@ def declare_actor(
         try:
             await _handle(handler, payload, context=context, message_id=current.message_id)
         except Exception as exc:
-            # A database that is down or restarting is a transient failure like an SMTP 4xx (DESIGN §4).
+            # A database that is down or restarting is a transient failure like an SMTP 4xx (DESIGN §5).
             if database_unavailable(exc):
                 raise TransientError(f"database unavailable: {type(exc).__name__}") from None
             raise

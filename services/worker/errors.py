@@ -1,4 +1,4 @@
-"""How the worker classifies a failure: retry it with backoff, or dead-letter it at once (DESIGN §4)."""
+"""How the worker classifies a failure: retry it with backoff, or dead-letter it at once (DESIGN §5)."""
 
 from __future__ import annotations
 

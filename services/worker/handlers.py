@@ -1,4 +1,4 @@
-"""The worker's handlers: what each message does, at most once per message id (DESIGN §4).
+"""The worker's handlers: what each message does, at most once per message id (DESIGN §5).
 
 A handler is named by its message class (``shared.messages``) and called as ``await handler(message,
 context=..., message_id=..., connection=...)`` by the actor that ``services.worker.actors`` declares for it:

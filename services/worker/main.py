@@ -30,7 +30,7 @@ from shared.telemetry import configure_tracing
 log = get_logger()
 
 # An idle Dramatiq consumer sleeps up to this between polls; Dramatiq's default (1000 ms) then dominates
-# commit-to-email time. Polling every 50 ms costs Redis almost nothing (DESIGN §4).
+# commit-to-email time. Polling every 50 ms costs Redis almost nothing (DESIGN §5).
 POLL_TIMEOUT_VARIABLE = "dramatiq_worker_timeout"
 DEFAULT_POLL_TIMEOUT_MS = 50
 # How long the messages in hand may take to finish: below the 10 s that compose, systemd and Kubernetes

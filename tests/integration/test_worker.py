@@ -141,7 +141,7 @@ async def test_the_same_message_twice_sends_one_email(worker_settings, db, sink,
 async def test_a_connection_that_died_in_the_pool_costs_no_failed_attempt(
     worker_settings, db, sink, log_tee
 ) -> None:
-    # The worker's pool lends connections without a ping (DESIGN §4): one that PostgreSQL closed while it was
+    # The worker's pool lends connections without a ping (DESIGN §5): one that PostgreSQL closed while it was
     # pooled fails the message's first statement, and the actor handles the message again at once.
     start = len(log_tee.lines)
     await add_user(db, "alice")

@@ -23,7 +23,7 @@ OTEL_VARIABLES = {
 }
 # Variables the compose file sets that are not signup settings, each with the reason it is there.
 NOT_SETTINGS = OTEL_VARIABLES | {
-    "dramatiq_worker_timeout",  # read by Dramatiq's Redis consumer itself (DESIGN §4)
+    "dramatiq_worker_timeout",  # read by Dramatiq's Redis consumer itself (DESIGN §5)
     "POSTGRES_USER",  # the postgres image
     "POSTGRES_PASSWORD",  # the postgres image
     "MP_SMTP_AUTH_ACCEPT_ANY",  # Mailpit: accept the worker's SMTP_USERNAME/PASSWORD if set
