@@ -29,6 +29,7 @@ RATIOS = {
         "goodput_over_capacity_1x",
         "goodput_over_capacity_5x",
         "capacity_beside_idle_stack_per_s",
+        "capacity_beside_idle_stack_after_5x_per_s",
         "goodput_over_idle_stack_capacity_5x",
         "cpu_api_hashing_5x",
         "cpu_api_loop_5x",
