@@ -7,6 +7,7 @@ it explicitly (``services.worker.app.build_worker``), so Dramatiq's global broke
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -124,7 +125,7 @@ class SignupRedisBroker(RedisBroker):
         """
         pipe.evalsha(self.scripts["dispatch"].sha, 1, self.namespace, *args)
 
-    def transaction(self, fill: Any) -> None:
+    def transaction(self, fill: Callable[[Any], None]) -> None:
         """Run the commands ``fill(pipe)`` queues (``dispatch_in`` calls among them) in one MULTI/EXEC.
 
         If Redis no longer has the script (it restarted, or ``SCRIPT FLUSH``), that call fails while the
@@ -141,8 +142,7 @@ class SignupRedisBroker(RedisBroker):
                 except redis.exceptions.NoScriptError:
                     if attempt == 2:
                         raise
-            script = self.scripts["dispatch"]
-            script.sha = self.client.script_load(script.script)
+            self.client.script_load(self.scripts["dispatch"].script)  # same SHA: it is the script's SHA-1
 
     def close(self) -> None:
         super().close()

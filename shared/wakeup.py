@@ -134,7 +134,7 @@ class WakingConsumer(PollingConsumer):
             # very list, it did not fetch because the consumer was full. Reading the count of held messages
             # afterwards instead raced with the worker threads' acks: an ack in between made a full consumer
             # look idle, and it blocked on the wake-up list for the whole fallback with its queue full of
-            # work (section 5 of the bench: 47 emails/s where the threads could do several times that).
+            # work (section 5 of the bench: 47 emails/s where the threads could do about twice that).
             self.message_cache = unfetched
         message = super().__next__()
         if message is None:
