@@ -127,7 +127,7 @@ async def drain_section(stack: Stack, plan: BenchPlan) -> Section:
         headers=["publisher", "rows", "seconds", "events/s"],
         rows=[
             ["plain broker.enqueue loop", str(n), f"{plain_s:.2f}", f"{plain_rate:.0f}"],
-            ["relay (claim, pipeline, mark)", str(n), f"{relay_s:.2f}", f"{relay_rate:.0f}"],
+            ["relay (claim and mark, pipeline; two lanes)", str(n), f"{relay_s:.2f}", f"{relay_rate:.0f}"],
         ],
         figures={
             "relay_per_s": relay_rate,

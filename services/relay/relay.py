@@ -1,10 +1,12 @@
 """The claim-publish loop: one transaction per batch, woken by NOTIFY, a poll as the fallback.
 
-A batch is: claim up to ``RELAY_BATCH_SIZE`` due rows (``FOR UPDATE SKIP LOCKED``), enqueue them to Redis,
-mark them published, commit. If Redis or PostgreSQL fails anywhere in between, the transaction rolls back
-(so no row is marked published that was not enqueued), the failure is counted on the rows in a separate
-transaction, and the loop backs off and carries on. A row enqueued but not committed (a crash between the
-two) is published again later under the same message id: at-least-once, never lost.
+A batch is: claim up to ``RELAY_BATCH_SIZE`` due rows and mark them published (one ``UPDATE`` over a
+``FOR UPDATE SKIP LOCKED`` select), enqueue them to Redis, commit. If Redis or PostgreSQL fails anywhere in
+between, the transaction rolls back (so no row is marked published that was not enqueued), the failure is
+counted on the rows in a separate transaction, and the loop backs off and carries on. While batches come
+back full, a second lane runs batches beside the first, so that one claims while the other enqueues. A row
+enqueued but not committed (a crash between the two) is published again later under the same message id:
+at-least-once, never lost.
 
 Every ``RECONCILE_INTERVAL_MS`` a reconciliation pass (``reconcile``, DESIGN §13) publishes again, under the
 same message id, the published rows that no worker has handled after ``RECONCILE_GRACE_MS`` and whose
@@ -114,7 +116,9 @@ class Relay:
             max_size=4,
             command_timeout=PG_COMMAND_TIMEOUT_S,
             timeout=PG_CONNECT_TIMEOUT_S,
-            server_settings={"application_name": "signup-relay"},
+            # Every claim planned for the table as it is now: a generic plan made while the outbox was
+            # empty read the whole table per batch once a backlog came (DESIGN §5).
+            server_settings={"application_name": "signup-relay", "plan_cache_mode": "force_custom_plan"},
             **pool_options,
         )
 
@@ -126,21 +130,38 @@ class Relay:
     async def _loop(self) -> None:
         failures = 0
         poll_s = self.settings.relay_poll_interval_ms / 1000
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                published = await self.publish_batch()
-            except Exception:
-                failures += 1
-                await self._sleep(self._backoff(failures))
-                continue
-            failures = 0
-            if published < self.settings.relay_batch_size:
+        second: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    published = await self.publish_batch()
+                except Exception:
+                    failures += 1
+                    await self._sleep(self._backoff(failures))
+                    continue
+                failures = 0
+                if published == self.settings.relay_batch_size:
+                    if second is None or second.done():
+                        second = asyncio.create_task(self._second_lane())
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll_s)
+        finally:
+            if second is not None:
+                await second
+
+    async def _second_lane(self) -> None:
+        """Batches in a second transaction while a backlog lasts: one lane's claim runs in PostgreSQL while
+        the other's enqueue runs here and in Redis. It stops at the first short or failed batch (the first
+        lane backs off); SKIP LOCKED keeps the lanes off each other's rows, as it does for several relays."""
+        with contextlib.suppress(Exception):
+            while not self._stopping.is_set():
+                if await self.publish_batch() < self.settings.relay_batch_size:
+                    return
 
     async def publish_batch(self) -> int:
-        """Claim, enqueue and mark one batch in one transaction; return how many rows it published.
+        """Claim and mark, enqueue, commit: one batch in one transaction; return how many rows it published.
 
         Raises whatever Redis or PostgreSQL raised, after the rollback and after counting the attempt.
         """
@@ -157,7 +178,6 @@ class Relay:
                     with publish_span(rows):
                         # redis-py is synchronous: keep the event loop (and the NOTIFY listener) running.
                         await asyncio.shield(asyncio.to_thread(enqueue_batch, self.broker, rows))
-                        await store.mark_published(connection, ids=[row.id for row in rows])
         except Exception as exc:
             await self._failed(rows, exc)
             raise

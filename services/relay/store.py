@@ -22,15 +22,22 @@ _COLUMNS = """
        id, event_id, actor, queue, payload::text AS payload, trace_id, trace_context::text AS trace_context,
        CASE WHEN available_at <= now() THEN NULL
             ELSE ceil(extract(epoch FROM available_at - now()) * 1000)::bigint END AS delay_ms"""
-_CLAIM = f"""
-SELECT {_COLUMNS}
-FROM outbox
-WHERE published_at IS NULL AND available_at <= now() + make_interval(secs => $1::float8 / 1000)
-ORDER BY id
-LIMIT $2
-FOR UPDATE SKIP LOCKED
+# Claim and mark in one statement: the UPDATE's row locks are the claim (held until the batch's transaction
+# ends; a rollback unmarks them), and each row is written once instead of locked, then updated. The batch is
+# the first rows of the partial index ``outbox_unpublished_idx`` in its own order (available_at, id): with
+# ORDER BY id the claim sorted the whole backlog, or walked the primary key over every published row, for
+# each batch. ``= ANY(ARRAY(…))`` makes the UPDATE one index lookup per claimed id.
+CLAIM = f"""
+UPDATE outbox SET published_at = now()
+WHERE id = ANY(ARRAY(
+    SELECT id FROM outbox
+    WHERE published_at IS NULL AND available_at <= now() + make_interval(secs => $1::float8 / 1000)
+    ORDER BY available_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING {_COLUMNS}
 """
-_MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
 _RECORD_FAILURE = (
     "UPDATE outbox SET attempts = attempts + 1, last_error = $2 "
     "WHERE id = ANY($1::bigint[]) AND published_at IS NULL"
@@ -92,12 +99,14 @@ class OutboxRow:
 
 
 async def claim(connection: Any, *, limit: int, lookahead_ms: int) -> list[OutboxRow]:
-    """Lock and return up to ``limit`` unpublished rows due within ``lookahead_ms``, oldest id first.
+    """Mark published, lock and return (in id order) up to ``limit`` unpublished rows due within
+    ``lookahead_ms``, the earliest due first.
 
-    Must run inside a transaction: the row locks last until it commits or rolls back.
+    Must run inside the transaction that enqueues them: the row locks last until it commits, and a rollback
+    leaves the rows unpublished.
     """
-    records = await connection.fetch(_CLAIM, lookahead_ms, limit)
-    return [_row(r) for r in records]
+    records = await connection.fetch(CLAIM, lookahead_ms, limit)
+    return [_row(r) for r in sorted(records, key=lambda r: int(r["id"]))]
 
 
 def _row(r: Any) -> OutboxRow:
@@ -111,11 +120,6 @@ def _row(r: Any) -> OutboxRow:
         trace_context=None if r["trace_context"] is None else msgspec.json.decode(r["trace_context"]),
         delay_ms=None if r["delay_ms"] is None else max(int(r["delay_ms"]), 0),
     )
-
-
-async def mark_published(connection: Any, *, ids: list[int]) -> None:
-    """Set ``published_at`` on the claimed rows (in the claim's transaction)."""
-    await connection.execute(_MARK_PUBLISHED, ids)
 
 
 async def record_failure(connection: Any, *, ids: list[int], error: str) -> None:
