@@ -10,11 +10,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import dramatiq
+import msgspec
 import redis
 from dramatiq import Message
 from dramatiq.broker import Consumer
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis
+from dramatiq.encoder import Encoder, MessageData
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
@@ -53,6 +56,25 @@ MAINTENANCE_CHANCE_WAKING = 1_000_000
 
 # A message older than this is dropped by AgeLimit; ours must never be, so the limit is a week.
 MAX_AGE_MS = 7 * 24 * 3600 * 1000
+
+
+class MsgspecJSONEncoder(Encoder):
+    """Dramatiq's JSON message format, written and read by msgspec instead of the ``json`` module.
+
+    The bytes are JSON that Dramatiq's own ``JSONEncoder`` reads, and it reads theirs (non-ASCII is written
+    as UTF-8 rather than ``\\u`` escapes). The relay encodes one message per outbox row, and ``json.dumps``
+    was a fifth of its time per row in a backlog drain.
+    """
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.json.Encoder()
+
+    def encode(self, data: MessageData) -> bytes:
+        return self._encoder.encode(data)
+
+    def decode(self, data: bytes) -> MessageData:
+        decoded: MessageData = msgspec.json.decode(data)  # Message.decode turns its errors into DecodeError
+        return decoded
 
 
 class SignupRedisBroker(RedisBroker):
@@ -181,7 +203,11 @@ class SignupRedisBroker(RedisBroker):
 def create_broker(
     settings: Settings, *, extra_middleware: list[Middleware] | None = None
 ) -> SignupRedisBroker:
-    """A ``SignupRedisBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings."""
+    """A ``SignupRedisBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings.
+
+    Sets Dramatiq's process-wide message encoder to ``MsgspecJSONEncoder`` (the same JSON, faster).
+    """
+    dramatiq.set_encoder(MsgspecJSONEncoder())
     middleware: list[Middleware] = [
         AgeLimit(max_age=MAX_AGE_MS),
         TimeLimit(time_limit=5 * 60 * 1000),
