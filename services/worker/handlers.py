@@ -88,7 +88,9 @@ async def send_verify_email(
     event_id = uuid.UUID(message_id)
     ttl = timedelta(minutes=settings.verify_email_ttl_minutes)
     # SQLAlchemy Core on the message's one connection, without the ORM session's bookkeeping per statement:
-    # every round trip before the send is on the way from the commit to the inbox.
+    # every round trip before the send is on the way from the commit to the inbox. The first statement is a
+    # transaction of its own (autocommit: no BEGIN and COMMIT round trips around it).
+    await connection.execution_options(isolation_level="AUTOCOMMIT")
     async with connection.begin():
         found = await connection.execute(
             LOAD_USER_AND_ENSURE_ROW,
@@ -112,6 +114,7 @@ async def send_verify_email(
         email_id = user.email_id
         if email_id is None:  # a redelivery: the row exists (ON CONFLICT waited for its transaction to end)
             email_id = (await connection.execute(_ROW_OF_EVENT, {"event": event_id})).scalar_one()
+    await connection.execution_options(isolation_level=connection.default_isolation_level)
     # The row (and its code) commits before anything is sent: a redelivery after a crash between the
     # send and the commit below sends the very same email (same link, same Message-ID), not a second one.
     async with connection.begin():
