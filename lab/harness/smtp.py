@@ -49,6 +49,8 @@ class SmtpSink:
     attempts: list[float] = field(default_factory=list)
     """Wall-clock time of every DATA command, refused or not."""
     refused: int = 0
+    sessions: int = 0
+    """EHLOs answered: one per client connection."""
     smtputf8: bool = True
     """Whether EHLO offers SMTPUTF8 (aiosmtpd's default); many real servers do not."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,6 +65,14 @@ class SmtpSink:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when no handler hook is defined
+        with self._lock:
+            self.sessions += 1
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         received_at = time.time()  # the data is in: the sink's own parsing below is not the sender's time
@@ -90,4 +100,4 @@ class SmtpSink:
             self.received.clear()
             self.attempts.clear()
             self.script.clear()
-            self.fail_ratio, self.refused = 0.0, 0
+            self.fail_ratio, self.refused, self.sessions = 0.0, 0, 0

@@ -6,6 +6,10 @@ at import time. Actors are bound to their broker explicitly, so Dramatiq's globa
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+
+import sqlalchemy as sa
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.middleware import Retries
 
@@ -15,25 +19,57 @@ from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
 from shared.broker import SignupRedisBroker, create_broker
 from shared.database import create_engine
+from shared.logging import get_logger
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
 
+log = get_logger()
+
 
 class _Lifecycle(Middleware):
-    """Serves metrics once a worker boots; disposes the engine on the event loop before it stops."""
+    """Serves metrics and warms the connections up once a worker boots; disposes the engine on the event
+    loop before it stops."""
 
     def __init__(self, context: WorkerContext) -> None:
         self.context = context
+        self._warming: concurrent.futures.Future[None] | None = None
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         self.context.metrics.serve(port=self.context.settings.worker_metrics_port)
+        from dramatiq.asyncio import get_event_loop_thread
+
+        loop_thread = get_event_loop_thread()
+        if loop_thread is not None:
+            # Not waited for: a message that arrives first opens its own connections, as it always did.
+            self._warming = asyncio.run_coroutine_threadsafe(warm_up(self.context), loop_thread.loop)
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        if self._warming is not None:
+            self._warming.cancel()  # a stop while an SMTP server hangs the warm-up does not wait for it
         from dramatiq.asyncio import get_event_loop_thread
 
         loop_thread = get_event_loop_thread()
         if loop_thread is not None:
             loop_thread.run_coroutine(self.context.engine.dispose())
+
+
+async def warm_up(context: WorkerContext) -> None:
+    """Open a pooled database connection and an SMTP connection before the first message needs them.
+
+    Without it the first message a process handles pays for both (a PostgreSQL connect with SQLAlchemy's
+    first-connection queries, an SMTP connect and EHLO): the first email after a deploy, and with several
+    processes the first one each of them takes. A failure is logged and left to the first message.
+    """
+    try:
+        async with context.engine.connect() as connection:
+            await connection.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        log.warning("worker.warm_up_failed", part="database", error=type(exc).__name__)
+    if isinstance(context.mailer, SmtpMailer):
+        try:
+            await context.mailer.warm_up()
+        except Exception as exc:
+            log.warning("worker.warm_up_failed", part="smtp", error=type(exc).__name__)
 
 
 def build_worker(

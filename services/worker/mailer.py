@@ -64,6 +64,19 @@ class SmtpMailer:
             # Connection refused, timeout, disconnect, TLS or login trouble: the server, not the message.
             raise TransientError(f"SMTP unavailable: {type(exc).__name__}") from None
 
+    async def warm_up(self) -> None:
+        """Open a connection, greeted (EHLO), for the first send to reuse. Raises aiosmtplib's errors or
+        ``OSError``."""
+        client = self._client()
+        try:
+            await client.connect()  # with STARTTLS and login when the settings ask for them
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+        except BaseException:
+            client.close()
+            raise
+        self._idle.append(client)
+
     async def _send(self, message: EmailMessage) -> None:
         while self._idle:
             client = self._idle.pop()

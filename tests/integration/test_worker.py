@@ -125,6 +125,32 @@ async def test_one_email_with_a_working_link_and_a_deterministic_message_id(
     )
 
 
+async def test_a_worker_opens_its_database_and_smtp_connections_before_its_first_message(
+    worker_settings, db, sink: SmtpSink
+) -> None:
+    # The first message of a fresh process paid a PostgreSQL connect (with SQLAlchemy's first-connection
+    # queries) and an SMTP connect and EHLO on its way to the inbox: after a deploy, and in every process of
+    # several. The worker opens both when it boots, and the first message uses them.
+    await add_user(db)
+    broker, context = build_worker(worker_settings)
+    worker = Worker(broker, worker_timeout=50, worker_threads=worker_settings.worker_threads)
+    worker.start()
+    try:
+        pool = context.engine.pool
+        await wait_for(
+            lambda: _async((sink.sessions == 1 and pool.checkedin() == 1) or None),  # type: ignore[attr-defined]
+            timeout=10,
+            what="a pooled database connection and an SMTP session before any message",
+        )
+        broker.enqueue(verify_message())
+        await wait_for(lambda: _received(sink), timeout=10, what="the email")
+        assert sink.sessions == 1
+        assert pool.checkedin() + pool.checkedout() == 1  # type: ignore[attr-defined]
+    finally:
+        worker.stop()
+        broker.close()
+
+
 async def test_the_same_message_twice_sends_one_email(worker_settings, db, sink, log_tee) -> None:
     start = len(log_tee.lines)
     await add_user(db)
