@@ -8,6 +8,7 @@ from typing import Any
 import jinja2
 import pytest
 
+from services.worker import emails
 from services.worker.actors import BadPayload, decode
 from services.worker.emails import render_email
 from services.worker.errors import PermanentError, TransientError
@@ -82,3 +83,11 @@ def test_metrics_serve_on_their_port_or_not_at_all() -> None:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'signup_worker_emails_sent_total{kind="verify_email"} 1.0' in body
     assert 'signup_worker_dead_letters_total{message="send_verify_email"} 1.0' in body
+
+
+def test_warm_up_compiles_every_email_template() -> None:
+    # The worker calls it at boot, so that its first email does not compile them.
+    templates = emails._templates()
+    templates.cache.clear()  # type: ignore[union-attr]
+    emails.warm_up()
+    assert len(templates.cache) == len(templates.list_templates()) > 0  # type: ignore[arg-type]
