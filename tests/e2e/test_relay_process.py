@@ -23,20 +23,29 @@ def relay_process(settings, tmp_path, **env: str) -> SignupProcess:
     return start_signup("relay", env={**base, **env}, log_dir=tmp_path)
 
 
+# A deferred trigger runs at COMMIT: this one waits for an advisory lock the test holds, so a relay's batch
+# transaction stops after its claim and its enqueue, right before the commit.
+HOLD_COMMITS = """
+CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER hold_commit AFTER UPDATE ON outbox
+  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hold_commit();
+"""
+RELEASE_COMMITS = "DROP TRIGGER IF EXISTS hold_commit ON outbox; DROP FUNCTION IF EXISTS hold_commit()"
+
+
 async def test_relay_killed_between_enqueue_and_commit_republishes_the_same_messages(settings, tmp_path):
     connection = await connect(settings)
     event_ids = await insert_rows(connection, 3000)
-    # A SHARE lock lets the relay claim and enqueue but blocks its UPDATE: it is stuck mid-batch, with
-    # messages in Redis and the rows still unpublished, when it is killed.
-    blocker = connection.transaction()
-    await blocker.start()
-    await connection.execute("LOCK TABLE outbox IN SHARE MODE")
+    await connection.execute(HOLD_COMMITS)
+    await connection.execute("SELECT pg_advisory_lock(4242)")
 
     async def first_batch_in_redis():
         return len(queued_messages(settings.redis_url).all) >= 500
 
     first = relay_process(settings, tmp_path, RELAY_BATCH_SIZE="500")
     try:
+        # Stuck mid-batch, with messages in Redis and the rows still unpublished, when it is killed.
         await wait_for(first_batch_in_redis, timeout=20, what="the first batch in Redis")
         first.process.send_signal(signal.SIGKILL)
         first.process.wait(timeout=10)
@@ -46,7 +55,8 @@ async def test_relay_killed_between_enqueue_and_commit_republishes_the_same_mess
         )
     finally:
         first.stop()
-        await blocker.rollback()
+        await connection.execute("SELECT pg_advisory_unlock(4242)")
+        await connection.execute(RELEASE_COMMITS)
         await connection.close()
     assert await unpublished(settings) == 3000
 
