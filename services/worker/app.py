@@ -11,6 +11,7 @@ import concurrent.futures
 
 import sqlalchemy as sa
 from dramatiq import Broker, Middleware, Worker
+from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Retries
 
 from services.worker import emails
@@ -37,8 +38,6 @@ class _Lifecycle(Middleware):
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         self.context.metrics.serve(port=self.context.settings.worker_metrics_port)
-        from dramatiq.asyncio import get_event_loop_thread
-
         loop_thread = get_event_loop_thread()
         if loop_thread is not None:
             # Not waited for: a message that arrives first opens its own connections, as it always did.
@@ -47,8 +46,6 @@ class _Lifecycle(Middleware):
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
         if self._warming is not None:
             self._warming.cancel()  # a stop while an SMTP server hangs the warm-up does not wait for it
-        from dramatiq.asyncio import get_event_loop_thread
-
         loop_thread = get_event_loop_thread()
         if loop_thread is not None:
             loop_thread.run_coroutine(self.context.engine.dispose())

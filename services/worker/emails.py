@@ -68,8 +68,8 @@ def render_email(kind: str, *, settings: Settings, to: str, message_id: str, **v
 
 
 def warm_up() -> None:
-    """Compile every template and build one throwaway email. A fresh process's first email otherwise pays
-    for both: about 5 ms on the development machine (jinja's compile, the ``email`` package's first use)."""
+    """Compile every template and build one throwaway email: otherwise a fresh process's first email pays for
+    jinja's compile and the ``email`` package's first use."""
     templates = _templates()
     for name in templates.list_templates():
         templates.get_template(name)
