@@ -38,7 +38,8 @@ def _char_class(category_prefix: str) -> str:
 # some scripts' vowels are marks that NFC cannot compose away: "अनिल"). Words are joined by one space,
 # hyphen, apostrophe (' or U+2019) or period, or by a period and a space ("J. R. R. Tolkien"); a final period
 # ends an abbreviation ("Jr."). Digits, other punctuation and control characters (CR/LF would reach the
-# email's To header) are refused. The check runs on the NFC form, so "José" typed as e + U+0301 passes.
+# email's To header) are refused. The check runs on the text as sent (as a client checking the OpenAPI
+# would), then the text is stored NFC: "José" typed as e + U+0301 passes and is stored composed.
 _WORD = rf"[^\W\d_](?:[^\W\d_]|{_char_class('M')})*"
 FullName = Annotated[
     str,
@@ -161,13 +162,11 @@ def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) ->
         if field.name not in raw:
             errors.append(FieldError(field=field.name, message="required"))
             continue
-        value = raw[field.name]
-        # One spelling per text: "José" typed as e + U+0301 (NFD, as some keyboards send it) is the same
-        # name, and compares equal, stored NFC.
-        if isinstance(value, str):
-            value = unicodedata.normalize("NFC", value)
         try:
-            value = msgspec.convert(value, field.type)
+            # The published schema's rules, on the text as sent: JSON Schema counts the code points a client
+            # sends, so a name valid there ("A" + U+0300 + "l") is valid here, and one over a limit there
+            # (a long name typed with combining accents) is refused here too.
+            value = msgspec.convert(raw[field.name], field.type)
         except msgspec.ValidationError as exc:
             message = str(exc).split(" - at ")[0]
             if "matching regex" in message:
@@ -179,7 +178,10 @@ def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) ->
         if any(unicodedata.category(char) == "Cc" for char in value):
             errors.append(FieldError(field=field.name, message="must not contain control characters"))
             continue
-        values[field.name] = value
+        # One spelling per text: "José" typed as e + U+0301 (NFD, as some keyboards send it) is the same
+        # name, and compares equal, stored NFC (NFC only composes letters with their marks: the pattern
+        # still holds).
+        values[field.name] = unicodedata.normalize("NFC", value) if isinstance(value, str) else value
     if "email" in values:
         try:
             values["email"] = _normalized_email(values["email"], allow_smtputf8=allow_smtputf8)

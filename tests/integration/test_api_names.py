@@ -41,6 +41,9 @@ NAMES = [
     ("Alice\u0085", None),
     ("\u0301Alice", None),
     ("Al", None),
+    # Lengths count the code points sent, as the OpenAPI schema does; the name is stored composed (NFC).
+    ("A\u0300l", "\u00c0l"),
+    ("J" + "e\u0301" * 50, None),  # 101 code points sent, 51 once composed
 ]
 
 
