@@ -224,8 +224,9 @@ def test_the_dispatch_script_and_its_argument_order_are_unchanged() -> None:
     assert 'local queue_full_name = namespace .. ":" .. queue_name' in text
     broker = SignupRedisBroker.__new__(SignupRedisBroker)
     broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl = "b1", 15000, 7
+    broker.maintenance_chance = 0
     broker._max_unpack_size = lambda: 3  # type: ignore[method-assign]
-    args = broker.enqueue_args("q", "r1", b"data", maintenance=False)
+    args = broker.enqueue_args("q", "r1", b"data")
     assert args[0] == "enqueue" and args[2:] == ["q", "b1", 15000, 7, 0, 3, "r1", b"data"]
 
 
