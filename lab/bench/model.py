@@ -31,7 +31,9 @@ class BenchPlan:
     hash_samples: int
     overload_s: float
     idle_s: float = 60
-    """How long section 6 leaves each stack idle before it measures one signup."""
+    """How long section 8 leaves each stack idle before it measures one signup."""
+    idle_samples: int = 3
+    """Idle windows per cell of section 8, each followed by one signup."""
     reconcile_rows: int = 1_000_000
     """Published rows in section 9 (``--reconcile-rows``), of which ``reconcile_unhandled`` not handled."""
     reconcile_unhandled: int = 2_000
@@ -60,6 +62,7 @@ QUICK = BenchPlan(
     hash_samples=3,
     overload_s=3,
     idle_s=3,
+    idle_samples=2,
     reconcile_rows=20_000,
     reconcile_unhandled=200,
     reconcile_repeats=3,
