@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-import sqlalchemy as sa
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Retries
 
-from services.worker import emails
+from services.worker import emails, handled, handlers
 from services.worker.actors import WorkerContext, declare_actors
 from services.worker.handled import DeadLetterHandled, ForgetLocator
 from services.worker.mailer import Mailer, SmtpMailer
@@ -56,16 +55,19 @@ async def warm_up(context: WorkerContext) -> None:
 
     Without it the first message a process handles pays for both (a PostgreSQL connect with SQLAlchemy's
     first-connection queries, an SMTP connect and EHLO): the first email after a deploy, and with several
-    processes the first one each of them takes. A failure is logged and left to the first message. It also
-    compiles the email templates (``emails.warm_up``).
+    processes the first one each of them takes. On that connection it compiles and prepares the statements a
+    message runs (rolled back: nothing is written). A failure is logged and left to the first message. It
+    also compiles the email templates (``emails.warm_up``).
     """
     try:
         emails.warm_up()
     except Exception as exc:
         log.warning("worker.warm_up_failed", part="email", error=type(exc).__name__)
     try:
-        async with context.engine.connect() as connection:
-            await connection.execute(sa.text("SELECT 1"))
+        async with context.engine.connect() as connection, connection.begin() as transaction:
+            await handlers.prepare_statements(connection)
+            await handled.prepare_statement(connection)
+            await transaction.rollback()
     except Exception as exc:
         log.warning("worker.warm_up_failed", part="database", error=type(exc).__name__)
     if isinstance(context.mailer, SmtpMailer):

@@ -48,6 +48,12 @@ async def mark_handled(connection: AsyncConnection, message_id: str) -> None:
         await connection.execute(_MARK_HANDLED, {"event": event_id})
 
 
+async def prepare_statement(connection: AsyncConnection) -> None:
+    """Run ``mark_handled``'s statement once for no row, in the caller's transaction (see
+    ``handlers.prepare_statements``)."""
+    await connection.execute(_MARK_HANDLED, {"event": uuid.uuid4()})
+
+
 class ForgetLocator(Middleware):
     """Drops an event's locator once its message was handled (memory only: a handled event is never
     checked again).

@@ -73,6 +73,17 @@ _MARK_SENT = (
 )
 
 
+async def prepare_statements(connection: AsyncConnection) -> None:
+    """Run each of the handler's statements once with arguments no row matches, in the caller's transaction
+    (which it rolls back): SQLAlchemy compiles each and asyncpg prepares it on ``connection``, so the first
+    message on that connection skips both (a few milliseconds on a fresh process's first message)."""
+    now = datetime.now(UTC)
+    # No user is named "" (usernames have 3 characters at least), and row ids start at 1.
+    nothing = {"username": "", "code": "", "event": uuid.uuid4(), "expires": now, "email_id": 0, "now": now}
+    for statement in (LOAD_USER_AND_ENSURE_ROW, _ROW_OF_EVENT, _LOCK_ROW, _MARK_SENT):
+        await connection.execute(statement, nothing)
+
+
 async def send_verify_email(
     command: SendVerifyEmail, *, context: WorkerContext, message_id: str, connection: AsyncConnection
 ) -> None:

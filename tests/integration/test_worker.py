@@ -19,7 +19,7 @@ from dramatiq import Message, Worker
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.app import build_worker
+from services.worker.app import build_worker, warm_up
 from services.worker.deadletters import list_dead_letters
 from shared.database import users, verify_emails
 from shared.settings import Settings
@@ -149,6 +149,29 @@ async def test_a_worker_opens_its_database_and_smtp_connections_before_its_first
     finally:
         worker.stop()
         broker.close()
+
+
+async def test_the_warm_up_prepares_a_messages_statements_on_the_pooled_connection_and_writes_nothing(
+    worker_settings, db, sink: SmtpSink
+) -> None:
+    # A fresh process's first message also paid for SQLAlchemy compiling, and asyncpg preparing, each of
+    # its statements on the connection (a few ms). The warm-up runs them for no row and rolls back.
+    await add_user(db)
+    _broker, context = build_worker(worker_settings)
+    try:
+        await warm_up(context)
+        async with context.engine.connect() as connection:
+            prepared = " | ".join(
+                (await connection.execute(sa.text("SELECT statement FROM pg_prepared_statements"))).scalars()
+            )
+    finally:
+        await context.engine.dispose()
+    for statement in ("INSERT INTO verify_emails", "FOR UPDATE", "UPDATE verify_emails SET"):
+        assert statement in prepared, prepared
+    assert "UPDATE outbox SET handled_at" in prepared, prepared
+    assert await sent_rows(db) == []
+    async with db.connect() as connection:
+        assert (await connection.execute(sa.select(sa.func.count()).select_from(verify_emails))).scalar() == 0
 
 
 async def test_the_same_message_twice_sends_one_email(worker_settings, db, sink, log_tee) -> None:
