@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile (default: all)",
     )
     parsers["bench"].add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="signups/s of sections 1 and 8 (2 and 7 at half; default: 60%% of the measured hashing rate)",
+    )
+    parsers["bench"].add_argument(
         "--reconcile-rows",
         type=int,
         default=0,

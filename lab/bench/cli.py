@@ -66,20 +66,31 @@ PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile")
 
 
 async def sections(
-    plan: BenchPlan, *, work_dir: Path, pg: str, say: Any, only: frozenset[str] = frozenset(PARTS)
+    plan: BenchPlan,
+    *,
+    work_dir: Path,
+    pg: str,
+    say: Any,
+    only: frozenset[str] = frozenset(PARTS),
+    rate: float | None = None,
 ) -> list[Section]:
+    """The chosen sections; ``rate`` (``--rate``) sets the steady rate of sections 1 and 8 as given, which
+    otherwise is ``plan.rate`` capped at ``SUSTAINABLE_SHARE`` of the hashing rate measured first."""
     hash_s, bound, parallel = hashing_bound(plan.hash_samples)
-    rate = min(plan.rate, round(SUSTAINABLE_SHARE * parallel, 1))
     measured = (
         f"the argon2id hashes/s this machine measured now with one thread per core ({parallel:.2f}/s; "
         f"cores ÷ one hash would be {bound:.2f}/s)"
     )
-    capped = (
-        f"Offered {plan.rate:g}/s was capped to {rate:g}/s = {SUSTAINABLE_SHARE:.0%} of {measured}: "
-        "closer to that the API queues, and latency measures the queue, not the dispatch."
-        if rate < plan.rate
-        else f"{rate:g}/s is below {SUSTAINABLE_SHARE:.0%} of {measured}."
-    )
+    if rate is not None:
+        capped = f"{rate:g}/s as asked (--rate) = {rate / parallel:.0%} of {measured}."
+    else:
+        rate = min(plan.rate, round(SUSTAINABLE_SHARE * parallel, 1))
+        capped = (
+            f"Offered {plan.rate:g}/s was capped to {rate:g}/s = {SUSTAINABLE_SHARE:.0%} of {measured}: "
+            "closer to that the API queues, and latency measures the queue, not the dispatch."
+            if rate < plan.rate
+            else f"{rate:g}/s is below {SUSTAINABLE_SHARE:.0%} of {measured}."
+        )
     say(f"hashing: {hash_s * 1000:.0f} ms per hash, {parallel:.2f}/s in parallel; steady rate {rate:g}/s")
     done: list[Section] = []
 
@@ -163,6 +174,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.rate < 0:
+        print(f"signup bench: --rate must be positive, not {args.rate:g}", file=sys.stderr)
+        return 2
     part = "+".join(p for p in PARTS if p in only) if args.only else ""
     work_dir = Path(tempfile.mkdtemp(prefix="signup-bench-"))
     pg = admin_url(settings.database_url)
@@ -174,7 +188,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "signup bench"
         + (" --quick" if args.quick else "")
-        + (f" --only {args.only}" if part else ""),
+        + (f" --only {args.only}" if part else "")
+        + (f" --rate {args.rate:g}" if args.rate else ""),
         "load_before": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     done = asyncio.run(
@@ -184,6 +199,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             pg=pg,
             say=lambda text: print(f"[{time.monotonic() - began:4.0f}s] {text}", flush=True),
             only=only,
+            rate=args.rate or None,
         )
     )
     meta["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -62,7 +62,8 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
     env = {**os.environ, "DATABASE_URL": database_url}
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "signup_cli.main", "bench", "--quick", "--out-dir", str(out)],
+        # --rate sets the steady rate as given (sections 1 and 8; 2 and 7 at half of it).
+        [sys.executable, "-m", "signup_cli.main", "bench", "--quick", "--rate", "3", "--out-dir", str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -101,4 +102,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "9. Reconciliation",
     ):
         assert f"### {title}" in markdown
-    assert "signup bench --quick" in markdown
+    assert "signup bench --quick --rate 3" in markdown
+    assert "### 1. Commit → email latency at 3 signups/s" in markdown
+    assert "### 8. Idle cost and latency, polling against wake-ups (3 s idle, 3/s)" in markdown
+    assert "3/s as asked (--rate)" in markdown
