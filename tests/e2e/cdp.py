@@ -9,11 +9,13 @@ so its Content-Security-Policy applies to everything it does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
 import select
 import shlex
+import signal
 import subprocess
 import tempfile
 import time
@@ -21,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from tests.support import processes_marked
 
 Event = dict[str, Any]
 
@@ -34,6 +38,26 @@ HEADLESS = (
     "--disable-sync",
 )
 """How the tests run Chromium: headless, quiet, with nothing of its own going on."""
+
+
+def marker_env(profile: str) -> tuple[str, dict[str, str]]:
+    """A variable naming one Chromium run, and the environment to start it with: Chromium's helper
+    processes (renderer, zygote, utility) inherit it, so ``stop_marked`` finds every one of them."""
+    marker = f"SIGNUP_TEST_CHROMIUM_{Path(profile).name.replace('-', '_')}"
+    return marker, {**os.environ, marker: "1"}
+
+
+def stop_marked(marker: str, *, timeout_s: float = 10) -> None:
+    """Kill every process carrying ``marker`` and wait until none is left. Killing only Chromium's main
+    process left helpers writing into the profile while it was being removed ("Directory not empty")."""
+    deadline = time.monotonic() + timeout_s
+    while pids := processes_marked(marker):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Chromium processes {pids} still running after {timeout_s:g} s")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _pipe() -> tuple[int, int]:
@@ -65,8 +89,10 @@ class Browser:
         ]
         # Bash (dash takes no descriptor above 9) moves Chromium's ends of the pipes to 3 and 4.
         redirect = f"3<&{chromium_reads} {chromium_reads}<&- 4>&{chromium_writes} {chromium_writes}>&-"
+        self._marker, env = marker_env(self._profile.name)
         self._process = subprocess.Popen(
             ["/bin/bash", "-c", f"exec {shlex.join([chromium, *flags])} {redirect}"],
+            env=env,
             pass_fds=(chromium_reads, chromium_writes),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -104,7 +130,7 @@ class Browser:
         self.close()
 
     def close(self) -> None:
-        self._process.kill()
+        stop_marked(self._marker)
         self._process.wait(timeout=10)
         os.close(self._commands)
         os.close(self._answers)

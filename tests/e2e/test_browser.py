@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from services.api.pages import SECURITY_HEADERS
 from shared.database import verify_emails
 from shared.settings import Settings
-from tests.e2e.cdp import HEADLESS, Browser
+from tests.e2e.cdp import HEADLESS, Browser, marker_env, stop_marked
 from tests.e2e.test_e2e_signup import Services, link_of, ready
 from tests.support import Delivery, SmtpSink, repo_root, wait_for
 
@@ -38,13 +38,18 @@ pytestmark = pytest.mark.skipif(
 def chromium(*args: str) -> str:
     """Run headless Chromium once, in a fresh profile, and return what it printed."""
     with tempfile.TemporaryDirectory(prefix="signup-chromium-") as profile:
-        done = subprocess.run(
-            [str(CHROMIUM), *HEADLESS, f"--user-data-dir={profile}", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        marker, env = marker_env(profile)
+        try:
+            done = subprocess.run(
+                [str(CHROMIUM), *HEADLESS, f"--user-data-dir={profile}", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+        finally:
+            stop_marked(marker)  # no helper left writing into the profile as it is removed
     return done.stdout
 
 
