@@ -44,8 +44,8 @@ from shared.settings import Settings
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # Of the hashes/s measured with one thread per core: a steady rate the API keeps up with, queueing aside.
-# (Not of cores ÷ one hash: two memory-hard hashes at once do not run twice as fast here, and at 60 % of that
-# the API queued answers for 11 s and timed one out.)
+# (Not of cores ÷ one hash's time: two memory-hard hashes at once did not run twice as fast here, and at 60 %
+# of that the API queued answers for 11 s and timed one out.)
 SUSTAINABLE_SHARE = 0.6
 
 
@@ -79,7 +79,7 @@ async def sections(
     hash_s, bound, parallel = hashing_bound(plan.hash_samples)
     measured = (
         f"the argon2id hashes/s this machine measured now with one thread per core ({parallel:.2f}/s; "
-        f"cores ÷ one hash would be {bound:.2f}/s)"
+        f"cores ÷ one hash's CPU time would be {bound:.2f}/s)"
     )
     if rate is not None:
         capped = f"{rate:g}/s as asked (--rate) = {rate / parallel:.0%} of {measured}."

@@ -1,12 +1,17 @@
-"""Hashing passwords does not hold up the event loop's other work in threads (its DNS look-ups)."""
+"""Password hashes: argon2-cffi's own, computed in a reused (and wiped) buffer, off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
-from argon2 import PasswordHasher
+import pytest
+from argon2 import PasswordHasher, Type, extract_parameters
+from argon2.exceptions import HashingError
+from argon2.low_level import hash_secret
 
-from services.api.passwords import hash_password
+from services.api import passwords
+from services.api.passwords import hash_now, hash_password
 
 HASHES = 40
 
@@ -36,3 +41,65 @@ def _verifies(hashed: str, password: str) -> bool:
         return PasswordHasher().verify(hashed, password)
     except Exception:
         return False
+
+
+def test_the_hash_is_the_phc_string_argon2_cffi_writes_for_the_same_salt() -> None:
+    """The seam with ``argon2.low_level.core``: the context we fill computes what argon2-cffi computes."""
+    defaults, salt, password = PasswordHasher(), b"sixteen byte s\x00\xff", "pässwörd Ωμέγα"
+    expected = hash_secret(
+        password.encode(),
+        salt,
+        time_cost=defaults.time_cost,
+        memory_cost=defaults.memory_cost,
+        parallelism=defaults.parallelism,
+        hash_len=defaults.hash_len,
+        type=Type.ID,
+    ).decode()
+    assert hash_now(password, salt=salt) == expected
+    made = extract_parameters(hash_now(password))
+    assert (made.type, made.time_cost, made.memory_cost, made.parallelism, made.hash_len, made.salt_len) == (
+        Type.ID,
+        defaults.time_cost,
+        defaults.memory_cost,
+        defaults.parallelism,
+        defaults.hash_len,
+        defaults.salt_len,
+    )
+    assert not defaults.check_needs_rehash(hash_now(password))
+
+
+def test_two_hashes_of_one_password_have_different_salts() -> None:
+    first, second = hash_now("same password"), hash_now("same password")
+    assert first != second and first.split("$")[4] != second.split("$")[4]
+
+
+def test_a_thread_reuses_its_buffer_and_it_is_wiped_after_each_hash() -> None:
+    """libargon2 clears its memory before handing it back, so no password-derived block stays in it."""
+
+    def buffers() -> tuple[int, bool]:
+        hash_now("first password")
+        assert passwords._buffers.memory is not None
+        mapping = passwords._buffers.memory[0]
+        hash_now("second password")
+        assert passwords._buffers.memory[0] is mapping, "the second hash mapped new memory"
+        return len(mapping), not any(mapping[:])
+
+    outcome: list[tuple[int, bool]] = []
+    thread = threading.Thread(target=lambda: outcome.append(buffers()))
+    thread.start()
+    thread.join()
+    assert outcome, "the hashing thread failed"
+    size, wiped = outcome[0]
+    assert size == PasswordHasher().memory_cost * 1024
+    assert wiped, "password-derived memory was left in the buffer"
+
+
+def test_memory_that_cannot_be_had_fails_the_hash_with_argon2_cffis_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(size: int) -> object:
+        raise MemoryError
+
+    monkeypatch.setattr(passwords._buffers, "lend", refuse)
+    with pytest.raises(HashingError, match=r"[Mm]emory allocation"):
+        hash_now("a password")
