@@ -48,7 +48,7 @@ FULL = BenchPlan(
     claim_sizes=(10_000, 1_000_000),
     claim_repeats=30,
     worker_emails=2_000,
-    hash_samples=10,
+    hash_samples=20,
     overload_s=30,
 )
 QUICK = BenchPlan(

@@ -8,26 +8,30 @@ signup must get its email.
 The load generator, the stack and PostgreSQL share the cores, so the section also reports the hashing rate
 measured again while the stack idles alongside, before the first load and after each one (goodput against
 the mean of the two that bracket its load: the machine's speed drifts within a run by more than the target's
-10 %), and where the CPU went at each load
-(``lab.harness.cpu``: the API's event loop and hashing threads, relay, worker, Redis, PostgreSQL, the
-generator, the rest of the machine). The generator is ``generate_load(cheap=True)``: requests encoded
-before the clock starts, only the status read back.
+10 %), and where the CPU went at each load (``lab.harness.cpu``: the API's event loop and hashing threads,
+relay, worker, Redis, PostgreSQL, the generator, the rest of the machine). Before the loads it measures what
+the whole stack serves at saturation (a closed loop of three clients per hashing slot): the most goodput
+admission could keep, since the relay, the worker, PostgreSQL, Redis, the SMTP sink and the generator share
+the cores with the hashing. The generator is ``generate_load(cheap=True)``: requests encoded before the
+clock starts, only the status read back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
 from lab.bench.e2e import first_emails, hashing_bound
 from lab.bench.model import BenchPlan, Section, fmt, ms, ratio
 from lab.harness.cpu import PARTS, cpu_shares, cpu_snapshot
-from lab.harness.load import Signup, generate_load
+from lab.harness.load import Signup, generate_load, saturate
 from lab.harness.measure import latency_of
 from lab.harness.stack import PRODUCTION_ADMISSION, Stack
 
 MULTIPLES = (1, 2, 5)
+SATURATING_CLIENTS_PER_SLOT = 3
 CLIENT_TIMEOUT_S = 30.0
 
 
@@ -48,6 +52,7 @@ def _row(
     unmailed: int,
     plan: BenchPlan,
     beside_stack: float,
+    saturated: float,
 ) -> list[str]:
     accepted = latency_of(s.committed_at - s.sent_at for s in signups if s.accepted)
     shed = [s for s in signups if s.status == 503]
@@ -69,6 +74,7 @@ def _row(
         str(sum(1 for s in shed if not s.retry_after)),
         str(unmailed),
         fmt(ratio(goodput, beside_stack)),
+        fmt(ratio(goodput, saturated)),
     ]
 
 
@@ -82,6 +88,7 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
         pg_admin_url=pg,
     ) as stack:
         beside = [(await asyncio.to_thread(hashing_bound, plan.hash_samples))[2]]
+        saturated = await _saturated_rate(stack, plan)
         for multiple in MULTIPLES:
             rate = multiple * capacity
             before, started = cpu_snapshot(stack), time.monotonic()
@@ -99,7 +106,7 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
             unmailed = sum(1 for s in accepted if s.username not in mailed)
             beside.append((await asyncio.to_thread(hashing_bound, plan.hash_samples))[2])  # idle again
             bracket = (beside[-2] + beside[-1]) / 2
-            rows.append(_row(multiple, rate, signups, capacity, unmailed, plan, bracket))
+            rows.append(_row(multiple, rate, signups, capacity, unmailed, plan, bracket, saturated))
     by_multiple = {row[0]: row for row in rows}
     figures = {
         "capacity_per_s": capacity,
@@ -113,6 +120,8 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
             for m, rate in zip(MULTIPLES, beside[1:], strict=True)
         },
         **{f"goodput_over_idle_stack_capacity_{m}x": _float(by_multiple[f"{m}x"][13]) for m in MULTIPLES},
+        "stack_saturated_per_s": saturated,
+        **{f"goodput_over_stack_saturated_{m}x": _float(by_multiple[f"{m}x"][14]) for m in MULTIPLES},
         **{f"cpu_{_key(part)}_{m}x": share for m in MULTIPLES for part, share in cpu[m].items()},
     }
     return Section(
@@ -133,6 +142,7 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
             "503 without Retry-After",
             "accepted without email",
             "of capacity beside the idle stack, before and after",
+            "of the stack's rate at saturation",
         ],
         rows=rows,
         figures=figures,
@@ -146,7 +156,15 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
             "Capacity beside the idle stack: the same hashing measured again with the stack started and "
             "idle, before the first load and after each load once its emails were sent ("
             + ", ".join(f"{rate:.1f}/s" for rate in beside)
-            + "); the last column is goodput against the mean of the two measurements around its load.",
+            + "); the column after the emails is goodput against the mean of the two measurements around "
+            "its load.",
+            f"The stack's rate at saturation: {saturated:.2f} signups/s accepted with "
+            f"{SATURATING_CLIENTS_PER_SLOT} clients per hashing slot, each sending its next signup when the "
+            f"last was answered, for {plan.overload_s / 2:g} s before the first load (the same cheap "
+            "client, all its emails sent before the loads begin): what the whole stack serves on these "
+            "cores when nothing is shed, the API, relay, worker, PostgreSQL, Redis, the SMTP sink and the "
+            "generator each taking their CPU. The last column is goodput against it: what admission keeps "
+            "of the most the stack can serve.",
             "CPU, as shares of all cores while each load ran (user + system, from /proc): "
             + "; ".join(
                 f"{m}x: " + ", ".join(f"{part} {share:.0%}" for part, share in cpu[m].items())
@@ -158,6 +176,17 @@ async def overload_section(*, capacity: float, plan: BenchPlan, work_dir: Path, 
             "included).",
         ],
     )
+
+
+async def _saturated_rate(stack: Stack, plan: BenchPlan) -> float:
+    """Accepted signups/s with a closed loop just deep enough to keep every hashing slot busy."""
+    clients = SATURATING_CLIENTS_PER_SLOT * (os.cpu_count() or 1)
+    signups = await saturate(
+        stack.api_url, concurrency=clients, duration_s=plan.overload_s / 2, prefix="sat", cheap=True
+    )
+    accepted = [s for s in signups if s.accepted]
+    await first_emails(stack, accepted, within_s=60)  # its emails are not the first load's work
+    return _goodput(signups, plan.overload_s / 2)
 
 
 def _key(part: str) -> str:
@@ -188,6 +217,9 @@ def chart(section: Section, path: Path) -> Path | None:
     left.plot(offered, goodput, "o-", label="goodput (accepted/s)")
     left.axhline(capacity, linestyle=":", color="grey", label="hashing capacity")
     left.axhline(0.9 * capacity, linestyle="--", color="lightgrey", label="target: 90 % of it")
+    saturated = section.figures.get("stack_saturated_per_s")
+    if saturated:
+        left.axhline(saturated, linestyle="-.", color="tab:green", label="the stack at saturation")
     left.set_ylim(bottom=0)  # from zero: a cropped axis makes a few percent look like a collapse
     left.set_xlabel("offered signups/s")
     left.set_ylabel("signups/s")

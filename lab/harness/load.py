@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -133,22 +133,42 @@ async def _generate_cheaply(
     return sorted(results, key=lambda signup: signup.sent_at)
 
 
-async def saturate(api_url: str, *, concurrency: int, duration_s: float, prefix: str) -> list[Signup]:
+async def saturate(
+    api_url: str, *, concurrency: int, duration_s: float, prefix: str, cheap: bool = False
+) -> list[Signup]:
     """Keep ``concurrency`` signups in flight for ``duration_s`` seconds (each client sends its next one as
-    soon as the last is answered): the API's throughput at saturation, without an ever-growing queue."""
+    soon as the last is answered): the API's throughput at saturation, without an ever-growing queue.
+    ``cheap`` sends them with ``RawClient``, as ``generate_load(cheap=True)`` does."""
     deadline = time.monotonic() + duration_s
     results: list[Signup] = []
 
-    async def client_loop(client_no: int) -> None:
+    async def client_loop(client_no: int, one: Callable[[str], Awaitable[Signup]]) -> None:
         n = 0
         while time.monotonic() < deadline:
-            results.append(await _one(client, f"{prefix}_{client_no}_{n}"))
+            results.append(await one(f"{prefix}_{client_no}_{n}"))
             n += 1
 
-    async with (
-        httpx.AsyncClient(base_url=api_url, timeout=60.0) as client,
-        asyncio.TaskGroup() as tasks,
-    ):
-        for client_no in range(concurrency):
-            tasks.create_task(client_loop(client_no))
+    if cheap:
+        raw = RawClient(api_url, timeout_s=60.0)
+
+        async def one(username: str) -> Signup:
+            body = {"username": username, "full_name": "Lab User", "email": email_of(username)}
+            request = raw.post_request("/v1/create_user", msgspec.json.encode({**body, "password": PASSWORD}))
+            sent_at = time.time()
+            status, retry_after = await raw.send(request)
+            return Signup(username, email_of(username), status, sent_at, time.time(), retry_after)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for client_no in range(concurrency):
+                    tasks.create_task(client_loop(client_no, one))
+        finally:
+            raw.close()
+    else:
+        async with (
+            httpx.AsyncClient(base_url=api_url, timeout=60.0) as client,
+            asyncio.TaskGroup() as tasks,
+        ):
+            for client_no in range(concurrency):
+                tasks.create_task(client_loop(client_no, lambda username: _one(client, username)))
     return sorted(results, key=lambda signup: signup.sent_at)

@@ -31,6 +31,8 @@ RATIOS = {
         "capacity_beside_idle_stack_per_s",
         "capacity_beside_idle_stack_after_5x_per_s",
         "goodput_over_idle_stack_capacity_5x",
+        "stack_saturated_per_s",
+        "goodput_over_stack_saturated_5x",
         "cpu_api_hashing_5x",
         "cpu_api_loop_5x",
         "cpu_generator_5x",
