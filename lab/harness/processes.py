@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,11 +18,35 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port nobody listens on right now, below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` is in the range it also takes the source ports of outgoing
+    connections from: between our check and the server's bind, a connection of the worker or the relay
+    could take it (seen once as ``EADDRINUSE`` for the SMTP sink). Below the range only another listener
+    can, and a random pick makes two of ours choosing the same port unlikely.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(PORTS_FROM, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free TCP port found between {PORTS_FROM} and {low}")
+
+
+PORTS_FROM = 15000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768, its default, elsewhere)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > PORTS_FROM + 1000 else 32768
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
