@@ -44,8 +44,8 @@ from shared.settings import Settings
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # Of the hashes/s measured with one thread per core: a steady rate the API keeps up with, queueing aside.
-# (Not of cores ÷ one hash's time: two memory-hard hashes at once did not run twice as fast here, and at 60 %
-# of that the API queued answers for 11 s and timed one out.)
+# (Not of cores ÷ one hash's time, which counts a core once per lane thread: at 60 % of that the API queued
+# answers for 11 s and timed one out.)
 SUSTAINABLE_SHARE = 0.6
 
 

@@ -107,6 +107,12 @@ def test_a_batch_is_one_multi_exec_without_a_script_and_a_single_enqueue_reloads
         broker.enqueue(to_message(single))
         assert str(single.event_id) in {m.message_id for m in queued_messages(settings.redis_url).ready}
         assert len(queued_messages(settings.redis_url).ready) == 51
+        # Once loaded, a single enqueue is one EVALSHA in one MULTI/EXEC: no SCRIPT EXISTS round trip first.
+        admin.config_resetstat()
+        broker.enqueue(to_message(row(None)))
+        stats = admin.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_exec"]["calls"] == 1, stats.keys()
+        assert not any(name.startswith("cmdstat_script") for name in stats), stats.keys()
     finally:
         admin.close()
         broker.close()
