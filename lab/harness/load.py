@@ -44,13 +44,17 @@ def email_of(username: str) -> str:
     return f"{username}@lab.example"
 
 
+def _body(username: str) -> dict[str, str]:
+    """The ``create_user`` body of a lab user."""
+    return {"username": username, "full_name": "Lab User", "email": email_of(username), "password": PASSWORD}
+
+
 async def _one(client: httpx.AsyncClient, username: str) -> Signup:
     email = email_of(username)
-    body = {"username": username, "full_name": "Lab User", "email": email, "password": PASSWORD}
     sent_at = time.time()
     retry_after = None
     try:
-        response = await client.post("/v1/create_user", json=body)
+        response = await client.post("/v1/create_user", json=_body(username))
         status, retry_after = response.status_code, response.headers.get("retry-after")
     except httpx.HTTPError:
         status = 0
@@ -104,15 +108,7 @@ async def _generate_cheaply(
 ) -> list[Signup]:
     client = RawClient(api_url, timeout_s=timeout_s)
     usernames = [f"{prefix}_{n}" for n in range(max(1, round(rate * duration_s)))]
-    requests = [
-        client.post_request(
-            "/v1/create_user",
-            msgspec.json.encode(
-                {"username": u, "full_name": "Lab User", "email": email_of(u), "password": PASSWORD}
-            ),
-        )
-        for u in usernames
-    ]
+    requests = [client.post_request("/v1/create_user", msgspec.json.encode(_body(u))) for u in usernames]
     results: list[Signup] = []
     start = time.monotonic()
 
@@ -152,8 +148,7 @@ async def saturate(
         raw = RawClient(api_url, timeout_s=60.0)
 
         async def one(username: str) -> Signup:
-            body = {"username": username, "full_name": "Lab User", "email": email_of(username)}
-            request = raw.post_request("/v1/create_user", msgspec.json.encode({**body, "password": PASSWORD}))
+            request = raw.post_request("/v1/create_user", msgspec.json.encode(_body(username)))
             sent_at = time.time()
             status, retry_after = await raw.send(request)
             return Signup(username, email_of(username), status, sent_at, time.time(), retry_after)
