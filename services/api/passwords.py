@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import mmap
 import os
 import secrets
@@ -54,7 +55,8 @@ class _Buffers(threading.local):
         if self.memory is None or len(self.memory[0]) < size:
             mapping = mmap.mmap(-1, size)
             if hasattr(mmap, "MADV_HUGEPAGE"):  # fewer TLB misses where the kernel grants huge pages
-                mapping.madvise(mmap.MADV_HUGEPAGE)
+                with contextlib.suppress(OSError):  # EINVAL from a kernel built without them
+                    mapping.madvise(mmap.MADV_HUGEPAGE)
             self.memory = (mapping, ffi.from_buffer(mapping))
         return ffi.cast("uint8_t *", self.memory[1])
 

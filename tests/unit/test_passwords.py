@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import mmap
 import threading
 
 import pytest
@@ -103,3 +105,18 @@ def test_memory_that_cannot_be_had_fails_the_hash_with_argon2_cffis_error(
     monkeypatch.setattr(passwords._buffers, "lend", refuse)
     with pytest.raises(HashingError, match=r"[Mm]emory allocation"):
         hash_now("a password")
+
+
+def test_a_kernel_without_huge_pages_still_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``madvise(MADV_HUGEPAGE)`` fails with EINVAL where the kernel has no transparent huge pages."""
+
+    class NoHugePages(mmap.mmap):
+        def madvise(self, *args: int) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(mmap, "mmap", NoHugePages)  # the module passwords.py maps its buffers with
+    hashed: list[str] = []
+    thread = threading.Thread(target=lambda: hashed.append(hash_now("a password")))  # a thread with no buffer
+    thread.start()
+    thread.join()
+    assert hashed and PasswordHasher().verify(hashed[0], "a password")
