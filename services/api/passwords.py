@@ -4,8 +4,8 @@ The hashes are argon2-cffi's: RFC 9106's "low memory" profile (argon2id, t=3, m=
 string ``PasswordHasher`` writes and verifies. Two things differ in how they are computed:
 
 - **Memory.** libargon2 mallocs the 64 MiB of every hash, which on Linux is a fresh ``mmap``: the kernel
-  maps and zeroes 16,384 pages for each hash and unmaps them after, kernel time that was about a quarter of
-  a hash's CPU on the 2-core development machine. Each hashing thread keeps one buffer instead and lends
+  maps and zeroes 16,384 pages for each hash and unmaps them after, kernel time in every hash. Each hashing
+  thread keeps one buffer instead and lends
   it to libargon2 through its allocation callbacks; libargon2 wipes the memory before it hands it back
   (``clear_internal_memory``), so nothing derived from a password stays in it between hashes. The price is
   64 MiB resident per hashing thread; the pool starts threads only as hashes run at once, at most one per

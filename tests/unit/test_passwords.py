@@ -6,6 +6,8 @@ import asyncio
 import errno
 import mmap
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
@@ -16,6 +18,7 @@ from services.api import passwords
 from services.api.passwords import hash_now, hash_password
 
 HASHES = 40
+T = TypeVar("T")
 
 
 async def test_a_host_name_resolves_while_a_burst_of_passwords_is_hashed() -> None:
@@ -86,12 +89,7 @@ def test_a_thread_reuses_its_buffer_and_it_is_wiped_after_each_hash() -> None:
         assert passwords._buffers.memory[0] is mapping, "the second hash mapped new memory"
         return len(mapping), not any(mapping[:])
 
-    outcome: list[tuple[int, bool]] = []
-    thread = threading.Thread(target=lambda: outcome.append(buffers()))
-    thread.start()
-    thread.join()
-    assert outcome, "the hashing thread failed"
-    size, wiped = outcome[0]
+    size, wiped = _in_a_new_thread(buffers)
     assert size == PasswordHasher().memory_cost * 1024
     assert wiped, "password-derived memory was left in the buffer"
 
@@ -115,8 +113,15 @@ def test_a_kernel_without_huge_pages_still_hashes(monkeypatch: pytest.MonkeyPatc
             raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(mmap, "mmap", NoHugePages)  # the module passwords.py maps its buffers with
-    hashed: list[str] = []
-    thread = threading.Thread(target=lambda: hashed.append(hash_now("a password")))  # a thread with no buffer
+    hashed = _in_a_new_thread(lambda: hash_now("a password"))  # a thread with no buffer yet
+    assert PasswordHasher().verify(hashed, "a password")
+
+
+def _in_a_new_thread(work: Callable[[], T]) -> T:
+    """What ``work`` returns when run in a thread of its own (its own buffer); fails if it raised."""
+    outcome: list[T] = []
+    thread = threading.Thread(target=lambda: outcome.append(work()))
     thread.start()
     thread.join()
-    assert hashed and PasswordHasher().verify(hashed[0], "a password")
+    assert outcome, "the work failed in its thread"
+    return outcome[0]
