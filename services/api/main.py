@@ -28,6 +28,8 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
         create_app(settings),
         host=settings.api_host,
         port=settings.api_port,
+        loop="uvloop",
+        http="httptools",
         log_config=None,  # keep our structlog handlers
         access_log=False,  # tracing_middleware logs each request, without the query string
         server_header=False,

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import signal
 
+import uvloop
+
 from services.relay.relay import build_relay
 from shared.logging import configure_logging
 from shared.settings import Settings
@@ -16,7 +18,7 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     configure_logging(service="relay", log_format=settings.log_format, log_level=settings.log_level)
     # The relay's own SQL (a claim every poll) belongs to no signup: its spans would be noise.
     configure_tracing(service="relay", sql=False)
-    asyncio.run(_serve(settings))
+    uvloop.run(_serve(settings))
     return 0
 
 

@@ -10,6 +10,7 @@ back to Redis at once and the process exits. The same holds when the signal reac
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import queue
 import signal
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Mapping
 
 import redis
+import uvloop
 from dramatiq import Worker
 from dramatiq.common import join_all
 from dramatiq.errors import BrokerConnectionError
@@ -45,6 +47,8 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     poll_timeout_ms = poll_timeout(os.environ)
     configure_logging(service="worker", log_format=settings.log_format, log_level=settings.log_level)
     configure_tracing(service="worker")
+    # Dramatiq's AsyncIO middleware creates the loop every actor runs on with asyncio.new_event_loop().
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     broker, _ = build_worker(settings)
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT):
