@@ -89,12 +89,17 @@ class SignupRedisBroker(RedisBroker):
     already acknowledged.
 
     Its consumers wait up to ``wake_fallback_ms`` for a wake-up token instead of polling (``shared.wakeup``;
-    0 polls as Dramatiq does): every enqueue pushes one.
+    0 polls as Dramatiq does): every enqueue pushes one. They poll every ``poll_ms`` where they poll (while
+    holding delayed messages, or idle with ``wake_fallback_ms`` 0); None leaves that to the worker's timeout,
+    as in Dramatiq, where the same number is also how often each idle worker thread wakes up.
     """
 
-    def __init__(self, *, wake_fallback_ms: int = WAKE_FALLBACK_MS, **options: Any) -> None:
+    def __init__(
+        self, *, wake_fallback_ms: int = WAKE_FALLBACK_MS, poll_ms: int | None = None, **options: Any
+    ) -> None:
         super().__init__(**options)  # type: ignore[no-untyped-call]
         self.wake_fallback_ms = wake_fallback_ms
+        self.poll_ms = poll_ms
         self.wait_client = self.client
         """What consumers block on (``BLPOP``): with a URL, a pool whose socket timeout outlasts the wait."""
         if wake_fallback_ms and options.get("url"):
@@ -189,7 +194,7 @@ class SignupRedisBroker(RedisBroker):
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         self.hand_back(queue_name)
-        consumer: Consumer = super().consume(queue_name, prefetch, timeout)
+        consumer: Consumer = super().consume(queue_name, prefetch, self.poll_ms or timeout)
         return consumer
 
     def hand_back(self, queue_name: str) -> int:
@@ -217,9 +222,10 @@ class SignupRedisBroker(RedisBroker):
 
 
 def create_broker(
-    settings: Settings, *, extra_middleware: list[Middleware] | None = None
+    settings: Settings, *, extra_middleware: list[Middleware] | None = None, poll_ms: int | None = None
 ) -> SignupRedisBroker:
-    """A ``SignupRedisBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings.
+    """A ``SignupRedisBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings, its
+    consumers polling every ``poll_ms`` (``SignupRedisBroker``).
 
     Sets Dramatiq's process-wide message encoder to ``MsgspecJSONEncoder`` (the same JSON, faster).
     """
@@ -247,4 +253,5 @@ def create_broker(
             MAINTENANCE_CHANCE_WAKING if settings.worker_wake_fallback_ms else MAINTENANCE_CHANCE_POLLING
         ),
         wake_fallback_ms=settings.worker_wake_fallback_ms,
+        poll_ms=poll_ms,
     )

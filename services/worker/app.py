@@ -78,9 +78,10 @@ async def warm_up(context: WorkerContext) -> None:
 
 
 def build_worker(
-    settings: Settings, *, mailer: Mailer | None = None
+    settings: Settings, *, mailer: Mailer | None = None, poll_ms: int | None = None
 ) -> tuple[SignupRedisBroker, WorkerContext]:
-    """The worker's broker with its middleware and actors, and the context its messages share."""
+    """The worker's broker (its consumers polling every ``poll_ms``, see ``SignupRedisBroker``) with its
+    middleware and actors, and the context its messages share."""
     context = WorkerContext(
         settings=settings,
         mailer=mailer or SmtpMailer(settings),
@@ -89,6 +90,7 @@ def build_worker(
     )
     broker = create_broker(
         settings,
+        poll_ms=poll_ms,
         extra_middleware=[
             MessageContext(),
             # After-hooks run in reverse: a dead letter's error is recorded before the database is written.

@@ -266,3 +266,37 @@ def test_a_waking_worker_recovers_promptly_from_a_redis_restart(
         assert seen.wait(after.message_id, timeout=30)[0] - restarted_at < recovery_s
         for one in (in_hand, queued):
             seen.wait(one.message_id, timeout=30)
+
+
+@pytest.mark.parametrize("fallback_ms", [FALLBACK_MS, 0], ids=["waking", "polling"])
+def test_the_consumers_poll_at_the_brokers_interval_not_at_the_worker_threads_wake_up(
+    wake_settings: Settings, fallback_ms: int
+) -> None:
+    """``signup worker`` wakes its idle threads every second but polls every 50 ms: Dramatiq hands the same
+    ``worker_timeout`` to both, through ``broker.consume(..., timeout=worker_timeout)``. If that seam moved,
+    delayed messages and retries would come due up to a second late."""
+    settings = msgspec.structs.replace(wake_settings, worker_wake_fallback_ms=fallback_ms)
+    broker = create_broker(settings, poll_ms=50)
+    broker.middleware = [m for m in broker.middleware if not isinstance(m, AsyncIO)]  # as in ``running``
+    dramatiq.Actor(
+        lambda: None, broker=broker, actor_name="record_wake_a", queue_name="wake_a", priority=0, options={}
+    )
+    worker = Worker(broker, worker_timeout=1000, worker_threads=1)
+    worker.start()
+    try:
+        threads = list(worker.consumers.values())
+        assert {thread.worker_timeout for thread in threads} == {1000}
+
+        def started() -> list[Any]:
+            consumers = [getattr(thread, "consumer", None) for thread in threads]
+            return [] if None in consumers else consumers
+
+        consumers = wait_until(started, timeout=10, what="the consumers")
+        assert len(consumers) == 2  # the queue and its delay queue
+        for consumer in consumers:
+            assert consumer.timeout == (0 if fallback_ms else 50)  # a waking consumer never sleeps in it
+            if fallback_ms:
+                assert consumer.poll_s == 0.05
+    finally:
+        worker.stop()
+        broker.close()
