@@ -44,7 +44,7 @@ _WORD = rf"[^\W\d_](?:[^\W\d_]|{_char_class('M')})*"
 FullName = Annotated[
     str,
     Meta(
-        min_length=3,
+        min_length=1,
         max_length=100,
         pattern=rf"^{_WORD}(?:(?:[ '\u2019.-]|\. ){_WORD})*\.?$",
         description="letters of any script (with combining marks); words joined by a space, - ' \u2019 or .",
