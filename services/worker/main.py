@@ -48,29 +48,40 @@ _STOPPED = 0  # put on the signal queue when Worker.stop has returned; never a s
 
 def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     """Consume until the first SIGTERM/SIGINT, stop as described above and return 0."""
-    poll_timeout_ms = poll_timeout(os.environ)
     configure_logging(service="worker", log_format=settings.log_format, log_level=settings.log_level)
     configure_tracing(service="worker")
     # Dramatiq's AsyncIO middleware creates the loop every actor runs on with asyncio.new_event_loop().
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    broker, _ = build_worker(settings, poll_ms=poll_timeout_ms)
+    broker, worker = build(settings, os.environ)
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT):
         # SimpleQueue.put may be called from a signal handler; the main thread does the work.
         signal.signal(signum, lambda received, _frame: events.put(received))
-    queues = broker.get_declared_queues()  # those of the declared actors (their delay queues follow)
-    worker = Worker(
-        broker, queues=queues, worker_threads=settings.worker_threads, worker_timeout=THREAD_WAKE_MS
-    )
     worker.start()
     try:
-        log.info("worker.started", queues=sorted(queues), threads=settings.worker_threads)
+        log.info(
+            "worker.started", queues=sorted(broker.get_declared_queues()), threads=settings.worker_threads
+        )
         received = signal.Signals(events.get())
         log.info("worker.stopping", signal=received.name, grace_s=STOP_GRACE_S)
     finally:
         # Even if logging fails (a stdout nobody reads any more, under a SIGKILLed `signup dev`).
         stop(worker, broker, events)
     return 0
+
+
+def build(settings: Settings, environ: Mapping[str, str]) -> tuple[SignupRedisBroker, Worker]:
+    """The broker, its consumers polling every ``poll_timeout(environ)`` ms, and a Dramatiq ``Worker`` on the
+    queues of its declared actors (their delay queues follow), its threads waking every ``THREAD_WAKE_MS``.
+    Nothing connects yet."""
+    broker, _ = build_worker(settings, poll_ms=poll_timeout(environ))
+    worker = Worker(
+        broker,
+        queues=broker.get_declared_queues(),
+        worker_threads=settings.worker_threads,
+        worker_timeout=THREAD_WAKE_MS,
+    )
+    return broker, worker
 
 
 def stop(worker: Worker, broker: SignupRedisBroker, events: queue.SimpleQueue[int]) -> None:
