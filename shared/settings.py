@@ -75,6 +75,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """0 turns the relay's metrics endpoint off."""
     outbox_retention_hours: PositiveInt = 168
     """Handled rows published longer ago are purged; a row not yet handled is kept however old."""
+    dead_letter_retention_hours: PositiveInt = 720
+    """Dead letters older than this are purged by the relay; until then they stay for ``signup dlq``."""
     reconcile_interval_ms: NonNegativeInt = 10_000
     """How often the relay checks published, unhandled rows against Redis (DESIGN §13); 0 turns it off."""
     reconcile_grace_ms: PositiveInt = 30_000
@@ -87,9 +89,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_min_backoff_ms: NonNegativeInt = 1000
     worker_max_backoff_ms: NonNegativeInt = 300_000
     worker_threads: PositiveInt = 8
-    worker_wake_fallback_ms: NonNegativeInt = 1000
-    """An idle consumer waits this long at most for a wake-up token, then polls anyway; 0: no wake-ups, it
-    polls every ``dramatiq_worker_timeout`` as Dramatiq's own consumer does."""
     worker_skip_retry_missing_user: bool = False
     """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
     worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102

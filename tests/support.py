@@ -18,7 +18,7 @@ import pytest
 
 from lab.harness.polling import wait_for, wait_until
 from lab.harness.processes import free_port, port_open, proc_stats
-from lab.harness.queues import QueuedMessages, held_messages, queued_messages
+from lab.harness.queues import QueuedMessages, held_by_workers, held_messages, queued_messages
 from lab.harness.redis_server import RedisServer
 from lab.harness.smtp import Delivery, SmtpSink
 
@@ -28,6 +28,7 @@ __all__ = [
     "RedisServer",
     "SmtpSink",
     "free_port",
+    "held_by_workers",
     "held_messages",
     "port_open",
     "queued_messages",

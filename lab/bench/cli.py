@@ -3,11 +3,11 @@
 1. commit → email latency per strategy; 2. the API's cost of the outbox and its saturation against the
 argon2id hashing bound; 3. relay drain against a plain ``broker.enqueue`` loop; 4. claim cost against table
 size; 5. one worker's email throughput; 6. overload at 1x, 2x and 5x the hashing capacity (with a chart,
-``overload.png``); 7. the API's latency with tracing off and exporting OTLP; 8. idle cost, polling against
-wake-ups; 9. a reconciliation pass against the number of published rows (``--reconcile-rows``). Prints each
-table and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir`` (in ``BENCHMARKS.md`` only the part
-between the bench markers is replaced, so hand-written analysis around it survives a re-run). Exit code 0
-when every section ran.
+``overload.png``); 7. the API's latency with tracing off and exporting OTLP; 8. an idle worker's cost
+and the latency after idle; 9. a reconciliation pass against the number of published rows
+(``--reconcile-rows``). Prints each table and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir``
+(in ``BENCHMARKS.md`` only the part between the bench markers is replaced, so hand-written analysis around
+it survives a re-run). Exit code 0 when every section ran.
 """
 
 from __future__ import annotations

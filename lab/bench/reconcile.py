@@ -27,9 +27,8 @@ from lab.harness.stack import Stack
 from services.relay import store
 from services.relay.publisher import enqueue_batch
 from services.relay.relay import Relay, build_relay
-from shared.broker import create_broker
+from shared.broker import NAMESPACE, create_broker
 from shared.database import asyncpg_dsn
-from shared.locator import locators_key
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
@@ -84,7 +83,7 @@ async def _passes(
             raise RuntimeError(f"re-published {done.republished} rows, expected {len(lost)}")
         # Undo: the lost rows lose their re-publish and, with their locators, their messages again.
         await connection.execute(_UNDO, [row.id for row in lost])
-        client.hdel(locators_key("dramatiq"), *[str(row.event_id) for row in lost])
+        client.hdel(f"{NAMESPACE}:locators", *[str(row.event_id) for row in lost])
     return sorted(check), sorted(republish)
 
 

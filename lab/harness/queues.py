@@ -1,36 +1,38 @@
-"""What Dramatiq holds in Redis, read without consuming it: the one place that knows its key layout.
+"""What the broker holds in Redis, read without consuming it, through ``StreamsBroker``'s own methods.
 
-A ``RedisBroker`` keeps each message's body in the hash ``<ns>:<queue>.msgs`` from its enqueue until a
-worker acknowledges it (the queue lists only hold ids): ``<queue>`` for messages ready or being handled,
-``<queue>.DQ`` for delayed ones, ``<queue>.XQ`` for dead-lettered ones. Every broker command also records
-the broker's heartbeat in ``<ns>:__heartbeats__``. Nothing here names a queue: it finds them all.
+Every queue is a stream (``<queue>`` for messages ready or being handled, ``<queue>.DQ`` for delayed ones)
+and dead letters are a stream of their own. Nothing here names a queue: it finds them all.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-import redis
 
-NAMESPACE = "dramatiq"
-"""Dramatiq's default, which shared/broker.py keeps."""
+from shared.broker import NAMESPACE, StreamsBroker
+
+
+@contextmanager
+def _broker(redis_url: str, namespace: str) -> Iterator[StreamsBroker]:
+    broker = StreamsBroker(url=redis_url, namespace=namespace, middleware=[])
+    try:
+        yield broker
+    finally:
+        broker.client.close()  # not broker.close(): this reader is no consumer to deregister
 
 
 def held_messages(redis_url: str, *, namespace: str = NAMESPACE) -> dict[str, list[dramatiq.Message[Any]]]:
-    """Every message Redis holds, decoded, by the queue whose hash holds it (``q``, ``q.DQ``, ``q.XQ``)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        found: dict[str, list[dramatiq.Message[Any]]] = {}
-        for key in client.scan_iter(match=f"{namespace}:*.msgs"):
-            queue = key.decode()[len(namespace) + 1 : -len(".msgs")]
-            bodies: list[bytes] = client.hvals(key)  # type: ignore[assignment]
-            found[queue] = [dramatiq.Message.decode(body) for body in bodies]
+    """Every message Redis holds, decoded, by queue (``q``, ``q.DQ``; dead letters under ``q.XQ``)."""
+    with _broker(redis_url, namespace) as broker:
+        found = {queue: broker.messages(queue) for queue in broker.streams()}
+        for letter in broker.dead_letters(count=1_000_000):
+            found.setdefault(f"{letter.queue}.XQ", []).append(letter.message)
         return found
-    finally:
-        client.close()
 
 
 @dataclass
@@ -63,20 +65,17 @@ def nothing_pending(redis_url: str, *, namespace: str = NAMESPACE) -> bool:
 
     Raises ``redis.RedisError`` when Redis cannot be reached.
     """
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=f"{namespace}:*.msgs"):
-            if not key.endswith(b".XQ.msgs") and client.hlen(key):
-                return False
-        return True
-    finally:
-        client.close()
+    with _broker(redis_url, namespace) as broker:
+        return not any(broker.waiting(queue) for queue in broker.streams())
+
+
+def held_by_workers(redis_url: str, *, namespace: str = NAMESPACE) -> int:
+    """How many messages some worker was delivered and has not acknowledged, over every queue."""
+    with _broker(redis_url, namespace) as broker:
+        return sum(broker.held(queue) for queue in broker.streams())
 
 
 def heartbeats_since(redis_url: str, since: float, *, namespace: str = NAMESPACE) -> int:
-    """How many brokers issued a command after ``since`` (wall clock): an idle worker's consumers do."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.zcount(f"{namespace}:__heartbeats__", int(since * 1000), "+inf"))
-    finally:
-        client.close()
+    """How many worker processes' consumers beat after ``since`` (wall clock): an idle worker's do."""
+    with _broker(redis_url, namespace) as broker:
+        return broker.beats_since(int(since * 1000))

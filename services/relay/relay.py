@@ -30,9 +30,8 @@ from services.relay.listener import listen_forever
 from services.relay.metrics import RelayMetrics
 from services.relay.publisher import enqueue_batch
 from services.relay.spans import publish_span
-from shared.broker import SignupRedisBroker, create_broker
+from shared.broker import StreamsBroker, create_broker
 from shared.database import asyncpg_dsn
-from shared.locator import locate
 from shared.logging import get_logger
 from shared.settings import Settings
 
@@ -218,11 +217,17 @@ class Relay:
             log.warning("relay.record_failure_failed", count=len(ids), error=repr(record_exc))
 
     async def purge(self) -> int:
-        """Delete published rows older than ``OUTBOX_RETENTION_HOURS``; return how many."""
+        """Delete handled rows published more than ``OUTBOX_RETENTION_HOURS`` ago, and dead letters older
+        than ``DEAD_LETTER_RETENTION_HOURS``; return how many rows went."""
         async with self._pool.acquire() as connection:
             deleted = await store.purge(connection, older_than_hours=self.settings.outbox_retention_hours)
         if deleted:
             log.info("relay.purged", count=deleted)
+        if isinstance(self.broker, StreamsBroker):
+            retention_ms = self.settings.dead_letter_retention_hours * 3_600_000
+            dead = await asyncio.to_thread(self.broker.purge_dead_letters, older_than_ms=retention_ms)
+            if dead:
+                log.info("relay.dead_letters_purged", count=dead)
         return deleted
 
     async def update_backlog(self) -> None:
@@ -267,9 +272,9 @@ class Relay:
         self._cursor = store.CURSOR_START
 
     def _locate(self, event_ids: list[str]) -> list[bool]:
-        if not isinstance(self.broker, SignupRedisBroker):  # another broker keeps no locators
+        if not isinstance(self.broker, StreamsBroker):  # another broker keeps no locators
             return [True] * len(event_ids)
-        return locate(self.broker.client, self.broker.namespace, event_ids)
+        return self.broker.locate(event_ids)
 
     def _republished(self, rows: list[store.OutboxRow]) -> None:
         self.metrics.republished.inc(len(rows))
@@ -305,9 +310,5 @@ def build_relay(settings: Settings, **options: Any) -> Relay:
 
     Nothing connects until ``run()``.
     """
-    broker = create_broker(settings)
-    pool = broker.client.connection_pool
-    pool.connection_kwargs.update(
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S
-    )
+    broker = create_broker(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
     return Relay(settings=settings, broker=broker, **options)

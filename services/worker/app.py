@@ -15,10 +15,10 @@ from dramatiq.middleware import Retries
 
 from services.worker import emails, handled, handlers
 from services.worker.actors import WorkerContext, declare_actors
-from services.worker.handled import DeadLetterHandled, ForgetLocator
+from services.worker.handled import DeadLetterHandled
 from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
-from shared.broker import SignupRedisBroker, create_broker
+from shared.broker import POLL_MS, StreamsBroker, create_broker
 from shared.database import create_engine
 from shared.logging import get_logger
 from shared.settings import Settings
@@ -78,10 +78,10 @@ async def warm_up(context: WorkerContext) -> None:
 
 
 def build_worker(
-    settings: Settings, *, mailer: Mailer | None = None, poll_ms: int | None = None
-) -> tuple[SignupRedisBroker, WorkerContext]:
-    """The worker's broker (its consumers polling every ``poll_ms``, see ``SignupRedisBroker``) with its
-    middleware and actors, and the context its messages share."""
+    settings: Settings, *, mailer: Mailer | None = None, poll_ms: int = POLL_MS
+) -> tuple[StreamsBroker, WorkerContext]:
+    """The worker's broker (``poll_ms``: see ``StreamsBroker``) with its middleware and actors, and the
+    context its messages share."""
     context = WorkerContext(
         settings=settings,
         mailer=mailer or SmtpMailer(settings),
@@ -93,9 +93,7 @@ def build_worker(
         poll_ms=poll_ms,
         extra_middleware=[
             MessageContext(),
-            # After-hooks run in reverse: a dead letter's error is recorded before the database is written.
             DeadLetterHandled(context.engine),
-            ForgetLocator(),
             FailureObserver(context.metrics),
             _Lifecycle(context),
         ],

@@ -6,11 +6,9 @@ import argparse
 import asyncio
 
 import asyncpg
-from dramatiq.brokers.redis import RedisBroker
 
-from services.worker.deadletters import DeadLetter, list_dead_letters, replay
 from services.worker.handled import event_id_of
-from shared.broker import create_broker
+from shared.broker import DeadLetter, StreamsBroker, create_broker
 from shared.database import asyncpg_dsn
 from shared.settings import Settings
 
@@ -22,8 +20,15 @@ def _username(letter: DeadLetter) -> str:
     return "?"
 
 
-def _list(broker: RedisBroker) -> int:
-    letters = list_dead_letters(broker)
+def _all(broker: StreamsBroker) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+    while page := broker.dead_letters(after=letters[-1].entry_id if letters else "-"):
+        letters += page
+    return letters
+
+
+def _list(broker: StreamsBroker) -> int:
+    letters = _all(broker)
     if not letters:
         print("no dead-lettered messages")
         return 0
@@ -50,10 +55,8 @@ async def reopen(database_url: str, message_ids: list[str]) -> None:
         await connection.close()
 
 
-def _replay(broker: RedisBroker, *, message_id: str | None, database_url: str) -> int:
-    letters = [
-        letter for letter in list_dead_letters(broker) if message_id in (None, letter.message.message_id)
-    ]
+def _replay(broker: StreamsBroker, *, message_id: str | None, database_url: str) -> int:
+    letters = [letter for letter in _all(broker) if message_id in (None, letter.message.message_id)]
     if not letters:
         print(f"no dead-lettered message {message_id}" if message_id else "no dead-lettered messages")
         return 1 if message_id else 0
@@ -61,7 +64,7 @@ def _replay(broker: RedisBroker, *, message_id: str | None, database_url: str) -
     # still a dead letter, which reconciliation leaves alone.
     asyncio.run(reopen(database_url, [letter.message.message_id for letter in letters]))
     for letter in letters:
-        replay(broker, letter)
+        broker.replay(letter)
         print(f"replayed {letter.message.message_id} to {letter.queue}")
     return 0
 

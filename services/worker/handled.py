@@ -9,7 +9,6 @@ until ``signup dlq replay``, which clears the mark again.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import sqlalchemy as sa
 from dramatiq import Broker, Middleware
@@ -17,7 +16,6 @@ from dramatiq.broker import MessageProxy
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.database import outbox
-from shared.locator import forget
 from shared.logging import get_logger
 
 log = get_logger()
@@ -52,27 +50,6 @@ async def prepare_statement(connection: AsyncConnection) -> None:
     """Run ``mark_handled``'s statement once for no row, in the caller's transaction (see
     ``handlers.prepare_statements``)."""
     await connection.execute(_MARK_HANDLED, {"event": uuid.uuid4()})
-
-
-class ForgetLocator(Middleware):
-    """Drops an event's locator once its message was handled (memory only: a handled event is never
-    checked again).
-
-    It runs on the worker thread after the actor returned, not in the actor: a Redis call there would block
-    the event loop that every message of the process shares. After a failure the locator stays: the retry's
-    enqueue has written the new one.
-    """
-
-    def after_process_message(
-        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: Any = None
-    ) -> None:
-        namespace = getattr(broker, "namespace", None)
-        if exception is not None or namespace is None:
-            return
-        try:
-            forget(broker.client, namespace, message.message_id)  # type: ignore[attr-defined]
-        except Exception as exc:  # a stale locator is harmless; the message itself is handled
-            log.warning("locator not dropped", error=repr(exc))
 
 
 class DeadLetterHandled(Middleware):

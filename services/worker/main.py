@@ -24,20 +24,20 @@ from dramatiq.common import join_all
 from dramatiq.errors import BrokerConnectionError
 
 from services.worker.app import build_worker
-from shared.broker import SignupRedisBroker
+from shared.broker import StreamsBroker
 from shared.logging import configure_logging, get_logger
 from shared.settings import Settings
 from shared.telemetry import configure_tracing
 
 log = get_logger()
 
-# An idle Dramatiq consumer sleeps up to this between polls; Dramatiq's default (1000 ms) then dominates
-# commit-to-email time. Polling every 50 ms costs Redis almost nothing (DESIGN §5).
+# How often a consumer polls while it holds delayed messages (their etas must not wait for a blocked read)
+# or while its worker stops; an idle consumer blocks in Redis instead (DESIGN §5).
 POLL_TIMEOUT_VARIABLE = "dramatiq_worker_timeout"
 DEFAULT_POLL_TIMEOUT_MS = 50
-# Dramatiq gives its worker threads the consumers' timeout too: an idle thread wakes up that often, only to
-# see whether the worker is stopping (a message for it wakes it at once). At 50 ms, 8 threads woke 160 times
-# a second, most of an idle worker's CPU; at Dramatiq's default a stop waits up to a second longer for them.
+# Dramatiq gives its worker threads and consumers one timeout: an idle thread wakes up that often, only to
+# see whether the worker is stopping (a message for it wakes it at once), and an idle consumer blocks that
+# long in Redis before it reads again (a new message ends the block at once).
 THREAD_WAKE_MS = 1000
 # How long the messages in hand may take to finish: below the 10 s that compose, systemd and Kubernetes
 # wait before SIGKILL, with room to stop the consumers and hand back the rest.
@@ -70,10 +70,10 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     return 0
 
 
-def build(settings: Settings, environ: Mapping[str, str]) -> tuple[SignupRedisBroker, Worker]:
-    """The broker, its consumers polling every ``poll_timeout(environ)`` ms, and a Dramatiq ``Worker`` on the
-    queues of its declared actors (their delay queues follow), its threads waking every ``THREAD_WAKE_MS``.
-    Nothing connects yet."""
+def build(settings: Settings, environ: Mapping[str, str]) -> tuple[StreamsBroker, Worker]:
+    """The broker (polling every ``poll_timeout(environ)`` ms where it polls), and a Dramatiq ``Worker`` on
+    the queues of its declared actors (their delay queues follow), its threads waking and its idle
+    consumers reading every ``THREAD_WAKE_MS``. Nothing connects yet."""
     broker, _ = build_worker(settings, poll_ms=poll_timeout(environ))
     worker = Worker(
         broker,
@@ -84,7 +84,7 @@ def build(settings: Settings, environ: Mapping[str, str]) -> tuple[SignupRedisBr
     return broker, worker
 
 
-def stop(worker: Worker, broker: SignupRedisBroker, events: queue.SimpleQueue[int]) -> None:
+def stop(worker: Worker, broker: StreamsBroker, events: queue.SimpleQueue[int]) -> None:
     """Stop ``worker`` (see ``stop_worker``), then hand back to Redis whatever this process still holds."""
     graceful = stop_worker(worker, events)
     if not graceful:
@@ -107,7 +107,7 @@ def stop(worker: Worker, broker: SignupRedisBroker, events: queue.SimpleQueue[in
 
 
 def poll_timeout(environ: Mapping[str, str]) -> int:
-    """The consumer's idle poll timeout in ms: ``dramatiq_worker_timeout``, else ``DEFAULT_POLL_TIMEOUT_MS``.
+    """The consumers' poll in ms: ``dramatiq_worker_timeout``, else ``DEFAULT_POLL_TIMEOUT_MS``.
 
     Dramatiq reads the same variable when it is imported, and fails there on anything but an integer.
     """
@@ -133,8 +133,8 @@ def stop_worker(worker: Worker, events: queue.SimpleQueue[int]) -> bool:
         return False
 
 
-def hand_back(broker: SignupRedisBroker) -> int | None:
-    """Requeue what this process still holds (``SignupRedisBroker.hand_back_all``); None if Redis is down."""
+def hand_back(broker: StreamsBroker) -> int | None:
+    """Requeue what this process still holds (``StreamsBroker.hand_back_all``); None if Redis is down."""
     try:
         return broker.hand_back_all()
     except (BrokerConnectionError, redis.RedisError) as exc:

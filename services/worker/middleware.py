@@ -12,7 +12,6 @@ from dramatiq.middleware import CurrentMessage
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.worker.deadletters import record_error
 from services.worker.metrics import WorkerMetrics
 from shared.logging import get_logger
 from shared.telemetry import MESSAGING_SYSTEM, context_from, tracer
@@ -103,11 +102,8 @@ class MessageSpans(Middleware):
 
 
 class FailureObserver(Middleware):
-    """Counts retries and dead letters, and keeps a dead letter's last error for ``signup dlq list``.
-
-    Dramatiq stores a dead letter as it was last enqueued, without the error that killed it, so the error
-    is kept beside it (see ``deadletters``).
-    """
+    """Counts retries and dead letters, and keeps the last error in the message's options, where the retry
+    and the dead letter carry it (``signup dlq list`` shows it)."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
@@ -129,7 +125,6 @@ class FailureObserver(Middleware):
         self.metrics.dead_letters.labels(message=message.actor_name).inc()
         error = message.options.get("last_error", "unknown")
         log.error("message dead-lettered", error=error, retries=message.options.get("retries", 0))
-        record_error(broker, message, error)
 
 
 def _describe(exception: BaseException) -> str:

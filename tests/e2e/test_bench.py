@@ -40,7 +40,6 @@ RATIOS = {
     ),
     "reconcile": ("small_check_ms", "large_check_ms", "large_over_small", "large_republish_ms"),
     "idle": (
-        "poll_1p_idle_redis_per_s",
         "wake_1p_idle_redis_per_s",
         "wake_4p_idle_cpu_pct",
         "wake_1p_steady_p99_ms",
@@ -106,5 +105,5 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         assert f"### {title}" in markdown
     assert "signup bench --quick --rate 3" in markdown
     assert "### 1. Commit → email latency at 3 signups/s" in markdown
-    assert "### 8. Idle cost and latency, polling against wake-ups (3 s idle, 3/s)" in markdown
+    assert "### 8. Idle cost and latency (3 s idle, 3/s)" in markdown
     assert "3/s as asked (--rate)" in markdown

@@ -114,7 +114,7 @@ async def ready(stack: Services, settings: Settings) -> None:
     async def worker_polling() -> bool:
         client = redis.Redis.from_url(settings.redis_url)
         try:
-            return bool(client.zcard("dramatiq:__heartbeats__"))
+            return bool(client.zcard("signup:consumers"))
         finally:
             client.close()
 

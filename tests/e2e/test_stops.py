@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import sqlalchemy as sa
-from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.broker import StreamsBroker
 from shared.database import verify_emails
 from shared.settings import Settings
 from tests.integration.test_worker import add_user, verify_message
@@ -28,6 +27,7 @@ from tests.support import (
     SignupProcess,
     SmtpSink,
     free_port,
+    held_by_workers,
     processes_marked,
     queued_messages,
     running_in_groups,
@@ -131,17 +131,8 @@ class Service:
         return self.signup.output()[-3000:]
 
 
-def held_by_workers(redis_url: str) -> int:
-    """How many messages some worker has fetched and not acknowledged (Dramatiq's per-broker ack sets)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return sum(int(client.scard(key)) for key in client.scan_iter("dramatiq:__acks__.*"))
-    finally:
-        client.close()
-
-
 def enqueue_one(redis_url: str) -> str:
-    broker = RedisBroker(url=redis_url)
+    broker = StreamsBroker(url=redis_url)
     try:
         return broker.enqueue(verify_message()).message_id
     finally:

@@ -107,6 +107,6 @@ async def test_rolled_back_signup_leaves_nothing_under_outbox(settings, db) -> N
     assert await count(db, users) == 0 and await count(db, outbox) == 0
     client = redis.asyncio.Redis.from_url(settings.redis_url)
     try:
-        assert await client.keys("dramatiq:*") == []
+        assert await client.keys("signup:*") == []
     finally:
         await client.aclose()

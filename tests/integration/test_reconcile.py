@@ -142,7 +142,7 @@ async def in_redis(settings: Settings, event_id: str) -> None:
     client = redis.Redis.from_url(settings.redis_url)
 
     async def probe() -> bool:
-        return bool(client.hexists("dramatiq:__locators__", event_id))
+        return bool(client.hexists("signup:locators", event_id))
 
     try:
         await wait_for(probe, timeout=20, what="the message in Redis")
@@ -156,7 +156,7 @@ def lose(route: str, redis_server: RedisServer) -> None:
         if route == "flushall":
             client.flushall()
         elif route == "queue_key":
-            assert client.delete("dramatiq:critical") == 1  # the queue's list: its .msgs hash stays
+            assert client.delete("signup:q:critical") == 1  # the queue's stream: the locators stay
     finally:
         client.close()
     if route == "restart":

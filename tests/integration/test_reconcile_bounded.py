@@ -18,8 +18,7 @@ import redis
 from services.relay import store
 from services.relay.publisher import enqueue_batch
 from services.relay.relay import ReconcilePass, Relay, build_relay
-from shared.broker import SignupRedisBroker, create_broker
-from shared.locator import locate, locators_key
+from shared.broker import StreamsBroker, create_broker
 from shared.settings import Settings
 from tests.integration.relay_helpers import fetch
 
@@ -88,20 +87,21 @@ async def test_each_pass_is_one_query_and_one_redis_call_and_walks_the_unhandled
     settings = msgspec.structs.replace(settings, reconcile_batch_size=BATCH, reconcile_grace_ms=1000)
     event_ids = await seed(settings)
     client = redis.Redis.from_url(settings.redis_url)
-    client.hdel(locators_key("dramatiq"), event_ids[LOST])  # its message is as good as gone
+    client.hdel("signup:locators", event_ids[LOST])  # its message is as good as gone
     client.close()
 
     statements: list[str] = []
     relay: Relay = build_relay(settings)
-    assert isinstance(relay.broker, SignupRedisBroker)
+    assert isinstance(relay.broker, StreamsBroker)
 
     async def log_queries(connection: Any) -> None:
         connection.add_query_logger(lambda logged: statements.append(logged.query))
 
     await relay.connect(init=log_queries)
     try:
-        locate(relay.broker.client, "dramatiq", [])  # nothing sent for no rows
-        locate(relay.broker.client, "dramatiq", ["warm-up"])  # redis-py loads the script once
+        relay.broker.locate([])  # nothing sent for no rows
+        relay.broker.locate(["warm-up"])  # redis-py loads the script once
+        relay.broker.enqueue_many([])  # likewise the publish script
         commands = Commands(relay.broker.client)
         results: list[tuple[ReconcilePass, list[str], list[str]]] = []
         for _ in range(4):
@@ -125,7 +125,7 @@ async def test_each_pass_is_one_query_and_one_redis_call_and_walks_the_unhandled
             assert len(sql) == 2 and sql[1].lstrip().startswith("UPDATE"), "\n".join(
                 " ".join(s.split())[:100] for s in sql
             )
-            assert sent == ["EVALSHA", "pipeline"], sent
+            assert sent == ["EVALSHA", "EVALSHA"], sent
         else:
             assert len(sql) == 1 and sql[0].lstrip().startswith("SELECT"), sql
             assert sent == ["EVALSHA"], sent

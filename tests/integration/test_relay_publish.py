@@ -1,14 +1,12 @@
-"""The pipelined batch enqueue writes what ``RedisBroker.enqueue`` writes; the metrics endpoint answers."""
+"""The relay's batch enqueue is consumed like ``broker.enqueue``, in one script call; the metrics answer."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import httpx
 import pytest
 import redis
-from dramatiq import Message
 from dramatiq.middleware import Middleware
 
 from services.relay.publisher import enqueue_batch, to_message
@@ -53,66 +51,22 @@ def test_a_pipelined_batch_is_consumed_like_broker_enqueue(settings):
     assert [m.message_id for m in left.delayed] == [str(delayed.event_id)]
 
 
-def test_a_batch_writes_the_keys_and_values_dramatiqs_script_writes_for_each_message(settings):
-    """``store_in`` writes Dramatiq's layout with plain commands: replaying what a batch stored through the
-    broker's own enqueue (dispatch.lua, one call per message) must leave Redis exactly as the batch did."""
-    broker = create_broker(settings)
-    rows = [row(None), row(None), row(1500), row(None)]
-    admin: Any = redis.Redis.from_url(settings.redis_url)  # redis-py's reply types are unions
-    try:
-        enqueue_batch(broker, rows)
-        batch = redis_contents(admin)
-        stored = [  # (queue, redis id, data) in the order each queue lists them
-            (key.split(":", 1)[1], redis_id, admin.hget(f"{key}.msgs", redis_id))
-            for key in ("dramatiq:critical", "dramatiq:critical.DQ")
-            for redis_id in admin.lrange(key, 0, -1)
-        ]
-        # Each queue lists its messages in the rows' order (the delayed one is on the delay queue).
-        listed = [Message.decode(data).message_id for _, _, data in stored]
-        assert listed == [str(r.event_id) for r in rows if r.delay_ms is None] + [str(rows[2].event_id)]
-        admin.flushdb()
-        for queue_name, redis_id, data in stored:
-            broker.do_enqueue(queue_name, redis_id.decode(), data)
-        assert redis_contents(admin) == batch
-    finally:
-        admin.close()
-        broker.close()
-
-
-def redis_contents(client: Any) -> dict[bytes, object]:
-    """Every key with its value; a sorted set's members without their scores (a heartbeat's timestamp)."""
-    read = {
-        b"hash": client.hgetall,
-        b"list": lambda key: client.lrange(key, 0, -1),
-        b"zset": lambda key: sorted(client.zrange(key, 0, -1)),
-        b"set": client.smembers,
-        b"string": client.get,
-    }
-    return {key: (kind, read[kind](key)) for key in client.scan_iter() for kind in [client.type(key)]}
-
-
-def test_a_batch_is_one_multi_exec_without_a_script_and_a_single_enqueue_reloads_a_lost_script(settings):
+def test_a_batch_is_one_script_call_and_a_single_enqueue_reloads_a_lost_script(settings):
     broker = create_broker(settings)
     admin = redis.Redis.from_url(settings.redis_url)
     try:
+        enqueue_batch(broker, [row(None)])  # redis-py loads the script on its first use
         admin.config_resetstat()
         enqueue_batch(broker, [row(None) for _ in range(50)])
         stats = admin.info("commandstats")
-        assert stats["cmdstat_exec"]["calls"] == 1
-        assert not any(name.startswith(("cmdstat_eval", "cmdstat_script")) for name in stats), stats.keys()
-        # The heartbeat, the messages (one HSET and one RPUSH for the queue), the locators: none per message.
-        assert stats["cmdstat_hset"]["calls"] == 2 and stats["cmdstat_zadd"]["calls"] == 1
-        admin.script_flush()  # as after a Redis restart: Dramatiq's script is gone
+        # The messages and their locators, all in one script call: no command per message on the wire.
+        assert stats["cmdstat_evalsha"]["calls"] == 1, stats.keys()
+        assert not any(name.startswith(("cmdstat_script", "cmdstat_exec")) for name in stats), stats.keys()
+        admin.script_flush()  # as after a Redis restart: the script is gone
         single = row(None)
         broker.enqueue(to_message(single))
         assert str(single.event_id) in {m.message_id for m in queued_messages(settings.redis_url).ready}
-        assert len(queued_messages(settings.redis_url).ready) == 51
-        # Once loaded, a single enqueue is one EVALSHA in one MULTI/EXEC: no SCRIPT EXISTS round trip first.
-        admin.config_resetstat()
-        broker.enqueue(to_message(row(None)))
-        stats = admin.info("commandstats")
-        assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_exec"]["calls"] == 1, stats.keys()
-        assert not any(name.startswith("cmdstat_script") for name in stats), stats.keys()
+        assert len(queued_messages(settings.redis_url).ready) == 52
     finally:
         admin.close()
         broker.close()

@@ -16,11 +16,10 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 from dramatiq import Message, Worker
-from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.worker.app import build_worker, warm_up
-from services.worker.deadletters import list_dead_letters
+from shared.broker import StreamsBroker
 from shared.database import users, verify_emails
 from shared.settings import Settings
 from tests.conftest import LogTee
@@ -37,7 +36,7 @@ def worker_settings(settings: Settings) -> Settings:
 
 
 @contextmanager
-def running_worker(settings: Settings) -> Iterator[RedisBroker]:
+def running_worker(settings: Settings) -> Iterator[StreamsBroker]:
     """The real worker (broker, middleware, actor) in this process, polling every 50 ms."""
     broker, _ = build_worker(settings)
     worker = Worker(broker, worker_timeout=50, worker_threads=settings.worker_threads)
@@ -244,14 +243,14 @@ async def test_skip_retry_drops_a_missing_users_message(worker_settings, db, sin
     with running_worker(skip) as broker:
         broker.enqueue(verify_message("ghost"))
         await wait_logged(log_tee, "user not found; dropping the message (SkipRetry)", since=start)
-        assert list_dead_letters(broker) == []
+        assert broker.dead_letters() == []
     assert sink.attempts == []
 
 
 async def test_bad_payload_is_dead_lettered_without_retry(worker_settings, db, sink) -> None:
     with running_worker(worker_settings) as broker:
         broker.enqueue(verify_message(args=({"user": "alice", "extra": 1},)))
-        letters = await wait_for(lambda: _async(list_dead_letters(broker)), timeout=10, what="a dead letter")
+        letters = await wait_for(lambda: _async(broker.dead_letters()), timeout=10, what="a dead letter")
     assert letters[0].error.startswith("BadPayload") and "retries" not in letters[0].message.options
     assert sink.attempts == []
 
@@ -280,7 +279,7 @@ async def test_smtp_550_goes_to_the_dead_letters_and_replays_once(worker_setting
     message = verify_message()
     with running_worker(worker_settings) as broker:
         broker.enqueue(message)
-        await wait_for(lambda: _async(list_dead_letters(broker)), timeout=10, what="the dead letter")
+        await wait_for(lambda: _async(broker.dead_letters()), timeout=10, what="the dead letter")
         listed = signup_cli(worker_settings, "dlq", "list")
         assert listed.returncode == 0, listed.stderr
         (line,) = [line for line in listed.stdout.splitlines() if message.message_id in line]
@@ -290,6 +289,6 @@ async def test_smtp_550_goes_to_the_dead_letters_and_replays_once(worker_setting
         replayed = signup_cli(worker_settings, "dlq", "replay", message.message_id)
         assert replayed.returncode == 0, replayed.stderr
         mails = await wait_for(lambda: _received(sink), timeout=10, what="the replayed email")
-        assert list_dead_letters(broker) == []
+        assert broker.dead_letters() == []
     assert len(mails) == 1 and mails[0].message_id == f"<{message.message_id}@signup-outbox>"
     assert "no dead-lettered messages" in signup_cli(worker_settings, "dlq", "list").stdout

@@ -12,7 +12,6 @@ import msgspec
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.deadletters import list_dead_letters
 from shared.database import users
 from shared.settings import Settings
 from tests.integration.test_worker import _received, running_worker, verify_message, wait_logged
@@ -71,7 +70,7 @@ async def test_a_server_without_smtputf8_dead_letters_a_non_ascii_local_part_at_
     with running_worker(_to(settings, ascii_sink)) as broker:
         broker.enqueue(message)
         (line,) = await wait_logged(log_tee, "message dead-lettered", since=start)
-        (letter,) = list_dead_letters(broker)
+        (letter,) = broker.dead_letters()
     assert line["retries"] == 0 and "does not support SMTPUTF8" in line["error"]
     assert letter.message.message_id == message.message_id and "SMTPUTF8" in letter.error
     assert ascii_sink.received == []
