@@ -21,9 +21,11 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import dramatiq
+import msgspec
 
 from services.relay import store
 from services.relay.listener import listen_forever
@@ -305,9 +307,14 @@ def build_relay(settings: Settings, **options: Any) -> Relay:
 
     Nothing connects until ``run()``.
     """
-    broker = create_broker(settings)
-    pool = broker.client.connection_pool
-    pool.connection_kwargs.update(
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S
-    )
+    broker = create_broker(msgspec.structs.replace(settings, redis_url=_with_timeouts(settings.redis_url)))
     return Relay(settings=settings, broker=broker, **options)
+
+
+def _with_timeouts(url: str) -> str:
+    """``url`` with ``REDIS_SOCKET_TIMEOUT_S`` as redis-py's documented query options, which win over the
+    keyword arguments (also over the wait client's socket timeout: the relay never waits on it)."""
+    parts = urlsplit(url)
+    timeouts = {"socket_timeout": REDIS_SOCKET_TIMEOUT_S, "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_S}
+    query = urlencode({**dict(parse_qsl(parts.query)), **timeouts})
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
