@@ -37,24 +37,25 @@ _hashing = ThreadPoolExecutor(max_workers=CPUS, thread_name_prefix="argon2")
 
 def keep_hash_memory() -> bool:
     """Have glibc's malloc keep the memory of one hash per CPU for the next hashes; False where the C
-    library is not glibc or refuses. Call it at process start, before a second thread allocates.
+    library is not glibc or refuses a setting. Call it at process start, before a second thread allocates.
 
-    - One arena: a thread's own arena maps anything larger than 64 MiB afresh, whatever the threshold.
+    - One arena: a thread's own arena grows in heaps of at most 64 MiB, so it maps a hash's memory afresh.
     - A mapping threshold just above a hash's memory, so the heap serves it.
     - A trim threshold above what the hashes of every CPU at once leave free, so free() keeps it.
 
-    The price is what the API paid when each hash mapped its memory, kept: 64 MiB per hash it has run at
-    once (128 MiB on two cores), and one arena for the process's few threads.
+    The price: the memory stays resident, 64 MiB per hash run at once (128 MiB on two cores), and the
+    process's few threads share one arena.
     """
     if platform.libc_ver()[0] != "glibc":
         return False
-    mallopt = ctypes.CDLL(None, use_errno=True).mallopt
-    wanted = (
+    mallopt = ctypes.CDLL(None).mallopt
+    settings = (
         (M_ARENA_MAX, 1),
         (M_MMAP_THRESHOLD, HASH_MEMORY + 1024 * 1024),
         (M_TRIM_THRESHOLD, (CPUS + 1) * HASH_MEMORY),
     )
-    return all(mallopt(parameter, value) == 1 for parameter, value in wanted)
+    accepted = [mallopt(parameter, value) == 1 for parameter, value in settings]
+    return all(accepted)
 
 
 def hash_now(password: str, *, salt: bytes | None = None) -> str:
