@@ -9,6 +9,7 @@ from types import FrameType
 import uvicorn
 
 from services.api.app import create_app
+from services.api.passwords import keep_hash_memory
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.telemetry import configure_tracing
@@ -19,6 +20,7 @@ STOP_GRACE_S = 5
 
 
 def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
+    keep_hash_memory()  # first: before any thread of ours or uvicorn's allocates
     configure_logging(service="api", log_format=settings.log_format, log_level=settings.log_level)
     configure_tracing(service="api")
     # uvicorn stops gracefully on SIGTERM, then raises it again once the handler it replaced is back, so that

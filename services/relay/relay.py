@@ -312,3 +312,4 @@ def build_relay(settings: Settings, **options: Any) -> Relay:
     """
     broker = create_broker(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
     return Relay(settings=settings, broker=broker, **options)
+

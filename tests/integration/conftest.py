@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
 import pytest
 import uvicorn
 from litestar.testing import AsyncTestClient
-from opentelemetry import trace
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.util._once import Once
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
@@ -30,17 +29,37 @@ async def client(settings: Settings, db: AsyncEngine) -> AsyncIterator[AsyncTest
         yield client
 
 
+class ModuleExporter(SpanExporter):
+    """Exports to the exporter of the test module that records spans; drops them between such modules."""
+
+    def __init__(self) -> None:
+        self.target: InMemorySpanExporter | None = None
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS if self.target is None else self.target.export(spans)
+
+
+@pytest.fixture(scope="session")
+def module_exporter() -> ModuleExporter:
+    """Tracing on for the rest of this process, through OpenTelemetry's public API, which sets the global
+    provider once per process: the first module that records spans turns it on, later tests' spans are
+    dropped (so tests/unit/test_telemetry.py checks what an untraced process does in a fresh one)."""
+    into = ModuleExporter()
+    assert configure_tracing("test", processor=SimpleSpanProcessor(into))
+    return into
+
+
 @pytest.fixture(scope="module")
-def exporter() -> Iterator[InMemorySpanExporter]:
-    """Tracing on, into memory, for this module's tests only; off again (and uninstrumented) after them."""
-    exporter = InMemorySpanExporter()
-    assert configure_tracing("test", processor=SimpleSpanProcessor(exporter))
+def exporter(module_exporter: ModuleExporter) -> Iterator[InMemorySpanExporter]:
+    """Spans into memory, with asyncpg's, for this module's tests only; dropped (and SQL uninstrumented)
+    after them."""
+    asyncpg = AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+    if not asyncpg.is_instrumented_by_opentelemetry:
+        asyncpg.instrument()
+    module_exporter.target = exporter = InMemorySpanExporter()
     yield exporter
-    AsyncPGInstrumentor().uninstrument()  # type: ignore[no-untyped-call]
-    # The API sets the global provider once per process; tests put it back the way OpenTelemetry's own
-    # test utilities do, so that later tests run untraced as in production without an exporter.
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
+    module_exporter.target = None
+    asyncpg.uninstrument()
 
 
 @pytest.fixture

@@ -1,24 +1,19 @@
-"""Password hashes: argon2-cffi's own, computed in a reused (and wiped) buffer, off the event loop."""
+"""Password hashes: argon2-cffi's own, off the event loop, their memory kept by glibc between hashes."""
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import mmap
-import threading
-from collections.abc import Callable
-from typing import TypeVar
+import platform
+import subprocess
+import sys
 
 import pytest
 from argon2 import PasswordHasher, Type, extract_parameters
-from argon2.exceptions import HashingError
 from argon2.low_level import hash_secret
 
-from services.api import passwords
-from services.api.passwords import hash_now, hash_password
+from services.api.passwords import HASH_MEMORY, hash_now, hash_password, keep_hash_memory
 
 HASHES = 40
-T = TypeVar("T")
 
 
 async def test_a_host_name_resolves_while_a_burst_of_passwords_is_hashed() -> None:
@@ -49,7 +44,6 @@ def _verifies(hashed: str, password: str) -> bool:
 
 
 def test_the_hash_is_the_phc_string_argon2_cffi_writes_for_the_same_salt() -> None:
-    """The seam with ``argon2.low_level.core``: the context we fill computes what argon2-cffi computes."""
     defaults, salt, password = PasswordHasher(), b"sixteen byte s\x00\xff", "pässwörd Ωμέγα"
     expected = hash_secret(
         password.encode(),
@@ -78,50 +72,37 @@ def test_two_hashes_of_one_password_have_different_salts() -> None:
     assert first != second and first.split("$")[4] != second.split("$")[4]
 
 
-def test_a_thread_reuses_its_buffer_and_it_is_wiped_after_each_hash() -> None:
-    """libargon2 clears its memory before handing it back, so no password-derived block stays in it."""
-
-    def buffers() -> tuple[int, bool]:
-        hash_now("first password")
-        assert passwords._buffers.memory is not None
-        mapping = passwords._buffers.memory[0]
-        hash_now("second password")
-        assert passwords._buffers.memory[0] is mapping, "the second hash mapped new memory"
-        return len(mapping), not any(mapping[:])
-
-    size, wiped = _in_a_new_thread(buffers)
-    assert size == PasswordHasher().memory_cost * 1024
-    assert wiped, "password-derived memory was left in the buffer"
+def test_a_non_ascii_password_verifies_and_its_look_alike_does_not() -> None:
+    hashed = hash_now("Ωμέγα 王力 pässwörd")
+    assert PasswordHasher().verify(hashed, "Ωμέγα 王力 pässwörd")
+    assert not _verifies(hashed, "Ωμέγα 王力 passwörd")
 
 
-def test_memory_that_cannot_be_had_fails_the_hash_with_argon2_cffis_error(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def refuse(size: int) -> object:
-        raise MemoryError
-
-    monkeypatch.setattr(passwords._buffers, "lend", refuse)
-    with pytest.raises(HashingError, match=r"[Mm]emory allocation"):
-        hash_now("a password")
-
-
-def test_a_kernel_without_huge_pages_still_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``madvise(MADV_HUGEPAGE)`` fails with EINVAL where the kernel has no transparent huge pages."""
-
-    class NoHugePages(mmap.mmap):
-        def madvise(self, *args: int) -> None:
-            raise OSError(errno.EINVAL, "Invalid argument")
-
-    monkeypatch.setattr(mmap, "mmap", NoHugePages)  # the module passwords.py maps its buffers with
-    hashed = _in_a_new_thread(lambda: hash_now("a password"))  # a thread with no buffer yet
-    assert PasswordHasher().verify(hashed, "a password")
+# A fresh interpreter: glibc's arenas are per process, and pytest's threads have made theirs already.
+SECOND_HASH_FAULTS = """
+import resource
+from concurrent.futures import ThreadPoolExecutor
+from services.api.passwords import hash_now, keep_hash_memory
+assert keep_hash_memory()
+with ThreadPoolExecutor(1) as pool:  # a thread of its own, as in the hashing pool
+    pool.submit(hash_now, "first password").result()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    pool.submit(hash_now, "second password").result()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
 
 
-def _in_a_new_thread(work: Callable[[], T]) -> T:
-    """What ``work`` returns when run in a thread of its own (its own buffer); fails if it raised."""
-    outcome: list[T] = []
-    thread = threading.Thread(target=lambda: outcome.append(work()))
-    thread.start()
-    thread.join()
-    assert outcome, "the work failed in its thread"
-    return outcome[0]
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_after_keep_hash_memory_a_second_hash_reuses_the_memory_of_the_first() -> None:
+    """Page faults, not time: a hash in fresh memory faults in each of its 4 KiB pages once."""
+    done = subprocess.run(
+        [sys.executable, "-c", SECOND_HASH_FAULTS], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    faults, pages = int(done.stdout), HASH_MEMORY // 4096
+    assert faults < pages // 16, f"the second hash faulted in {faults} pages of {pages}: fresh memory"
+
+
+def test_keep_hash_memory_leaves_a_c_library_other_than_glibc_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    assert keep_hash_memory() is False

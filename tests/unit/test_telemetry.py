@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from shared import telemetry
-from shared.telemetry import configure_tracing, context_from, current_trace_context, trace_id_of
+from shared.telemetry import context_from, current_trace_context, trace_id_of
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -21,22 +22,38 @@ def no_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+# A fresh interpreter: OpenTelemetry sets the global tracer provider once per process, and the integration
+# tests' spans turn tracing on for the rest of theirs.
+CONFIGURE = """
+from shared.telemetry import configure_tracing, current_trace_context, tracing_enabled
+print(configure_tracing("api"), tracing_enabled(), current_trace_context())
+"""
+
+
+def configure_in_a_fresh_process() -> subprocess.CompletedProcess[str]:
+    """``configure_tracing("api")`` in a new interpreter with this test's environment; it prints what it
+    returned, whether tracing is on and the trace context a row would store."""
+    return subprocess.run([sys.executable, "-c", CONFIGURE], capture_output=True, text=True, timeout=120)
+
+
 def test_no_exporter_means_tracing_off_and_nothing_installed() -> None:
-    assert configure_tracing("api") is False
-    assert not telemetry.tracing_enabled()
-    assert current_trace_context() is None  # no span: the row's column stays NULL
+    done = configure_in_a_fresh_process()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "None"]  # None: the row's column stays NULL
 
 
 def test_sdk_disabled_wins_over_an_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "TRUE")
-    assert configure_tracing("api") is False and not telemetry.tracing_enabled()
+    done = configure_in_a_fresh_process()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[:2] == ["False", "False"]
 
 
 def test_an_unknown_exporter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
-    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER='zipkin'"):
-        configure_tracing("api")
+    done = configure_in_a_fresh_process()
+    assert done.returncode != 0 and "ValueError: OTEL_TRACES_EXPORTER='zipkin'" in done.stderr
 
 
 def test_console_prints_one_span_per_line_on_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
