@@ -106,6 +106,17 @@ verify_email_resends = sa.Table(
     sa.Index("verify_email_resends_user_time_idx", "username", "requested_at"),
 )
 
+# The worker's record of each signup notice it sent (SendSignupNotice), by message id: one email per message.
+sent_notices = sa.Table(
+    "sent_notices",
+    metadata,
+    sa.Column("event_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column(
+        "username", sa.String(100), sa.ForeignKey("users.username", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).
 USERNAME_TAKEN_CONSTRAINT = "users_pkey"
 EMAIL_TAKEN_CONSTRAINT = "users_email_lower_key"

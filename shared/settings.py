@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     api_host: str = "0.0.0.0"  # noqa: S104 - the API is meant to be reachable in a container
     api_port: Port = 8080
+    api_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9100
+    """The API's Prometheus ``/metrics``, on a port of its own (never the public one); 0 turns it off."""
     api_max_body_bytes: PositiveInt = 16_384
     """Larger request bodies are refused with 413 before they are parsed."""
     api_signup_concurrency: NonNegativeInt = 0
@@ -56,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """A signup that waited this long for a slot is refused with 503 + Retry-After, before any work."""
     api_signup_deadline_ms: PositiveInt = 10_000
     """A signup not ready to commit this long after it arrived is rolled back (its client has likely gone)."""
+    api_resend_max_pending: PositiveInt = 64
+    """Resend requests answered and not yet run (they run after their ``202``); more get 503 + Retry-After."""
     api_idempotency_ttl_hours: PositiveInt = 24
     """How long the answer to a request with an ``Idempotency-Key`` is kept for its retries."""
 

@@ -8,19 +8,19 @@ from typing import Annotated, Any
 
 import msgspec
 import sqlalchemy as sa
-from litestar import MediaType, Request, Response, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import Counter
 
 from services.api.admission import PLACE_STATE, watch_client
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import IdempotencyKey, find_answer
 from services.api.openapi import body_operation
 from services.api.pages import ALREADY_VERIFIED, RESEND_ACCEPTED, VERIFIED, page, wants_html
-from services.api.resend import resend_verify_email
+from services.api.resend import ResendBusy
 from services.api.schemas import (
     Accepted,
     CreateUserRequest,
@@ -123,7 +123,8 @@ def _replayed(answer: bytes) -> Response[CreateUserResponse]:
     description=(
         "An unverified user's address gets a new email with a new link (earlier links stop working), at most "
         "one per RESEND_MIN_INTERVAL_S and RESEND_MAX_PER_DAY a day. An unknown, verified or rate-limited "
-        "address gets the very same answer, so that the API does not tell who has an account. The body may "
+        "address gets the very same answer, sent before the address is looked up, so that neither the answer "
+        "nor its timing tells who has an account. The body may "
         "also come as application/x-www-form-urlencoded (the verification page's form); a client that "
         "prefers text/html then gets a page."
     ),
@@ -133,12 +134,8 @@ def _replayed(answer: bytes) -> Response[CreateUserResponse]:
 async def resend_verify_email_route(request: Request[Any, Any, Any], state: State) -> Response[Accepted]:
     form = request.content_type[0] == RequestEncodingType.URL_ENCODED  # the HTML page's form
     body = parse_resend(await request.body(), form=form, allow_smtputf8=state.settings.smtp_smtputf8)
-    await resend_verify_email(
-        state.sessions,
-        email=body.email,
-        settings=state.settings,
-        trace_id=request.scope["state"].get("request_id"),
-    )
+    if not state.resends.submit(email=body.email, trace_id=request.scope["state"].get("request_id")):
+        raise ResendBusy
     if wants_html(request):
         return page(RESEND_ACCEPTED, status=202)
     return Response(Accepted(), status_code=202)
@@ -196,8 +193,3 @@ async def readyz(state: State) -> Response[dict[str, str]]:
     return Response(
         checks, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "2"}
     )
-
-
-@get("/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics", sync_to_thread=False)
-def metrics() -> Response[bytes]:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

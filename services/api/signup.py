@@ -21,7 +21,7 @@ from services.api.passwords import hash_password
 from services.api.schemas import CreateUserRequest, CreateUserResponse, User
 from shared.database import EMAIL_TAKEN_CONSTRAINT, IDEMPOTENCY_KEY_TAKEN_CONSTRAINT, users, verify_emails
 from shared.logging import get_logger
-from shared.messages import SendVerifyEmail
+from shared.messages import Message, SendSignupNotice, SendVerifyEmail
 
 log = get_logger()
 
@@ -30,8 +30,12 @@ _UNIQUE_VIOLATION = "23505"
 _NO_CODE = secrets.token_urlsafe(32)
 
 
+# users.password_changed_at's default: what a new user's answer carries.
+NEVER_CHANGED = datetime(1, 1, 1, tzinfo=UTC)
+
+
 class Taken(Exception):
-    """The username or the email belongs to another user already."""
+    """The username belongs to another user already (a taken email is never told: DESIGN §8)."""
 
     def __init__(self, field: str) -> None:
         super().__init__(f"{field} is taken")
@@ -53,17 +57,76 @@ async def sign_up(
 
     With ``idempotency`` the answer is stored under that key in the same transaction. With ``ticket`` the hash
     waits for an admission slot, and the ticket is checked after the hash and right before the commit.
-    Raises ``Taken`` when the username or email is in use, ``KeyReused`` when another request committed
-    under the same key, ``Shed`` when refused a slot or when the ticket's deadline passed or its client left,
-    ``InjectedRollback`` when a fault was injected; database errors propagate.
+    A taken email writes nothing but a ``SendSignupNotice`` to the address's owner and returns the user as
+    it would have been. Raises ``Taken`` when the username is in use, ``KeyReused`` when another request
+    committed under the same key, ``Shed`` when refused a slot or when the ticket's deadline passed or its
+    client left, ``InjectedRollback`` when a fault was injected; database errors propagate.
     Nothing is written unless everything is.
     """
     async with ticket.hashing() if ticket is not None else contextlib.nullcontext():
         hashed = await hash_password(request.password)
     if ticket is not None:
         ticket.check()
-    try:
-        async with sessions() as session, session.begin():
+    # A new address that a concurrent signup commits first makes the insert fail on the email index: the
+    # second attempt then sees it taken and answers as for any taken address.
+    for attempt in (1, 2):
+        try:
+            return await _write(
+                sessions,
+                request=request,
+                hashed=hashed,
+                dispatcher=dispatcher,
+                faults=faults,
+                trace_id=trace_id,
+                ticket=ticket,
+                idempotency=idempotency,
+                idempotency_ttl=idempotency_ttl,
+            )
+        except IntegrityError as exc:
+            cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper
+            if getattr(cause, "sqlstate", None) != _UNIQUE_VIOLATION:
+                raise
+            constraint = getattr(cause, "constraint_name", None)
+            if constraint == IDEMPOTENCY_KEY_TAKEN_CONSTRAINT:
+                raise KeyReused from None  # the same body would have met the same username first
+            if constraint != EMAIL_TAKEN_CONSTRAINT:
+                raise Taken("username") from None
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+# Who holds the address, whether the username is taken, and the time a new row would get: one round trip,
+# the same on every path, so that a taken address costs what a free one does (beside the hash).
+_CLAIMS = sa.select(
+    sa.func.now().label("now"),
+    sa.select(users.c.username)
+    .where(sa.func.lower(users.c.email) == sa.func.lower(sa.bindparam("email")))
+    .scalar_subquery()
+    .label("owner"),
+    sa.exists().where(users.c.username == sa.bindparam("username")).label("username_taken"),
+)
+
+
+async def _write(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    request: CreateUserRequest,
+    hashed: str,
+    dispatcher: Dispatcher,
+    faults: Faults,
+    trace_id: str | None,
+    ticket: Ticket | None,
+    idempotency: IdempotencyKey | None,
+    idempotency_ttl: timedelta,
+) -> User:
+    """The signup's one transaction. For a taken address it writes only a notice to the address's owner and
+    answers as if the user had been created (DESIGN §8, "No account enumeration")."""
+    async with sessions() as session, session.begin():
+        claims = (
+            await session.execute(_CLAIMS, {"email": request.email, "username": request.username})
+        ).one()
+        if claims.owner is None:
             row = (
                 await session.execute(
                     users.insert()
@@ -76,30 +139,32 @@ async def sign_up(
                     .returning(users.c.password_changed_at, users.c.created_at)
                 )
             ).one()
-            user = User(
-                username=request.username,
-                full_name=request.full_name,
-                email=request.email,
-                password_changed_at=row.password_changed_at,
-                created_at=row.created_at,
-            )
-            if idempotency is not None:
-                answer = msgspec.json.encode(CreateUserResponse(user=user))
-                await store_answer(session, idempotency, answer, ttl=idempotency_ttl)
-            await dispatcher.dispatch(session, SendVerifyEmail(username=request.username), trace_id=trace_id)
-            await faults.before_commit()
-            if ticket is not None:
-                ticket.check()
-    except IntegrityError as exc:
-        cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper
-        if getattr(cause, "sqlstate", None) != _UNIQUE_VIOLATION:
-            raise
-        constraint = getattr(cause, "constraint_name", None)
-        if constraint == IDEMPOTENCY_KEY_TAKEN_CONSTRAINT:
-            raise KeyReused from None  # the same body would have met the same username first
-        raise Taken("email" if constraint == EMAIL_TAKEN_CONSTRAINT else "username") from None
-    # ``committed`` marks this line for tools (the lab's latency is measured from it): keep the field.
-    log.info("user signed up", username=request.username, committed=True)
+            message: Message = SendVerifyEmail(username=request.username)
+            password_changed_at, created_at = row.password_changed_at, row.created_at
+        elif claims.username_taken:
+            raise Taken("username")  # usernames are public handles: saying so tells nothing about an address
+        else:
+            message = SendSignupNotice(username=claims.owner)
+            password_changed_at, created_at = NEVER_CHANGED, claims.now
+        user = User(
+            username=request.username,
+            full_name=request.full_name,
+            email=request.email,
+            password_changed_at=password_changed_at,
+            created_at=created_at,
+        )
+        if idempotency is not None:
+            answer = msgspec.json.encode(CreateUserResponse(user=user))
+            await store_answer(session, idempotency, answer, ttl=idempotency_ttl)
+        await dispatcher.dispatch(session, message, trace_id=trace_id)
+        await faults.before_commit()
+        if ticket is not None:
+            ticket.check()
+    if claims.owner is None:
+        # ``committed`` marks this line for tools (the lab's latency is measured from it): keep the field.
+        log.info("user signed up", username=request.username, committed=True)
+    else:
+        log.info("signup with a taken address; owner notified", owner=claims.owner, committed=False)
     return user
 
 

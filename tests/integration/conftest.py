@@ -30,6 +30,16 @@ async def client(settings: Settings, db: AsyncEngine) -> AsyncIterator[AsyncTest
         yield client
 
 
+async def resends_done(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """Wait until the resend requests ``client``'s app answered have run (they run after their answer, on
+    the app's own event loop: the test client's)."""
+
+    async def idle() -> bool:
+        return bool(client.app.state.resends.pending == 0)
+
+    await wait_for(idle, timeout=10, what="the queued resends to run")
+
+
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[InMemorySpanExporter]:
     """Tracing on, into memory, for this module's tests only; off again (and uninstrumented) after them."""
