@@ -29,7 +29,14 @@ users = sa.Table(
         server_default=sa.text("'0001-01-01 00:00:00+00'"),
     ),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.Index("users_email_lower_key", sa.func.lower(sa.column("email")), unique=True),
+    # Only a verified account holds its address; any number of unverified ones may claim it (DESIGN §4).
+    sa.Index(
+        "users_email_lower_key",
+        sa.func.lower(sa.column("email")),
+        unique=True,
+        postgresql_where=sa.text("is_email_verified"),
+    ),
+    sa.Index("users_email_lower_idx", sa.func.lower(sa.column("email"))),
 )
 
 outbox = sa.Table(

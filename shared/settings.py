@@ -98,6 +98,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
     worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
     verify_email_ttl_minutes: PositiveInt = 15
+    unverified_account_ttl_hours: PositiveInt = 24
+    """An account still unverified this long after its signup gives its address (and username) up: its links
+    stop working, resends skip it, and the next signup that meets it deletes it."""
     resend_min_interval_s: NonNegativeInt = 60
     """At most one verification email per user in this many seconds (the signup's counts too)."""
     resend_max_per_day: NonNegativeInt = 5

@@ -1,5 +1,7 @@
-"""Security hardening: the record of signup notices sent (one per message id).
+"""Security hardening: notices sent, and addresses held by verified accounts only.
 
+An unverified account no longer holds its address: ``users_email_lower_key`` becomes unique among verified
+accounts only, and a plain index on ``lower(email)`` serves the look-ups of every claim (DESIGN §4).
 ``sent_notices`` is the worker's idempotency record for ``SendSignupNotice``, the email that tells an
 address's owner that someone tried to sign up with it (DESIGN §8).
 
@@ -21,6 +23,15 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_index("users_email_lower_idx", "users", [sa.text("lower(email)")])
+    op.drop_index("users_email_lower_key", table_name="users")
+    op.create_index(
+        "users_email_lower_key",
+        "users",
+        [sa.text("lower(email)")],
+        unique=True,
+        postgresql_where=sa.text("is_email_verified"),
+    )
     op.create_table(
         "sent_notices",
         sa.Column("event_id", UUID(as_uuid=True), primary_key=True),
@@ -36,3 +47,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("sent_notices")
+    # Fails if two accounts now claim one address: keep the oldest claim by hand before going back.
+    op.drop_index("users_email_lower_key", table_name="users")
+    op.create_index("users_email_lower_key", "users", [sa.text("lower(email)")], unique=True)
+    op.drop_index("users_email_lower_idx", table_name="users")

@@ -41,7 +41,12 @@ _LOCK = sa.text("SELECT 1 FROM users WHERE lower(email) = lower(:email) FOR UPDA
 _DECIDE = sa.text(
     """
     WITH target AS (
-        SELECT username, is_email_verified, created_at FROM users WHERE lower(email) = lower(:email)
+        -- the verified account, else the newest unverified claim younger than UNVERIFIED_ACCOUNT_TTL_HOURS
+        SELECT username, is_email_verified, created_at FROM users
+        WHERE lower(email) = lower(:email)
+            AND (is_email_verified OR created_at > now() - make_interval(hours => :unverified_ttl_h))
+        ORDER BY is_email_verified DESC, created_at DESC
+        LIMIT 1
     ), recent AS (
         SELECT count(*) AS today, max(r.requested_at) AS last
         FROM verify_email_resends r JOIN target USING (username)
@@ -88,6 +93,7 @@ async def resend_verify_email(
         "trace_context": None if (context := current_trace_context()) is None else json.dumps(context),
         "max_per_day": settings.resend_max_per_day,
         "min_interval_s": settings.resend_min_interval_s,
+        "unverified_ttl_h": settings.unverified_account_ttl_hours,
     }
     async with sessions() as session, session.begin():
         await session.execute(_LOCK, {"email": email})

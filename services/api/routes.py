@@ -100,6 +100,7 @@ async def create_user(
                 ),
                 idempotency=key,
                 idempotency_ttl=ttl,
+                unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
             )
     except Taken:
         # The same key and body committed meanwhile (the two met on the username): the original answer.
@@ -155,7 +156,12 @@ async def verify_email_route(
     email_id: Annotated[int, Parameter(ge=1, le=2**53 - 1)],
     secret_code: Annotated[str, Parameter(min_length=1, max_length=128)],
 ) -> Response[VerifyEmailResponse]:
-    newly = await verify_email(state.sessions, email_id=email_id, secret_code=secret_code)
+    newly = await verify_email(
+        state.sessions,
+        email_id=email_id,
+        secret_code=secret_code,
+        unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
+    )
     if wants_html(request):  # a person who clicked the link; the error pages come from errors.py
         return page(VERIFIED if newly else ALREADY_VERIFIED, status=200)
     return Response(VerifyEmailResponse(is_verified=True))

@@ -52,6 +52,7 @@ async def sign_up(
     ticket: Ticket | None = None,
     idempotency: IdempotencyKey | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
+    unverified_ttl: timedelta = timedelta(hours=24),
 ) -> User:
     """Create the user and dispatch its verification email in ONE transaction.
 
@@ -81,6 +82,7 @@ async def sign_up(
                 ticket=ticket,
                 idempotency=idempotency,
                 idempotency_ttl=idempotency_ttl,
+                unverified_ttl=unverified_ttl,
             )
         except IntegrityError as exc:
             cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper
@@ -96,12 +98,24 @@ async def sign_up(
     raise AssertionError("unreachable")
 
 
-# Who holds the address, whether the username is taken, and the time a new row would get: one round trip,
-# the same on every path, so that a taken address costs what a free one does (beside the hash).
+# An unverified account older than UNVERIFIED_ACCOUNT_TTL_HOURS gives its address and username up: the
+# signup that meets it deletes it (with its links, by cascade) before looking at who holds what.
+_GIVE_WAY = users.delete().where(
+    sa.not_(users.c.is_email_verified),
+    users.c.created_at < sa.func.now() - sa.bindparam("ttl", type_=sa.Interval()),
+    sa.or_(
+        sa.func.lower(users.c.email) == sa.func.lower(sa.bindparam("email")),
+        users.c.username == sa.bindparam("username"),
+    ),
+)
+
+# Who holds the address (a verified account: an unverified one holds nothing), whether the username is
+# taken, and the time a new row would get: one round trip, the same on every path, so that a taken address
+# costs what a free one does (beside the hash).
 _CLAIMS = sa.select(
     sa.func.now().label("now"),
     sa.select(users.c.username)
-    .where(sa.func.lower(users.c.email) == sa.func.lower(sa.bindparam("email")))
+    .where(sa.func.lower(users.c.email) == sa.func.lower(sa.bindparam("email")), users.c.is_email_verified)
     .scalar_subquery()
     .label("owner"),
     sa.exists().where(users.c.username == sa.bindparam("username")).label("username_taken"),
@@ -119,13 +133,14 @@ async def _write(
     ticket: Ticket | None,
     idempotency: IdempotencyKey | None,
     idempotency_ttl: timedelta,
+    unverified_ttl: timedelta,
 ) -> User:
     """The signup's one transaction. For a taken address it writes only a notice to the address's owner and
     answers as if the user had been created (DESIGN §8, "No account enumeration")."""
     async with sessions() as session, session.begin():
-        claims = (
-            await session.execute(_CLAIMS, {"email": request.email, "username": request.username})
-        ).one()
+        who = {"email": request.email, "username": request.username}
+        await session.execute(_GIVE_WAY, {**who, "ttl": unverified_ttl})
+        claims = (await session.execute(_CLAIMS, who)).one()
         if claims.owner is None:
             row = (
                 await session.execute(
@@ -180,15 +195,41 @@ class VerifyEmailSuperseded(Exception):
     """The link was right, but a newer verification email has been sent since: only its link works."""
 
 
+class VerifyEmailClaimed(VerifyEmailExpired):
+    """Another account verified this address first: the link came too late for it (410, as expired)."""
+
+
 async def verify_email(
-    sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    email_id: int,
+    secret_code: str,
+    unverified_ttl: timedelta = timedelta(hours=24),
 ) -> bool:
     """Mark the code used and the user's email verified, and return True; a second use of a valid link
     succeeds again and returns False (verified already).
 
+    Verifying deletes every other, unverified, account that claimed the same address: only a verified
+    account holds one (DESIGN §8, "Pre-hijacking").
+
     Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailSuperseded`` once a newer
-    email to the user has been sent, ``VerifyEmailExpired`` after expiry.
+    email to the user has been sent, ``VerifyEmailExpired`` after expiry or once the account is older than
+    ``unverified_ttl`` unverified, ``VerifyEmailClaimed`` when another account verified the address first.
     """
+    try:
+        return await _verify(
+            sessions, email_id=email_id, secret_code=secret_code, unverified_ttl=unverified_ttl
+        )
+    except IntegrityError as exc:
+        cause = getattr(exc.orig, "__cause__", None)
+        if getattr(cause, "constraint_name", None) == EMAIL_TAKEN_CONSTRAINT:
+            raise VerifyEmailClaimed from None
+        raise
+
+
+async def _verify(
+    sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str, unverified_ttl: timedelta
+) -> bool:
     async with sessions() as session, session.begin():
         row = (
             await session.execute(
@@ -204,13 +245,26 @@ async def verify_email(
             return False
         if await _newer_email_sent(session, row):
             raise VerifyEmailSuperseded
-        if row.expired_at <= datetime.now(UTC):
+        now = datetime.now(UTC)
+        if row.expired_at <= now:
             raise VerifyEmailExpired
+        created_at = await session.scalar(
+            sa.select(users.c.created_at).where(users.c.username == row.username)
+        )
+        if created_at is None or created_at <= now - unverified_ttl:
+            raise VerifyEmailExpired  # the unverified claim gave its address up
         await session.execute(
             verify_emails.update().where(verify_emails.c.id == email_id).values(is_used=True)
         )
         await session.execute(
             users.update().where(users.c.username == row.username).values(is_email_verified=True)
+        )
+        await session.execute(
+            users.delete().where(
+                sa.func.lower(users.c.email) == sa.func.lower(row.email),
+                users.c.username != row.username,
+                sa.not_(users.c.is_email_verified),
+            )
         )
     log.info("email verified", username=row.username, verify_email_id=email_id)
     return True

@@ -140,6 +140,7 @@ async def send_verify_email(
             to=row.email,
             message_id=message_id,
             full_name=user.full_name,
+            username=command.username,
             link=link,
             minutes=settings.verify_email_ttl_minutes,
         )

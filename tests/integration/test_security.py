@@ -261,6 +261,7 @@ def test_the_message_builder_refuses_a_line_break_in_the_recipient(settings, brk
             to=hostile,
             message_id=str(uuid.uuid4()),
             full_name="Alice",
+            username="alice",
             link="http://x/y",
             minutes=15,
         )
