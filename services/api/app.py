@@ -72,6 +72,7 @@ def create_app(settings: Settings) -> Litestar:
             routes.create_user,
             routes.resend_verify_email_route,
             routes.verify_email_route,
+            routes.verify_email_form_route,
             routes.healthz,
             routes.readyz,
         ],

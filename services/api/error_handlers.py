@@ -21,6 +21,7 @@ from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KeyReused
 from services.api.pages import EXPIRED, INVALID, SUPERSEDED, page, wants_html
 from services.api.resend import ResendBusy
+from services.api.routes import CrossSiteForm
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound, VerifyEmailSuperseded
 from services.api.tracing import request_id_from_headers
@@ -127,6 +128,10 @@ def resend_busy(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
     return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
 
 
+def cross_site(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    return _json(request, 403, ErrorBody(error="a form from another site cannot verify an address"))
+
+
 def key_reused(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     field = FieldError(field=IDEMPOTENCY_HEADER, message="used before with another request body")
     return _json(request, 422, ErrorBody(error="Idempotency-Key reused with another body", fields=[field]))
@@ -169,6 +174,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     Shed: shed,
     KeyReused: key_reused,
     ResendBusy: resend_busy,
+    CrossSiteForm: cross_site,
     HTTPException: http_error,
     Exception: unexpected,
 }

@@ -19,7 +19,7 @@ from services.api.admission import PLACE_STATE, watch_client
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import IdempotencyKey, find_answer
 from services.api.openapi import body_operation
-from services.api.pages import ALREADY_VERIFIED, RESEND_ACCEPTED, VERIFIED, page, wants_html
+from services.api.pages import ALREADY_VERIFIED, CONFIRM, RESEND_ACCEPTED, VERIFIED, page, wants_html
 from services.api.resend import ResendBusy
 from services.api.schemas import (
     Accepted,
@@ -27,9 +27,11 @@ from services.api.schemas import (
     CreateUserResponse,
     ErrorBody,
     ResendVerifyEmailRequest,
+    VerifyEmailForm,
     VerifyEmailResponse,
     parse_create_user,
     parse_resend,
+    parse_verify_form,
 )
 from services.api.signup import Taken, sign_up, verify_email
 
@@ -39,6 +41,7 @@ SIGNUPS = Counter("signup_api_signups_total", "Signups that committed")
 # schemathesis fuzz test) can hold the API to. A status that is not listed here is a bug, a 500 above all.
 _ERRORS = {
     400: "invalid request: one entry in `fields` per bad field",
+    403: "a cross-site form post",
     404: "unknown verification link, or a wrong code",
     409: "the username or the email is taken; `fields` names which",
     410: "the verification link expired, or a newer email replaced it; `error` says which",
@@ -142,10 +145,18 @@ async def resend_verify_email_route(request: Request[Any, Any, Any], state: Stat
     return Response(Accepted(), status_code=202)
 
 
+class CrossSiteForm(Exception):
+    """A form posted from another site (the browser's ``Sec-Fetch-Site``): 403."""
+
+
 @get(
     "/v1/verify_email",
     summary="Follow the link from the verification email",
-    description="JSON, or a small HTML page for a client that prefers text/html (a browser).",
+    description=(
+        "A client that prefers JSON verifies here (200 `{is_verified: true}`). A client that prefers "
+        "text/html (a browser, a mail scanner fetching as one) gets a page with one button and nothing is "
+        "verified: only that button's POST verifies."
+    ),
     responses=_errors(400, 404, 410, 503),
 )
 async def verify_email_route(
@@ -156,13 +167,43 @@ async def verify_email_route(
     email_id: Annotated[int, Parameter(ge=1, le=2**53 - 1)],
     secret_code: Annotated[str, Parameter(min_length=1, max_length=128)],
 ) -> Response[VerifyEmailResponse]:
-    newly = await verify_email(
+    if wants_html(request):
+        # A browser, or a mail scanner or link preview fetching as one: a page with one button, nothing
+        # verified, nothing looked up. Only the button's POST verifies.
+        return page(CONFIRM, status=200, link=(email_id, secret_code))
+    await verify_email(
         state.sessions,
         email_id=email_id,
         secret_code=secret_code,
         unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
     )
-    if wants_html(request):  # a person who clicked the link; the error pages come from errors.py
+    return Response(VerifyEmailResponse(is_verified=True))
+
+
+@post(
+    "/v1/confirm_email",
+    status_code=200,
+    operation_class=body_operation(VerifyEmailForm, "application/x-www-form-urlencoded"),
+    summary="Verify from the confirmation page's button",
+    description=(
+        "The page that opening the link in a browser shows posts `email_id` and `secret_code` here "
+        "(application/x-www-form-urlencoded, same origin): the answer is a page, or JSON for a client that "
+        "prefers it. A request a browser marks as cross-site (`Sec-Fetch-Site`) is refused with 403."
+    ),
+    raises=[],
+    responses=_errors(400, 403, 404, 410, 413, 503),
+)
+async def verify_email_form_route(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise CrossSiteForm
+    form = parse_verify_form(await request.body())
+    newly = await verify_email(
+        state.sessions,
+        email_id=form.email_id,
+        secret_code=form.secret_code,
+        unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
+    )
+    if wants_html(request):  # the error pages come from error_handlers.py
         return page(VERIFIED if newly else ALREADY_VERIFIED, status=200)
     return Response(VerifyEmailResponse(is_verified=True))
 
