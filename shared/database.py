@@ -29,7 +29,14 @@ users = sa.Table(
         server_default=sa.text("'0001-01-01 00:00:00+00'"),
     ),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.Index("users_email_lower_key", sa.func.lower(sa.column("email")), unique=True),
+    # Only a verified account holds its address; any number of unverified ones may claim it (DESIGN §4).
+    sa.Index(
+        "users_email_lower_key",
+        sa.func.lower(sa.column("email")),
+        unique=True,
+        postgresql_where=sa.text("is_email_verified"),
+    ),
+    sa.Index("users_email_lower_idx", sa.func.lower(sa.column("email"))),
 )
 
 outbox = sa.Table(
@@ -104,6 +111,17 @@ verify_email_resends = sa.Table(
     sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
     sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Index("verify_email_resends_user_time_idx", "username", "requested_at"),
+)
+
+# The worker's record of each signup notice it sent (SendSignupNotice), by message id: one email per message.
+sent_notices = sa.Table(
+    "sent_notices",
+    metadata,
+    sa.Column("event_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column(
+        "username", sa.String(100), sa.ForeignKey("users.username", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).

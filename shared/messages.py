@@ -50,3 +50,13 @@ class SendVerifyEmail(Message, frozen=True):
     handler: ClassVar[str] = "services.worker.handlers:send_verify_email"
 
     username: str
+
+
+class SendSignupNotice(Message, frozen=True):
+    """Tell this user that someone tried to open an account with their address (nothing else is stored)."""
+
+    actor: ClassVar[str] = "send_signup_notice"
+    queue: ClassVar[str] = "critical"
+    handler: ClassVar[str] = "services.worker.handlers:send_signup_notice"
+
+    username: str

@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     api_host: str = "0.0.0.0"  # noqa: S104 - the API is meant to be reachable in a container
     api_port: Port = 8080
+    api_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9100
+    """The API's Prometheus ``/metrics``, on a port of its own (never the public one); 0 turns it off."""
     api_max_body_bytes: PositiveInt = 16_384
     """Larger request bodies are refused with 413 before they are parsed."""
     api_signup_concurrency: NonNegativeInt = 0
@@ -56,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """A signup that waited this long for a slot is refused with 503 + Retry-After, before any work."""
     api_signup_deadline_ms: PositiveInt = 10_000
     """A signup not ready to commit this long after it arrived is rolled back (its client has likely gone)."""
+    api_resend_max_pending: PositiveInt = 64
+    """Resend requests answered and not yet run (they run after their ``202``); more get 503 + Retry-After."""
     api_idempotency_ttl_hours: PositiveInt = 24
     """How long the answer to a request with an ``Idempotency-Key`` is kept for its retries."""
 
@@ -93,6 +97,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
     worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
     verify_email_ttl_minutes: PositiveInt = 15
+    unverified_account_ttl_hours: PositiveInt = 24
+    """An account still unverified this long after its signup gives its address (and username) up: its links
+    stop working, resends skip it, and the next signup that meets it deletes it."""
     resend_min_interval_s: NonNegativeInt = 60
     """At most one verification email per user in this many seconds (the signup's counts too)."""
     resend_max_per_day: NonNegativeInt = 5

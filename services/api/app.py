@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 
 from litestar import Litestar
@@ -20,10 +22,14 @@ from services.api.door import signup_door
 from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
 from services.api.idempotency import KeyPurge
+from services.api.resend import ResendQueue
 from services.api.tracing import UNTRACED_PATHS, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
+
+# How long a stopping API gives the resend requests it answered to run (within uvicorn's grace).
+RESEND_DRAIN_S = 3.0
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -35,6 +41,7 @@ def create_app(settings: Settings) -> Litestar:
     ttl = timedelta(hours=settings.api_idempotency_ttl_hours)
     purge = KeyPurge(sessions, ttl=ttl)
     admission = build_admission(settings)
+    resends = ResendQueue(sessions, settings, limit=settings.api_resend_max_pending)
     state = State(
         {
             "settings": settings,
@@ -43,6 +50,7 @@ def create_app(settings: Settings) -> Litestar:
             "dispatcher": dispatcher,
             "admission": admission,
             "redis": redis,
+            "resends": resends,
             "faults": Faults(
                 commit_delay_ms=settings.fault_commit_delay_ms, rollback_ratio=settings.fault_rollback_ratio
             ),
@@ -52,6 +60,8 @@ def create_app(settings: Settings) -> Litestar:
     async def close() -> None:
         SHED_LOG.flush()
         await purge.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(resends.drain(), timeout=RESEND_DRAIN_S)
         await dispatcher.close()
         if redis is not None:
             await redis.aclose()
@@ -62,9 +72,9 @@ def create_app(settings: Settings) -> Litestar:
             routes.create_user,
             routes.resend_verify_email_route,
             routes.verify_email_route,
+            routes.verify_email_form_route,
             routes.healthz,
             routes.readyz,
-            routes.metrics,
         ],
         state=state,
         middleware=[

@@ -20,6 +20,8 @@ from services.api.faults import InjectedRollback
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KeyReused
 from services.api.pages import EXPIRED, INVALID, SUPERSEDED, page, wants_html
+from services.api.resend import ResendBusy
+from services.api.routes import CrossSiteForm
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound, VerifyEmailSuperseded
 from services.api.tracing import request_id_from_headers
@@ -121,6 +123,15 @@ def shed(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]
     return _json(request, 503, body, **{"Retry-After": str(exc.retry_after_s)})
 
 
+def resend_busy(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    body = ErrorBody(error="too many requests at once, retry later")
+    return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
+
+
+def cross_site(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    return _json(request, 403, ErrorBody(error="a form from another site cannot verify an address"))
+
+
 def key_reused(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     field = FieldError(field=IDEMPOTENCY_HEADER, message="used before with another request body")
     return _json(request, 422, ErrorBody(error="Idempotency-Key reused with another body", fields=[field]))
@@ -162,6 +173,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     InjectedRollback: injected_rollback,
     Shed: shed,
     KeyReused: key_reused,
+    ResendBusy: resend_busy,
+    CrossSiteForm: cross_site,
     HTTPException: http_error,
     Exception: unexpected,
 }

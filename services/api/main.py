@@ -9,6 +9,7 @@ from types import FrameType
 import uvicorn
 
 from services.api.app import create_app
+from services.api.metrics import serve_metrics
 from services.api.passwords import keep_hash_memory
 from shared.logging import configure_logging
 from shared.settings import Settings
@@ -26,6 +27,7 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     # uvicorn stops gracefully on SIGTERM, then raises it again once the handler it replaced is back, so that
     # the exit status shows the signal: a supervisor would count that as a failure. Exit 0, as on SIGINT.
     signal.signal(signal.SIGTERM, _exit_zero)
+    serve_metrics(port=settings.api_metrics_port)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

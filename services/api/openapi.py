@@ -31,12 +31,10 @@ def _to_schema(json_schema: dict[str, Any]) -> Schema:
     return Schema(**values)
 
 
-def body_operation(struct: type[msgspec.Struct]) -> type[Operation]:
-    """An ``Operation`` class whose request body is ``struct``'s JSON schema."""
+def body_operation(struct: type[msgspec.Struct], media_type: str = "application/json") -> type[Operation]:
+    """An ``Operation`` class whose request body, of ``media_type``, has ``struct``'s JSON schema."""
     definition = msgspec.json.schema(struct)["$defs"][struct.__name__]
-    body = RequestBody(
-        required=True, content={"application/json": OpenAPIMediaType(schema=_to_schema(definition))}
-    )
+    body = RequestBody(required=True, content={media_type: OpenAPIMediaType(schema=_to_schema(definition))})
 
     @dataclasses.dataclass
     class WithBody(Operation):

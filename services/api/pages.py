@@ -2,7 +2,9 @@
 
 A request that prefers ``text/html`` gets one of these instead of JSON. Each is self-contained: no script,
 no resource from elsewhere, a Content-Security-Policy that allows only its own inline style (by hash) and
-form posts to this origin. The verification code is never passed to the template, so no page can echo it.
+form posts to this origin. Opening the email's link shows ``CONFIRM``: one button whose same-origin form
+posts the id and code (hidden fields) back; only that ``POST`` verifies, so a mail scanner or link preview
+that fetches the link verifies nothing. No other page is given the code.
 """
 
 from __future__ import annotations
@@ -43,8 +45,14 @@ class Page:
     title: str
     message: str
     resend_form: bool = False
+    verify_form: bool = False
 
 
+CONFIRM = Page(
+    "Confirm your email address",
+    "Press the button to confirm that this email address is yours.",
+    verify_form=True,
+)
 VERIFIED = Page("Email verified", "Thank you: your email address is verified. You can close this page.")
 ALREADY_VERIFIED = Page("Already verified", "This email address was verified already. Nothing more to do.")
 EXPIRED = Page(
@@ -72,12 +80,22 @@ def wants_html(request: Request[Any, Any, Any]) -> bool:
     return request.accept.best_match([MediaType.JSON, MediaType.HTML]) == MediaType.HTML
 
 
-def page(shown: Page, *, status: int) -> Response[Any]:
-    """``shown`` rendered, with ``status`` and the security headers."""
+def page(shown: Page, *, status: int, link: tuple[int, str] | None = None) -> Response[Any]:
+    """``shown`` rendered, with ``status`` and the security headers; ``link`` (id, code) fills the verify
+    form of ``CONFIRM``, and only that page's."""
+    email_id, code = link if shown.verify_form and link is not None else (0, "")
     html = (
         _templates()
         .get_template("page.html")
-        .render(title=shown.title, message=shown.message, resend_form=shown.resend_form, style=_STYLE)
+        .render(
+            title=shown.title,
+            message=shown.message,
+            resend_form=shown.resend_form,
+            verify_form=shown.verify_form,
+            email_id=email_id,
+            secret_code=code,
+            style=_STYLE,
+        )
     )
     return Response(html, status_code=status, media_type=MediaType.HTML, headers=SECURITY_HEADERS)
 

@@ -1,13 +1,16 @@
 """The resend use case: a new verification email on request, within limits, telling no one who exists.
 
-Every request, whoever the address belongs to, runs the same two statements in one transaction: lock the
-user row (if any), then one statement that decides, counts and writes the outbox row (if sent). So an
-unknown, a verified, a rate-limited and an unverified address cost the same queries, and the answer is the
-same ``202`` (DESIGN §6); only the log line and ``resend_requests_total{outcome}`` tell them apart.
+The answer does not wait for the address: the route hands the request to ``ResendQueue`` and answers
+``202`` at once, and the use case runs after, in a task of its own (DESIGN §8). What the use case does for a
+known address (a row lock, a commit that writes) therefore shows in no answer's timing. It still runs the
+same two statements in one transaction whatever the address: lock the user row (if any), then one statement
+that decides, counts and writes the outbox row (if sent). Only the log line and
+``resend_requests_total{outcome}`` (served on the metrics port, not the public one) tell outcomes apart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Literal
@@ -38,7 +41,12 @@ _LOCK = sa.text("SELECT 1 FROM users WHERE lower(email) = lower(:email) FOR UPDA
 _DECIDE = sa.text(
     """
     WITH target AS (
-        SELECT username, is_email_verified, created_at FROM users WHERE lower(email) = lower(:email)
+        -- the verified account, else the newest unverified claim younger than UNVERIFIED_ACCOUNT_TTL_HOURS
+        SELECT username, is_email_verified, created_at FROM users
+        WHERE lower(email) = lower(:email)
+            AND (is_email_verified OR created_at > now() - make_interval(hours => :unverified_ttl_h))
+        ORDER BY is_email_verified DESC, created_at DESC
+        LIMIT 1
     ), recent AS (
         SELECT count(*) AS today, max(r.requested_at) AS last
         FROM verify_email_resends r JOIN target USING (username)
@@ -85,6 +93,7 @@ async def resend_verify_email(
         "trace_context": None if (context := current_trace_context()) is None else json.dumps(context),
         "max_per_day": settings.resend_max_per_day,
         "min_interval_s": settings.resend_min_interval_s,
+        "unverified_ttl_h": settings.unverified_account_ttl_hours,
     }
     async with sessions() as session, session.begin():
         await session.execute(_LOCK, {"email": email})
@@ -93,3 +102,47 @@ async def resend_verify_email(
     RESENDS.labels(outcome=outcome).inc()
     log.info("verification email resend requested", outcome=outcome, username=row.username)
     return outcome
+
+
+class ResendBusy(Exception):
+    """``API_RESEND_MAX_PENDING`` resend requests are waiting to run: answered ``503`` + ``Retry-After``."""
+
+
+class ResendQueue:
+    """Runs resend requests after their answer, at most ``limit`` at once in flight.
+
+    ``submit`` returns False when ``limit`` requests are pending: the route then answers ``503`` with
+    ``Retry-After``, for every address alike. A request whose use case fails (the database is down) is
+    logged and lost; the person asks again.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings, *, limit: int) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._limit = limit
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, *, email: str, trace_id: str | None) -> bool:
+        if len(self._tasks) >= self._limit:
+            return False
+        # The task copies the request's context: its log lines and trace context are the request's.
+        task = asyncio.create_task(self._run(email, trace_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _run(self, email: str, trace_id: str | None) -> None:
+        try:
+            await resend_verify_email(self._sessions, email=email, settings=self._settings, trace_id=trace_id)
+        except Exception as exc:
+            log.warning("verification email resend failed", error=type(exc).__name__)
+
+    @property
+    def pending(self) -> int:
+        """Requests answered and not yet run."""
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Wait until every submitted request has run (tests; the API's shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

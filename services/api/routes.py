@@ -8,28 +8,30 @@ from typing import Annotated, Any
 
 import msgspec
 import sqlalchemy as sa
-from litestar import MediaType, Request, Response, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+from prometheus_client import Counter
 
 from services.api.admission import PLACE_STATE, watch_client
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import IdempotencyKey, find_answer
 from services.api.openapi import body_operation
-from services.api.pages import ALREADY_VERIFIED, RESEND_ACCEPTED, VERIFIED, page, wants_html
-from services.api.resend import resend_verify_email
+from services.api.pages import ALREADY_VERIFIED, CONFIRM, RESEND_ACCEPTED, VERIFIED, page, wants_html
+from services.api.resend import ResendBusy
 from services.api.schemas import (
     Accepted,
     CreateUserRequest,
     CreateUserResponse,
     ErrorBody,
     ResendVerifyEmailRequest,
+    VerifyEmailForm,
     VerifyEmailResponse,
     parse_create_user,
     parse_resend,
+    parse_verify_form,
 )
 from services.api.signup import Taken, sign_up, verify_email
 
@@ -39,6 +41,7 @@ SIGNUPS = Counter("signup_api_signups_total", "Signups that committed")
 # schemathesis fuzz test) can hold the API to. A status that is not listed here is a bug, a 500 above all.
 _ERRORS = {
     400: "invalid request: one entry in `fields` per bad field",
+    403: "a cross-site form post",
     404: "unknown verification link, or a wrong code",
     409: "the username or the email is taken; `fields` names which",
     410: "the verification link expired, or a newer email replaced it; `error` says which",
@@ -100,6 +103,7 @@ async def create_user(
                 ),
                 idempotency=key,
                 idempotency_ttl=ttl,
+                unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
             )
     except Taken:
         # The same key and body committed meanwhile (the two met on the username): the original answer.
@@ -123,7 +127,8 @@ def _replayed(answer: bytes) -> Response[CreateUserResponse]:
     description=(
         "An unverified user's address gets a new email with a new link (earlier links stop working), at most "
         "one per RESEND_MIN_INTERVAL_S and RESEND_MAX_PER_DAY a day. An unknown, verified or rate-limited "
-        "address gets the very same answer, so that the API does not tell who has an account. The body may "
+        "address gets the very same answer, sent before the address is looked up, so that neither the answer "
+        "nor its timing tells who has an account. The body may "
         "also come as application/x-www-form-urlencoded (the verification page's form); a client that "
         "prefers text/html then gets a page."
     ),
@@ -133,21 +138,25 @@ def _replayed(answer: bytes) -> Response[CreateUserResponse]:
 async def resend_verify_email_route(request: Request[Any, Any, Any], state: State) -> Response[Accepted]:
     form = request.content_type[0] == RequestEncodingType.URL_ENCODED  # the HTML page's form
     body = parse_resend(await request.body(), form=form, allow_smtputf8=state.settings.smtp_smtputf8)
-    await resend_verify_email(
-        state.sessions,
-        email=body.email,
-        settings=state.settings,
-        trace_id=request.scope["state"].get("request_id"),
-    )
+    if not state.resends.submit(email=body.email, trace_id=request.scope["state"].get("request_id")):
+        raise ResendBusy
     if wants_html(request):
         return page(RESEND_ACCEPTED, status=202)
     return Response(Accepted(), status_code=202)
 
 
+class CrossSiteForm(Exception):
+    """A form posted from another site (the browser's ``Sec-Fetch-Site``): 403."""
+
+
 @get(
     "/v1/verify_email",
     summary="Follow the link from the verification email",
-    description="JSON, or a small HTML page for a client that prefers text/html (a browser).",
+    description=(
+        "A client that prefers JSON verifies here (200 `{is_verified: true}`). A client that prefers "
+        "text/html (a browser, a mail scanner fetching as one) gets a page with one button and nothing is "
+        "verified: only that button's POST verifies."
+    ),
     responses=_errors(400, 404, 410, 503),
 )
 async def verify_email_route(
@@ -158,8 +167,43 @@ async def verify_email_route(
     email_id: Annotated[int, Parameter(ge=1, le=2**53 - 1)],
     secret_code: Annotated[str, Parameter(min_length=1, max_length=128)],
 ) -> Response[VerifyEmailResponse]:
-    newly = await verify_email(state.sessions, email_id=email_id, secret_code=secret_code)
-    if wants_html(request):  # a person who clicked the link; the error pages come from errors.py
+    if wants_html(request):
+        # A browser, or a mail scanner or link preview fetching as one: a page with one button, nothing
+        # verified, nothing looked up. Only the button's POST verifies.
+        return page(CONFIRM, status=200, link=(email_id, secret_code))
+    await verify_email(
+        state.sessions,
+        email_id=email_id,
+        secret_code=secret_code,
+        unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
+    )
+    return Response(VerifyEmailResponse(is_verified=True))
+
+
+@post(
+    "/v1/confirm_email",
+    status_code=200,
+    operation_class=body_operation(VerifyEmailForm, "application/x-www-form-urlencoded"),
+    summary="Verify from the confirmation page's button",
+    description=(
+        "The page that opening the link in a browser shows posts `email_id` and `secret_code` here "
+        "(application/x-www-form-urlencoded, same origin): the answer is a page, or JSON for a client that "
+        "prefers it. A request a browser marks as cross-site (`Sec-Fetch-Site`) is refused with 403."
+    ),
+    raises=[],
+    responses=_errors(400, 403, 404, 410, 413, 503),
+)
+async def verify_email_form_route(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise CrossSiteForm
+    form = parse_verify_form(await request.body())
+    newly = await verify_email(
+        state.sessions,
+        email_id=form.email_id,
+        secret_code=form.secret_code,
+        unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
+    )
+    if wants_html(request):  # the error pages come from error_handlers.py
         return page(VERIFIED if newly else ALREADY_VERIFIED, status=200)
     return Response(VerifyEmailResponse(is_verified=True))
 
@@ -196,8 +240,3 @@ async def readyz(state: State) -> Response[dict[str, str]]:
     return Response(
         checks, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "2"}
     )
-
-
-@get("/metrics", media_type=MediaType.TEXT, summary="Prometheus metrics", sync_to_thread=False)
-def metrics() -> Response[bytes]:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -91,6 +91,13 @@ class ResendVerifyEmailRequest(msgspec.Struct, forbid_unknown_fields=True):
     email: Email
 
 
+class VerifyEmailForm(msgspec.Struct, forbid_unknown_fields=True):
+    """The confirmation page's form: the link's id and code, posted back from the same origin."""
+
+    email_id: Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
+    secret_code: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
 class User(msgspec.Struct):
     username: str
     full_name: str
@@ -143,6 +150,16 @@ def parse_resend(body: bytes, *, form: bool, allow_smtputf8: bool) -> ResendVeri
     """Decode and validate a ``resend_verify_email`` body, JSON or (``form``) URL-encoded; see parse_body."""
     raw = _decode_form(body) if form else _decode_object(body)
     return parse_body(ResendVerifyEmailRequest, raw, allow_smtputf8=allow_smtputf8)
+
+
+def parse_verify_form(body: bytes) -> VerifyEmailForm:
+    """Decode and validate the confirmation page's URL-encoded form. Raises ``InvalidRequest``."""
+    try:
+        return msgspec.convert(_decode_form(body), VerifyEmailForm, strict=False)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).partition(" - at ")
+        field = where.removeprefix("$.") or "body"
+        raise InvalidRequest([FieldError(field=field, message=message)]) from None
 
 
 def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) -> T:

@@ -21,7 +21,7 @@ from services.api.passwords import hash_password
 from services.api.schemas import CreateUserRequest, CreateUserResponse, User
 from shared.database import EMAIL_TAKEN_CONSTRAINT, IDEMPOTENCY_KEY_TAKEN_CONSTRAINT, users, verify_emails
 from shared.logging import get_logger
-from shared.messages import SendVerifyEmail
+from shared.messages import Message, SendSignupNotice, SendVerifyEmail
 
 log = get_logger()
 
@@ -30,8 +30,12 @@ _UNIQUE_VIOLATION = "23505"
 _NO_CODE = secrets.token_urlsafe(32)
 
 
+# users.password_changed_at's default: what a new user's answer carries.
+NEVER_CHANGED = datetime(1, 1, 1, tzinfo=UTC)
+
+
 class Taken(Exception):
-    """The username or the email belongs to another user already."""
+    """The username belongs to another user already (a taken email is never told: DESIGN §8)."""
 
     def __init__(self, field: str) -> None:
         super().__init__(f"{field} is taken")
@@ -48,22 +52,96 @@ async def sign_up(
     ticket: Ticket | None = None,
     idempotency: IdempotencyKey | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
+    unverified_ttl: timedelta = timedelta(hours=24),
 ) -> User:
     """Create the user and dispatch its verification email in ONE transaction.
 
     With ``idempotency`` the answer is stored under that key in the same transaction. With ``ticket`` the hash
     waits for an admission slot, and the ticket is checked after the hash and right before the commit.
-    Raises ``Taken`` when the username or email is in use, ``KeyReused`` when another request committed
-    under the same key, ``Shed`` when refused a slot or when the ticket's deadline passed or its client left,
-    ``InjectedRollback`` when a fault was injected; database errors propagate.
+    A taken email writes nothing but a ``SendSignupNotice`` to the address's owner and returns the user as
+    it would have been. Raises ``Taken`` when the username is in use, ``KeyReused`` when another request
+    committed under the same key, ``Shed`` when refused a slot or when the ticket's deadline passed or its
+    client left, ``InjectedRollback`` when a fault was injected; database errors propagate.
     Nothing is written unless everything is.
     """
     async with ticket.hashing() if ticket is not None else contextlib.nullcontext():
         hashed = await hash_password(request.password)
     if ticket is not None:
         ticket.check()
-    try:
-        async with sessions() as session, session.begin():
+    # A new address that a concurrent signup commits first makes the insert fail on the email index: the
+    # second attempt then sees it taken and answers as for any taken address.
+    for attempt in (1, 2):
+        try:
+            return await _write(
+                sessions,
+                request=request,
+                hashed=hashed,
+                dispatcher=dispatcher,
+                faults=faults,
+                trace_id=trace_id,
+                ticket=ticket,
+                idempotency=idempotency,
+                idempotency_ttl=idempotency_ttl,
+                unverified_ttl=unverified_ttl,
+            )
+        except IntegrityError as exc:
+            cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper
+            if getattr(cause, "sqlstate", None) != _UNIQUE_VIOLATION:
+                raise
+            constraint = getattr(cause, "constraint_name", None)
+            if constraint == IDEMPOTENCY_KEY_TAKEN_CONSTRAINT:
+                raise KeyReused from None  # the same body would have met the same username first
+            if constraint != EMAIL_TAKEN_CONSTRAINT:
+                raise Taken("username") from None
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+# An unverified account older than UNVERIFIED_ACCOUNT_TTL_HOURS gives its address and username up: the
+# signup that meets it deletes it (with its links, by cascade) before looking at who holds what.
+_GIVE_WAY = users.delete().where(
+    sa.not_(users.c.is_email_verified),
+    users.c.created_at < sa.func.now() - sa.bindparam("ttl", type_=sa.Interval()),
+    sa.or_(
+        sa.func.lower(users.c.email) == sa.func.lower(sa.bindparam("email")),
+        users.c.username == sa.bindparam("username"),
+    ),
+)
+
+# Who holds the address (a verified account: an unverified one holds nothing), whether the username is
+# taken, and the time a new row would get: one round trip, the same on every path, so that a taken address
+# costs what a free one does (beside the hash).
+_CLAIMS = sa.select(
+    sa.func.now().label("now"),
+    sa.select(users.c.username)
+    .where(sa.func.lower(users.c.email) == sa.func.lower(sa.bindparam("email")), users.c.is_email_verified)
+    .scalar_subquery()
+    .label("owner"),
+    sa.exists().where(users.c.username == sa.bindparam("username")).label("username_taken"),
+)
+
+
+async def _write(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    request: CreateUserRequest,
+    hashed: str,
+    dispatcher: Dispatcher,
+    faults: Faults,
+    trace_id: str | None,
+    ticket: Ticket | None,
+    idempotency: IdempotencyKey | None,
+    idempotency_ttl: timedelta,
+    unverified_ttl: timedelta,
+) -> User:
+    """The signup's one transaction. For a taken address it writes only a notice to the address's owner and
+    answers as if the user had been created (DESIGN §8, "No account enumeration")."""
+    async with sessions() as session, session.begin():
+        who = {"email": request.email, "username": request.username}
+        await session.execute(_GIVE_WAY, {**who, "ttl": unverified_ttl})
+        claims = (await session.execute(_CLAIMS, who)).one()
+        if claims.owner is None:
             row = (
                 await session.execute(
                     users.insert()
@@ -76,30 +154,32 @@ async def sign_up(
                     .returning(users.c.password_changed_at, users.c.created_at)
                 )
             ).one()
-            user = User(
-                username=request.username,
-                full_name=request.full_name,
-                email=request.email,
-                password_changed_at=row.password_changed_at,
-                created_at=row.created_at,
-            )
-            if idempotency is not None:
-                answer = msgspec.json.encode(CreateUserResponse(user=user))
-                await store_answer(session, idempotency, answer, ttl=idempotency_ttl)
-            await dispatcher.dispatch(session, SendVerifyEmail(username=request.username), trace_id=trace_id)
-            await faults.before_commit()
-            if ticket is not None:
-                ticket.check()
-    except IntegrityError as exc:
-        cause = getattr(exc.orig, "__cause__", None)  # the asyncpg exception under SQLAlchemy's wrapper
-        if getattr(cause, "sqlstate", None) != _UNIQUE_VIOLATION:
-            raise
-        constraint = getattr(cause, "constraint_name", None)
-        if constraint == IDEMPOTENCY_KEY_TAKEN_CONSTRAINT:
-            raise KeyReused from None  # the same body would have met the same username first
-        raise Taken("email" if constraint == EMAIL_TAKEN_CONSTRAINT else "username") from None
-    # ``committed`` marks this line for tools (the lab's latency is measured from it): keep the field.
-    log.info("user signed up", username=request.username, committed=True)
+            message: Message = SendVerifyEmail(username=request.username)
+            password_changed_at, created_at = row.password_changed_at, row.created_at
+        elif claims.username_taken:
+            raise Taken("username")  # usernames are public handles: saying so tells nothing about an address
+        else:
+            message = SendSignupNotice(username=claims.owner)
+            password_changed_at, created_at = NEVER_CHANGED, claims.now
+        user = User(
+            username=request.username,
+            full_name=request.full_name,
+            email=request.email,
+            password_changed_at=password_changed_at,
+            created_at=created_at,
+        )
+        if idempotency is not None:
+            answer = msgspec.json.encode(CreateUserResponse(user=user))
+            await store_answer(session, idempotency, answer, ttl=idempotency_ttl)
+        await dispatcher.dispatch(session, message, trace_id=trace_id)
+        await faults.before_commit()
+        if ticket is not None:
+            ticket.check()
+    if claims.owner is None:
+        # ``committed`` marks this line for tools (the lab's latency is measured from it): keep the field.
+        log.info("user signed up", username=request.username, committed=True)
+    else:
+        log.info("signup with a taken address; owner notified", owner=claims.owner, committed=False)
     return user
 
 
@@ -115,15 +195,41 @@ class VerifyEmailSuperseded(Exception):
     """The link was right, but a newer verification email has been sent since: only its link works."""
 
 
+class VerifyEmailClaimed(VerifyEmailExpired):
+    """Another account verified this address first: the link came too late for it (410, as expired)."""
+
+
 async def verify_email(
-    sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    email_id: int,
+    secret_code: str,
+    unverified_ttl: timedelta = timedelta(hours=24),
 ) -> bool:
     """Mark the code used and the user's email verified, and return True; a second use of a valid link
     succeeds again and returns False (verified already).
 
+    Verifying deletes every other, unverified, account that claimed the same address: only a verified
+    account holds one (DESIGN §8, "Pre-hijacking").
+
     Raises ``VerifyEmailNotFound`` for an unknown id or wrong code, ``VerifyEmailSuperseded`` once a newer
-    email to the user has been sent, ``VerifyEmailExpired`` after expiry.
+    email to the user has been sent, ``VerifyEmailExpired`` after expiry or once the account is older than
+    ``unverified_ttl`` unverified, ``VerifyEmailClaimed`` when another account verified the address first.
     """
+    try:
+        return await _verify(
+            sessions, email_id=email_id, secret_code=secret_code, unverified_ttl=unverified_ttl
+        )
+    except IntegrityError as exc:
+        cause = getattr(exc.orig, "__cause__", None)
+        if getattr(cause, "constraint_name", None) == EMAIL_TAKEN_CONSTRAINT:
+            raise VerifyEmailClaimed from None
+        raise
+
+
+async def _verify(
+    sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str, unverified_ttl: timedelta
+) -> bool:
     async with sessions() as session, session.begin():
         row = (
             await session.execute(
@@ -139,13 +245,26 @@ async def verify_email(
             return False
         if await _newer_email_sent(session, row):
             raise VerifyEmailSuperseded
-        if row.expired_at <= datetime.now(UTC):
+        now = datetime.now(UTC)
+        if row.expired_at <= now:
             raise VerifyEmailExpired
+        created_at = await session.scalar(
+            sa.select(users.c.created_at).where(users.c.username == row.username)
+        )
+        if created_at is None or created_at <= now - unverified_ttl:
+            raise VerifyEmailExpired  # the unverified claim gave its address up
         await session.execute(
             verify_emails.update().where(verify_emails.c.id == email_id).values(is_used=True)
         )
         await session.execute(
             users.update().where(users.c.username == row.username).values(is_email_verified=True)
+        )
+        await session.execute(
+            users.delete().where(
+                sa.func.lower(users.c.email) == sa.func.lower(row.email),
+                users.c.username != row.username,
+                sa.not_(users.c.is_email_verified),
+            )
         )
     log.info("email verified", username=row.username, verify_email_id=email_id)
     return True

@@ -19,7 +19,7 @@ REQUEST_ID_HEADER = "x-request-id"
 # Not an OpenTelemetry convention (there is none for a request id); namespaced as the conventions ask.
 REQUEST_ID_ATTRIBUTE = "signup.request_id"
 # Probes and scrapes: no one follows them, and /readyz's SQL would otherwise start a trace per probe.
-UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics")
+UNTRACED_PATHS = ("/healthz", "/readyz")
 # Accept a caller's id only if it is short and plain: it lands in logs, headers and the database.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # W3C traceparent: version-traceid-parentid-flags; the 32-hex trace id is the part we keep.

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.worker.emails import render_email
 from services.worker.errors import UserNotVisible
-from shared.database import users, verify_emails
+from shared.database import sent_notices, users, verify_emails
 from shared.logging import get_logger
-from shared.messages import SendVerifyEmail
+from shared.messages import SendSignupNotice, SendVerifyEmail
 
 if TYPE_CHECKING:
     from services.worker.actors import WorkerContext
@@ -140,6 +140,7 @@ async def send_verify_email(
             to=row.email,
             message_id=message_id,
             full_name=user.full_name,
+            username=command.username,
             link=link,
             minutes=settings.verify_email_ttl_minutes,
         )
@@ -149,6 +150,50 @@ async def send_verify_email(
         await connection.execute(_MARK_SENT, {"email_id": email_id, "now": now, "expires": now + ttl})
     context.metrics.emails_sent.labels(kind="verify_email").inc()
     log.info("verification email sent", username=command.username, email=row.email, verify_email_id=email_id)
+
+
+_NOTICE_OWNER = sa.select(users.c.email, users.c.full_name).where(
+    users.c.username == sa.bindparam("username")
+)
+_NOTICE_RECORD = (
+    insert(sent_notices)
+    .values(event_id=sa.bindparam("event"), username=sa.bindparam("username"))
+    .on_conflict_do_nothing(index_elements=["event_id"])
+    .returning(sent_notices.c.event_id)
+)
+
+
+async def send_signup_notice(
+    command: SendSignupNotice, *, context: WorkerContext, message_id: str, connection: AsyncConnection
+) -> None:
+    """Tell the user whose address someone signed up with: the API answered that signup as if it had worked
+    and stored nothing of it (DESIGN §8). Nothing the other person typed is in the email.
+
+    The record of the message id and the send share one transaction: a second delivery waits on the
+    record's insert and then finds it; a crash between the send and the commit sends the notice again
+    (same Message-ID), which a duplicate notice costs nothing worse than.
+    """
+    async with connection.begin():
+        user = (await connection.execute(_NOTICE_OWNER, {"username": command.username})).one_or_none()
+        if user is None:  # the account was deleted since
+            log.info("notice owner gone; nothing sent", username=command.username)
+            return
+        event = uuid.UUID(message_id)
+        recorded = await connection.execute(_NOTICE_RECORD, {"event": event, "username": command.username})
+        if recorded.one_or_none() is None:
+            log.info("duplicate delivery; notice already sent", username=command.username)
+            return
+        email = render_email(
+            "signup_notice",
+            settings=context.settings,
+            to=user.email,
+            message_id=message_id,
+            username=command.username,
+            base_url=context.settings.public_base_url,
+        )
+        await context.mailer.send(email)
+    context.metrics.emails_sent.labels(kind="signup_notice").inc()
+    log.info("signup notice sent", username=command.username, email=user.email)
 
 
 def verify_link(*, base_url: str, email_id: int, secret_code: str) -> str:

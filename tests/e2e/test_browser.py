@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.api.pages import SECURITY_HEADERS
-from shared.database import verify_emails
+from shared.database import users, verify_emails
 from shared.settings import Settings
 from tests.e2e.cdp import HEADLESS, Browser, marker_env, stop_marked
 from tests.e2e.test_e2e_signup import Services, link_of, ready
@@ -90,7 +90,7 @@ async def test_each_page_a_person_can_meet(stack, settings, sink, db, tmp_path, 
         sensitive.append(old.split("secret_code=")[1])
         async with db.begin() as connection:  # 15 minutes later
             await connection.execute(verify_emails.update().values(expired_at=sa.func.now()))
-        assert "This link has expired" in look(old, "expired", shots)
+        assert "This link has expired" in await asyncio.to_thread(press, old, "expired", shots)
 
     # The person asks for a new email on the expired page, in the browser.
     sent, answer, page = await asyncio.to_thread(ask_again_in_browser, old, "jose@example.com", shots)
@@ -108,11 +108,34 @@ async def test_each_page_a_person_can_meet(stack, settings, sink, db, tmp_path, 
     assert new != old
     code = new.split("secret_code=")[1]
     sensitive.append(code)
-    assert "A newer email was sent" in look(old, "superseded", shots)
-    verified = look(new, "verified", shots)
+    # Opening the link (a person, a mail scanner, a link preview) shows one button and verifies nothing.
+    confirm = look(new, "confirm", shots)
+    assert "Confirm your email address" in confirm and confirm.count("<button") == 1
+    async with db.connect() as connection:
+        assert not (await connection.execute(sa.select(users.c.is_email_verified))).scalar_one()
+    assert "A newer email was sent" in await asyncio.to_thread(press, old, "superseded", shots)
+    verified = await asyncio.to_thread(press, new, "verified", shots)
     assert "Email verified" in verified and code not in verified
-    assert "Already verified" in look(new, "already_verified", shots)
-    assert "This link does not work" in look(new.replace(code, "x" * 43), "invalid", shots)
+    assert "Already verified" in await asyncio.to_thread(press, new, "already_verified", shots)
+    wrong = new.replace(code, "x" * 43)
+    assert "This link does not work" in await asyncio.to_thread(press, wrong, "invalid", shots)
+
+
+def press(link: str, name: str, shots: Path) -> str:
+    """Open ``link`` in Chromium and press the page's one button, as a person does; the page that follows
+    (screenshotted as ``shots/name.png``). Fails on any error Chromium logs but the network's."""
+    assert CHROMIUM is not None
+    with Browser(CHROMIUM) as browser:
+        browser.open(link)
+        assert "Confirm your email address" in browser.html()
+        before = len(browser.events)
+        browser.click("button[type=submit]")
+        browser.wait_event("Page.loadEventFired", since=before)
+        entries = [e["params"]["entry"] for e in browser.events if e["method"] == "Log.entryAdded"]
+        errors = [e for e in entries if e["level"] == "error" and e["source"] != "network"]
+        assert not errors, errors
+        browser.screenshot(shots / f"{name}.png")
+        return browser.html()
 
 
 def ask_again_in_browser(expired: str, email: str, shots: Path) -> tuple[Any, Any, str]:
@@ -126,6 +149,9 @@ def ask_again_in_browser(expired: str, email: str, shots: Path) -> tuple[Any, An
     assert CHROMIUM is not None
     with Browser(CHROMIUM) as browser:
         browser.open(expired)
+        pressed = len(browser.events)
+        browser.click("button[type=submit]")  # the confirmation page's one button
+        browser.wait_event("Page.loadEventFired", since=pressed)
         assert "This link has expired" in browser.html()
         browser.type_into("input[name=email]", email)
         before = len(browser.events)

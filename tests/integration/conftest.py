@@ -49,6 +49,16 @@ def module_exporter() -> ModuleExporter:
     return into
 
 
+async def resends_done(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
+    """Wait until the resend requests ``client``'s app answered have run (they run after their answer, on
+    the app's own event loop: the test client's)."""
+
+    async def idle() -> bool:
+        return bool(client.app.state.resends.pending == 0)
+
+    await wait_for(idle, timeout=10, what="the queued resends to run")
+
+
 @pytest.fixture(scope="module")
 def exporter(module_exporter: ModuleExporter) -> Iterator[InMemorySpanExporter]:
     """Spans into memory, with asyncpg's, for this module's tests only; dropped (and SQL uninstrumented)

@@ -18,6 +18,7 @@ from services.api.resend import resend_verify_email
 from shared.database import create_engine, create_sessionmaker, outbox, users, verify_email_resends
 from shared.messages import SendVerifyEmail
 from shared.settings import Settings
+from tests.integration.conftest import resends_done
 from tests.integration.test_api_signup import signup_body
 from tests.support import wait_for
 
@@ -50,7 +51,10 @@ async def age(db: AsyncEngine, column: sa.Column[Any], seconds: int) -> None:
 
 
 async def resend(client: AsyncTestClient[Any], email: str = ADDRESS) -> Any:
-    return await client.post("/v1/resend_verify_email", json={"email": email})
+    """The request, and the use case it queued, which runs after its answer."""
+    response = await client.post("/v1/resend_verify_email", json={"email": email})
+    await resends_done(client)
+    return response
 
 
 async def resend_events(db: AsyncEngine) -> list[Any]:

@@ -17,6 +17,7 @@ def email(settings: Settings, n: int) -> EmailMessage:
         to=f"user{n}@example.com",
         message_id=f"m{n}",
         full_name="User",
+        username="user",
         link="http://x/",
         minutes=15,
     )

@@ -12,15 +12,52 @@ import pytest
 import sqlalchemy as sa
 
 from shared.database import outbox, users, verify_emails
-from tests.integration.test_api_verify import add_link
+from tests.integration.conftest import resends_done
+from tests.integration.test_api_verify import add_link, is_verified
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
+FORM = re.compile(r'<form method="post" action="confirm_email">(.*?)</form>', re.S)
+FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
+
+
 async def open_link(client: Any, email_id: int, code: str) -> Any:
-    return await client.get(
+    """Open the link in a browser and press the one button the page shows: the page that answers."""
+    opened = await client.get(
         "/v1/verify_email", params={"email_id": email_id, "secret_code": code}, headers=BROWSER
     )
+    assert opened.status_code == 200 and "<h1>Confirm your email address</h1>" in opened.text
+    form = FORM.search(opened.text)
+    assert form, "no confirmation form"
+    fields = dict(FIELD.findall(form.group(1)))
+    return await client.post(
+        "/v1/confirm_email", data=fields, headers={**BROWSER, "Sec-Fetch-Site": "same-origin"}
+    )
+
+
+async def test_opening_the_link_verifies_nothing_until_the_button(client, db, sensitive) -> None:
+    """A mail scanner or link preview fetches the link as a browser does: that must verify nothing."""
+    email_id, code = await add_link(db)
+    sensitive.append(code)
+    opened = await client.get(
+        "/v1/verify_email", params={"email_id": email_id, "secret_code": code}, headers=BROWSER
+    )
+    assert opened.status_code == 200 and opened.headers["cache-control"] == "no-store"
+    assert opened.text.count("<button") == 1 and opened.text.count("<form") == 1
+    assert not await is_verified(db)
+    pressed = await open_link(client, email_id, code)
+    assert "<h1>Email verified</h1>" in pressed.text and await is_verified(db)
+
+
+async def test_a_cross_site_post_verifies_nothing(client, db) -> None:
+    email_id, code = await add_link(db)
+    response = await client.post(
+        "/v1/confirm_email",
+        data={"email_id": str(email_id), "secret_code": code},
+        headers={**BROWSER, "Sec-Fetch-Site": "cross-site"},
+    )
+    assert response.status_code == 403 and not await is_verified(db)
 
 
 def assert_page(response: Any, status: int, title: str, *secrets_: str) -> str:
@@ -59,6 +96,7 @@ async def test_expired_offers_a_form_that_asks_for_a_new_email(client, db, sensi
         headers={**BROWSER, "Content-Type": "application/x-www-form-urlencoded"},
     )
     assert_page(response, 202, "Check your inbox")
+    await resends_done(client)
     async with db.connect() as connection:
         assert (await connection.execute(sa.select(sa.func.count()).select_from(outbox))).scalar_one() == 1
 
@@ -85,7 +123,10 @@ async def test_superseded_says_a_newer_email_was_sent(client, db, sensitive) -> 
 @pytest.mark.parametrize("params", [{"email_id": "1", "secret_code": "wrong"}, {"email_id": "1"}])
 async def test_a_wrong_or_cut_link_is_invalid_with_a_form(client, db, params) -> None:
     await add_link(db)
-    response = await client.get("/v1/verify_email", params=params, headers=BROWSER)
+    if "secret_code" in params:  # a whole link: its page's button finds it wrong
+        response = await open_link(client, params["email_id"], params["secret_code"])
+    else:
+        response = await client.get("/v1/verify_email", params=params, headers=BROWSER)
     html = assert_page(response, 404 if "secret_code" in params else 400, "This link does not work")
     assert 'action="resend_verify_email"' in html
 

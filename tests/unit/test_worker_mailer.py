@@ -37,7 +37,7 @@ def test_email_has_a_deterministic_message_id_and_both_parts() -> None:
 def verify_email(**values: Any) -> EmailMessage:
     to, message_id = values.pop("to"), values.pop("message_id")
     return render_email(
-        "verify_email", settings=SETTINGS, to=to, message_id=message_id, minutes="15", **values
+        "verify_email", settings=SETTINGS, to=to, message_id=message_id, minutes="15", username="u", **values
     )
 
 
