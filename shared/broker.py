@@ -55,6 +55,9 @@ CLAIM_INTERVAL_MS = 5_000
 # ends on a tick: 100 ms at Redis's default hz 10), or while its worker stops.
 POLL_MS = 50
 REDIS_TICK_MS = 100
+# How long a call may wait for Redis before it counts as down: a partitioned Redis must not hold a worker
+# thread's ack, or a relay's batch and its row locks, forever.
+SOCKET_TIMEOUT_S = 10.0
 # How much longer than its block a read may take to answer before its connection counts as dead.
 WAIT_MARGIN_S = 1.0
 # A message older than this is dropped by AgeLimit; ours must never be, so the limit is a week.
@@ -139,7 +142,7 @@ class StreamsBroker(Broker):
         middleware: list[Middleware] | None = None,
         namespace: str = NAMESPACE,
         poll_ms: int = POLL_MS,
-        socket_timeout: float | None = None,
+        socket_timeout: float = SOCKET_TIMEOUT_S,
     ) -> None:
         super().__init__(middleware=middleware)
         self.url = url
@@ -148,7 +151,6 @@ class StreamsBroker(Broker):
         self.queues: set[str] = set()
         self.broker_id = str(uuid.uuid4())
         """This process's consumer name in every group, and its member in the heartbeat set."""
-        self.socket_timeout = socket_timeout
         # redis-py's return types are a union of its sync and async clients': Any here.
         self.client: Any = redis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
@@ -568,7 +570,7 @@ def create_broker(
     *,
     extra_middleware: list[Middleware] | None = None,
     poll_ms: int = POLL_MS,
-    socket_timeout: float | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT_S,
 ) -> StreamsBroker:
     """A ``StreamsBroker`` on ``REDIS_URL`` with retries configured from the ``WORKER_*`` settings.
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from services.relay.relay import REDIS_SOCKET_TIMEOUT_S, build_relay
-from shared.broker import StreamsBroker
+from services.relay.relay import build_relay
+from shared.broker import SOCKET_TIMEOUT_S, StreamsBroker
 from shared.settings import Settings
 
 
@@ -17,8 +17,8 @@ def test_the_relays_redis_connections_time_out_and_keep_the_urls_other_options(s
     pool = broker.client.connection_pool
     connection = pool.get_connection()  # connects: the options are Redis's to accept
     try:
-        assert connection.socket_timeout == REDIS_SOCKET_TIMEOUT_S
-        assert connection.socket_connect_timeout == REDIS_SOCKET_TIMEOUT_S
+        assert connection.socket_timeout == SOCKET_TIMEOUT_S
+        assert connection.socket_connect_timeout == SOCKET_TIMEOUT_S
         assert (connection.db, connection.client_name) == (3, "relay-test")
         assert broker.client.client_getname() == "relay-test"
     finally:
