@@ -20,7 +20,7 @@ SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "ov
 PEER = tuple(
     f"{side}_{figure}"
     for side in ("outbox", "procrastinate")
-    for figure in ("p50_ms", "p95_ms", "p99_ms", "emails", "drain_s")
+    for figure in ("p50_ms", "p95_ms", "p99_ms", "committed", "emails", "drain_s")
 )
 RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
@@ -139,8 +139,8 @@ async def test_quick_peer_section_alone_reports_both_paths(tmp_path: Path, datab
     paths = [row[0] for row in section["rows"]]
     assert paths == ["outbox (api, relay, worker)", "Procrastinate (worker)"]
     for row in section["rows"]:
-        assert int(row[2]) == int(row[1]) == 24, row  # 8/s for 3 s, each emailed
-        assert float(row[7]) > 0, row  # the backlog's last email came after its commit
+        assert int(row[3]) == int(row[2]) == int(row[1]) == 24, row  # 8/s for 3 s, committed and emailed
+        assert float(row[8]) > 0, row  # the backlog's last email came after its commit
     markdown = (out / "BENCHMARKS.md").read_text()
     assert "<!-- bench:peer:start -->" in markdown
     assert (
