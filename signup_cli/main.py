@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mailsink": ("services.worker.mailsink:run", "a development SMTP server that prints and stores mail"),
     "dev": ("signup_cli.dev:run", "migrate, then api + relay + worker + mailsink in the foreground"),
     "lab": ("lab.compare.cli:run", "compare the course's strategies with the outbox under faults"),
-    "bench": ("lab.bench.cli:run", "latency, API cost, relay drain, claim cost, worker throughput"),
+    "bench": ("lab.bench.cli:run", "latency, API cost, relay drain, claim cost, worker throughput, peer"),
     "soak": ("lab.soak.cli:run", "signups under faults (kills, restarts, SMTP 451s), then a verdict"),
     "dlq": ("services.worker.dlq:run", "list or replay dead-lettered messages"),
     "trace": ("signup_cli.trace:run", "a signup's timeline from the database"),
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["bench"].add_argument(
         "--only",
         default="",
-        help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile (default: all)",
+        help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile, peer "
+        "(default: all)",
     )
     parsers["bench"].add_argument(
         "--rate",

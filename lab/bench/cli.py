@@ -1,11 +1,12 @@
-"""``signup bench [--quick] [--out-dir DIR]``: nine benchmarks, each a ratio to a baseline of the same run.
+"""``signup bench [--quick] [--out-dir DIR]``: ten benchmarks, each a ratio to a baseline of the same run.
 
 1. commit → email latency per strategy; 2. the API's cost of the outbox and its saturation against the
 argon2id hashing bound; 3. relay drain against a plain ``broker.enqueue`` loop; 4. claim cost against table
 size; 5. one worker's email throughput; 6. overload at 1x, 2x and 5x the hashing capacity (with a chart,
 ``overload.png``); 7. the API's latency with tracing off and exporting OTLP; 8. an idle worker's cost
 and the latency after idle; 9. a reconciliation pass against the number of published rows
-(``--reconcile-rows``). Prints each table and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir``
+(``--reconcile-rows``); 10. the outbox beside Procrastinate (commit → email and a backlog's drain,
+``lab/bench/peer.py``). Prints each table and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir``
 (in ``BENCHMARKS.md`` only the part between the bench markers is replaced, so hand-written analysis around
 it survives a re-run). Exit code 0 when every section ran.
 """
@@ -32,6 +33,7 @@ from lab.bench.e2e import api_section, hashing_bound, latency_section
 from lab.bench.idle import idle_section
 from lab.bench.model import FULL, QUICK, BenchPlan, Section
 from lab.bench.overload import chart, overload_section
+from lab.bench.peer import peer_section
 from lab.bench.reconcile import reconcile_section
 from lab.bench.relay import drain_section
 from lab.bench.tracing import tracing_section
@@ -62,7 +64,7 @@ async def versions(pg: str) -> dict[str, str]:
     return {"postgresql": postgres, "redis": redis.split("v=", 1)[-1].split()[0] if "v=" in redis else "?"}
 
 
-PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile")
+PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile", "peer")
 """What ``--only`` chooses from; ``relay`` is sections 3 to 5 (drain, claim, one worker)."""
 
 
@@ -117,6 +119,8 @@ async def sections(
         report(await idle_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
     if "reconcile" in only:
         report(await reconcile_section(plan, work_dir=work_dir, pg=pg))
+    if "peer" in only:
+        report(await peer_section(plan, capacity=parallel, work_dir=work_dir, pg=pg))
     return done
 
 

@@ -96,16 +96,28 @@ async def _latency_cell(strategy: str, *, rate: float, plan: BenchPlan, work_dir
         services=_services(strategy),
         pg_admin_url=pg,
     ) as stack:
-        signups = await generate_load(stack.api_url, rate=rate, duration_s=plan.duration_s, prefix=strategy)
-        accepted = [s for s in signups if s.accepted]
         wait_s = 30 + (FIXED_DELAY_MS / 1000 if strategy == "fixed_delay" else 0)
-        first = await first_emails(stack, accepted, within_s=wait_s)
-        # The API's post-commit log line, not the response: a busy machine can delay the response by seconds.
-        commits = commit_times(stack.services["api"].log_lines())
+        signups, latency = await commit_to_email(
+            stack, rate=rate, duration_s=plan.duration_s, prefix=strategy, within_s=wait_s
+        )
+    accepted = [s for s in signups if s.accepted]
+    return [strategy, str(len(signups)), str(len(accepted)), str(len(latency.samples)), *_quantiles(latency)]
+
+
+async def commit_to_email(
+    stack: Stack, *, rate: float, duration_s: float, prefix: str, within_s: float = 30
+) -> tuple[list[Signup], Latency]:
+    """``rate`` signups/s for ``duration_s`` through the stack's API, then (within ``within_s`` of the last
+    answer) each accepted signup's time from the API's post-commit log line to the sink's first receipt."""
+    signups = await generate_load(stack.api_url, rate=rate, duration_s=duration_s, prefix=prefix)
+    accepted = [s for s in signups if s.accepted]
+    first = await first_emails(stack, accepted, within_s=within_s)
+    # The API's post-commit log line, not the response: a busy machine can delay the response by seconds.
+    commits = commit_times(stack.services["api"].log_lines())
     latency = latency_of(
         first[s.username] - commits.get(s.username, s.committed_at) for s in accepted if s.username in first
     )
-    return [strategy, str(len(signups)), str(len(accepted)), str(len(latency.samples)), *_quantiles(latency)]
+    return signups, latency
 
 
 def _quantiles(latency: Latency) -> list[str]:

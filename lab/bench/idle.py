@@ -21,10 +21,9 @@ from pathlib import Path
 
 import redis
 
-from lab.bench.e2e import first_emails
+from lab.bench.e2e import commit_to_email
 from lab.bench.model import BenchPlan, Section, ms
-from lab.harness.load import generate_load
-from lab.harness.measure import Latency, commit_times, latency_of
+from lab.harness.measure import Latency
 from lab.harness.processes import Process, proc_stats, signup_process
 from lab.harness.stack import Stack
 
@@ -58,13 +57,7 @@ def group_cpu_s(pgids: set[int]) -> float:
 
 
 async def _latency(stack: Stack, *, rate: float, duration_s: float, prefix: str) -> Latency:
-    signups = await generate_load(stack.api_url, rate=rate, duration_s=duration_s, prefix=prefix)
-    accepted = [s for s in signups if s.accepted]
-    first = await first_emails(stack, accepted, within_s=30)
-    commits = commit_times(stack.services["api"].log_lines())
-    return latency_of(
-        first[s.username] - commits.get(s.username, s.committed_at) for s in accepted if s.username in first
-    )
+    return (await commit_to_email(stack, rate=rate, duration_s=duration_s, prefix=prefix))[1]
 
 
 async def _cell(

@@ -38,6 +38,10 @@ class BenchPlan:
     """Published rows in section 9 (``--reconcile-rows``), of which ``reconcile_unhandled`` not handled."""
     reconcile_unhandled: int = 2_000
     reconcile_repeats: int = 10
+    peer_rate: float = 8
+    """Signups/s of section 10 (outbox beside Procrastinate), for ``duration_s``."""
+    peer_drain: int = 50_000
+    """Emails of section 10's backlog, for each side."""
 
 
 FULL = BenchPlan(
@@ -66,6 +70,7 @@ QUICK = BenchPlan(
     reconcile_rows=20_000,
     reconcile_unhandled=200,
     reconcile_repeats=3,
+    peer_drain=500,
 )
 
 

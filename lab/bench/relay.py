@@ -18,7 +18,7 @@ import asyncpg
 import redis
 
 from lab.bench.model import BenchPlan, Section, fmt, ratio
-from lab.harness.database import count_unpublished
+from lab.harness.database import count_unpublished, insert_outbox_rows
 from lab.harness.polling import wait_for
 from lab.harness.queues import queued_messages
 from lab.harness.stack import Stack
@@ -27,20 +27,8 @@ from services.relay.publisher import to_message
 from services.relay.relay import build_relay
 from shared.broker import create_broker
 from shared.database import asyncpg_dsn
-from shared.messages import SendVerifyEmail
 from shared.settings import Settings, load_settings
 
-# Rows as the API writes them; ``published`` rows stand for what the relay has already moved.
-_INSERT_ROWS = """
-INSERT INTO outbox (event_id, actor, queue, payload, published_at)
-SELECT gen_random_uuid(), $1, $2, jsonb_build_object('username', 'u_' || g),
-       CASE WHEN $4 THEN now() END
-FROM generate_series($5::bigint, $5::bigint + $3 - 1) AS g
-"""
-_INSERT_USERS = """
-INSERT INTO users (username, hashed_password, full_name, email)
-SELECT 'u_' || g, 'not-a-hash', 'Bench User', 'u_' || g || '@bench.example' FROM generate_series(1, $1) AS g
-"""
 _ROWS = "SELECT id, event_id, actor, queue, payload::text AS payload, trace_id FROM outbox ORDER BY id"
 
 
@@ -50,13 +38,6 @@ def stack_settings(stack: Stack) -> Settings:
 
 async def connect(stack: Stack) -> Any:
     return await asyncpg.connect(asyncpg_dsn(stack.database_url), timeout=10)
-
-
-async def insert_rows(connection: Any, count: int, *, published: bool, first: int = 1) -> None:
-    """``count`` outbox rows for users ``u_{first}``…, in one statement (one NOTIFY at its commit)."""
-    await connection.execute(
-        _INSERT_ROWS, SendVerifyEmail.actor, SendVerifyEmail.queue, count, published, first
-    )
 
 
 async def reset(stack: Stack, connection: Any) -> None:
@@ -86,7 +67,7 @@ async def _relay_drain(settings: Settings, connection: Any, count: int) -> float
     task = asyncio.create_task(relay.run())
     try:
         await asyncio.sleep(0.5)  # the relay's pool and LISTEN connection are up
-        await insert_rows(connection, count, published=False)
+        await insert_outbox_rows(connection, count, published=False)
         started = time.perf_counter()
 
         async def drained() -> bool:
@@ -106,7 +87,7 @@ async def drain_section(stack: Stack, plan: BenchPlan) -> Section:
     connection = await connect(stack)
     try:
         await reset(stack, connection)
-        await insert_rows(connection, plan.drain_rows, published=False)
+        await insert_outbox_rows(connection, plan.drain_rows, published=False)
         records = await connection.fetch(_ROWS)
         rows = [
             store.OutboxRow(**{**dict(r), "payload": json.loads(r["payload"]), "delay_ms": None})

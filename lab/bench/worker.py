@@ -13,7 +13,8 @@ import uuid
 from typing import Any
 
 from lab.bench.model import BenchPlan, Section, fmt, ms, ratio
-from lab.bench.relay import _INSERT_USERS, connect, insert_rows, reset, stack_settings
+from lab.bench.relay import connect, reset, stack_settings
+from lab.harness.database import insert_outbox_rows, insert_users
 from lab.harness.polling import wait_for
 from lab.harness.stack import Stack
 from services.relay import store
@@ -48,10 +49,10 @@ async def claim_section(stack: Stack, plan: BenchPlan) -> Section:
     results: dict[int, list[float]] = {}
     try:
         await reset(stack, connection)
-        await insert_rows(connection, CLAIM_BATCH, published=False, first=DUE_ROWS_ID_OFFSET)
+        await insert_outbox_rows(connection, CLAIM_BATCH, published=False, first=DUE_ROWS_ID_OFFSET)
         present = 0
         for size in plan.claim_sizes:
-            await insert_rows(connection, size - present, published=True, first=present + 1)
+            await insert_outbox_rows(connection, size - present, published=True, first=present + 1)
             present = size
             await connection.execute("VACUUM ANALYZE outbox")
             results[size] = await _claim_times(connection, repeats=plan.claim_repeats, lookahead_ms=lookahead)
@@ -102,7 +103,7 @@ async def worker_section(stack: Stack, plan: BenchPlan) -> Section:
     connection = await connect(stack)
     try:
         await reset(stack, connection)
-        await connection.execute(_INSERT_USERS, n)
+        await insert_users(connection, n)
     finally:
         await connection.close()
     await stack.restart("worker")

@@ -9,6 +9,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from shared.database import asyncpg_dsn
+from shared.messages import SendVerifyEmail
 
 
 def with_database(url: str, database: str) -> str:
@@ -29,6 +30,33 @@ async def drop_database(admin: str, name: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+# Rows as the API writes them; ``published`` rows stand for what the relay has already moved.
+_INSERT_OUTBOX_ROWS = """
+INSERT INTO outbox (event_id, actor, queue, payload, published_at)
+SELECT gen_random_uuid(), $1, $2, jsonb_build_object('username', 'u_' || g),
+       CASE WHEN $4 THEN now() END
+FROM generate_series($5::bigint, $5::bigint + $3 - 1) AS g
+"""
+_INSERT_USERS = """
+INSERT INTO users (username, hashed_password, full_name, email)
+SELECT 'u_' || g, 'not-a-hash', 'Bench User', 'u_' || g || '@bench.example' FROM generate_series(1, $1) AS g
+"""
+
+
+async def insert_users(connection: Any, count: int) -> None:
+    """Users ``u_1`` … ``u_{count}`` (address ``u_N@bench.example``, no real password hash), on an asyncpg
+    connection."""
+    await connection.execute(_INSERT_USERS, count)
+
+
+async def insert_outbox_rows(connection: Any, count: int, *, published: bool, first: int = 1) -> None:
+    """``count`` outbox rows for users ``u_{first}``…, in one statement (one NOTIFY at its commit), on an
+    asyncpg connection."""
+    await connection.execute(
+        _INSERT_OUTBOX_ROWS, SendVerifyEmail.actor, SendVerifyEmail.queue, count, published, first
+    )
 
 
 async def count_unpublished(connection: Any) -> int:

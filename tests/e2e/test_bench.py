@@ -16,7 +16,12 @@ import pytest
 
 from tests.support import RedisServer, missing_service
 
-SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "overload", "reconcile")
+SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "overload", "reconcile", "peer")
+PEER = tuple(
+    f"{side}_{figure}"
+    for side in ("outbox", "procrastinate")
+    for figure in ("p50_ms", "p95_ms", "p99_ms", "committed", "emails", "drain_s")
+)
 RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
     "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
@@ -39,6 +44,7 @@ RATIOS = {
         "cpu_postgres_5x",
     ),
     "reconcile": ("small_check_ms", "large_check_ms", "large_over_small", "large_republish_ms"),
+    "peer": (*PEER, "procrastinate_p99_over_outbox_p99", "procrastinate_drain_over_outbox_drain"),
     "idle": (
         "wake_1p_idle_redis_per_s",
         "wake_4p_idle_cpu_pct",
@@ -53,6 +59,18 @@ QUICK_LIMIT_S = 600  # the brief's 2 minutes holds on a quiet machine; this one 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(QUICK_LIMIT_S + 60)]
 
 
+def bench(out: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``signup bench --quick ARGS --out-dir OUT`` as a real process, within ``QUICK_LIMIT_S``."""
+    return subprocess.run(
+        [sys.executable, "-m", "signup_cli.main", "bench", "--quick", *args, "--out-dir", str(out)],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=QUICK_LIMIT_S,
+        check=False,
+    )
+
+
 def number(value: object, *, signed: bool = False) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and (signed or value >= 0)
 
@@ -60,17 +78,9 @@ def number(value: object, *, signed: bool = False) -> bool:
 async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, database_url: str) -> None:
     if not RedisServer.available():
         missing_service("redis-server is not installed")
-    env = {**os.environ, "DATABASE_URL": database_url}
     out = tmp_path / "out"
-    done = subprocess.run(
-        # --rate sets the steady rate as given (sections 1 and 8; 2 and 7 at half of it).
-        [sys.executable, "-m", "signup_cli.main", "bench", "--quick", "--rate", "3", "--out-dir", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=QUICK_LIMIT_S,
-        check=False,
-    )
+    # --rate sets the steady rate as given (sections 1 and 8; 2 and 7 at half of it).
+    done = bench(out, database_url, "--rate", "3")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     report = json.loads((out / "bench.json").read_text())
@@ -101,9 +111,39 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "7. Tracing",
         "8. Idle",
         "9. Reconciliation",
+        "10. Outbox beside Procrastinate",
     ):
         assert f"### {title}" in markdown
     assert "signup bench --quick --rate 3" in markdown
     assert "### 1. Commit → email latency at 3 signups/s" in markdown
     assert "### 8. Idle cost and latency (3 s idle, 3/s)" in markdown
     assert "3/s as asked (--rate)" in markdown
+
+
+async def test_quick_peer_section_alone_reports_both_paths(tmp_path: Path, database_url: str) -> None:
+    """``--only peer``: the outbox and Procrastinate each delivered every signup and drained the backlog."""
+    if not RedisServer.available():
+        missing_service("redis-server is not installed")
+    out = tmp_path / "out"
+    done = bench(out, database_url, "--only", "peer")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads((out / "bench.peer.json").read_text())
+    assert set(report["sections"]) == {"peer"}
+    section = report["sections"]["peer"]
+    figures = section["figures"]
+    for name in RATIOS["peer"]:
+        assert number(figures[name]), (name, figures)
+    assert figures["rate"] == 8 and figures["drain_jobs"] == 500  # --quick keeps the backlog small
+    paths = [row[0] for row in section["rows"]]
+    assert paths == ["outbox (api, relay, worker)", "Procrastinate (worker)"]
+    for row in section["rows"]:
+        assert int(row[3]) == int(row[2]) == int(row[1]) == 24, row  # 8/s for 3 s, committed and emailed
+        assert float(row[8]) > 0, row  # the backlog's last email came after its commit
+    markdown = (out / "BENCHMARKS.md").read_text()
+    assert "<!-- bench:peer:start -->" in markdown
+    assert (
+        "### 10. Outbox beside Procrastinate: commit → email at 8/s for 3 s, and a 500-email backlog"
+        in markdown
+    )
+    assert "signup bench --quick --only peer" in markdown
