@@ -163,23 +163,19 @@ When the load ends, every service is running again; the soak waits until each ou
   relay's reconciliation (the outbox row is published, not handled, and its locator finds the message
   nowhere in Redis) and published again under the same message id (docs/DESIGN.md §13); the worker's
   idempotency makes a needless re-publish harmless.
-- A killed worker's unacknowledged message is redelivered only after Dramatiq's heartbeat timeout and a
-  maintenance pass (about 30 s with shared/broker.py's settings), which shows in the worst delay.
+- A killed worker's unacknowledged messages are handed to another worker once its process's heartbeat is
+  10 s old, at that worker's next look for dead consumers (every 5 s): 10 to 16 s after the kill, which shows
+  in the worst delay (docs/DESIGN.md §5).
 
 ## What the soak found
 
 - Fixed: while PostgreSQL recovered from the crash, signups were answered `500`: asyncpg raises "the
   database system is not yet accepting connections" (SQLSTATE 57P03) as a plain `DBAPIError`.
   services/api/error_handlers.py now answers `503` + `Retry-After` for SQLSTATE classes 08, 53 and 57.
-- Fixed: no message held by a SIGKILLed worker was redelivered before the deadline. Dramatiq's
-  `maintenance_chance` counts per *million* commands, and shared/broker.py had set 50 (rarer than the
-  default 1000) meaning "more often". It is 100,000 now: one requeue pass every ~10 broker commands.
-- Fixed (shared/broker.py, `SignupRedisBroker`; found with a stand-in worker on `dramatiq.Worker`, before
-  the real one existed): when Redis restarted under a live worker, Dramatiq's consumer dropped the messages
-  it held in memory (retries waiting out their backoff after a `451`) while Redis still listed them as held
-  by that live worker, and only a *dead* worker's messages are ever requeued: with no worker kill after the
-  Redis restart, a short soak lost 1 email of 114. If Redis also refused the consumer's clean-up, the
-  consumer thread died and the worker consumed nothing more from that queue. Each consumer start now puts
-  back what its broker still holds, and a failed clean-up is a connection error the thread survives. That
-  is why the soak now restarts Redis after the last kill.
+- Fixed, in the broker built on Dramatiq's stock Redis broker that the present one replaced: messages held
+  by a SIGKILLed worker waited for a maintenance pass that almost never ran, and a worker whose Redis
+  restarted dropped the messages it held while Redis still listed them as held by a live worker (a short
+  soak lost 1 email of 114). The present broker hands a dead process's messages to a live one by its
+  heartbeat, and a consumer re-reads its process's unacknowledged messages after any connection failure;
+  the soak still restarts Redis after the last kill to show that nothing is stranded.
 """
