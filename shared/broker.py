@@ -159,6 +159,8 @@ class StreamsBroker(Broker):
         self.stopping = threading.Event()
         """Set when a worker on this broker starts to stop: its consumers then poll instead of blocking."""
         self.consumers: list[StreamConsumer] = []
+        self.reread: set[str] = set()
+        """Queues whose consumer failed: the next one first reads again what this process was delivered."""
         self.last_beat_ms = 0
         self.beat_lock = threading.Lock()
         self.add_middleware(_StopBlocking())
@@ -230,10 +232,15 @@ class StreamsBroker(Broker):
         return message.copy(queue_name=dq_name(message.queue_name), options={"eta": now_ms + delay})
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
-        """A consumer of ``queue_name``'s stream. Raises ``ConnectionClosed`` when Redis cannot be reached."""
+        """A consumer of ``queue_name``'s stream, in place of this process's previous one (Dramatiq starts a
+        new one after a failure or a pause). Raises ``ConnectionClosed`` when Redis cannot be reached."""
+        for previous in [c for c in self.consumers if c.queue_name == queue_name]:
+            previous.client.close()
+            self.consumers.remove(previous)
         try:
             return StreamConsumer(self, queue_name, prefetch=prefetch, timeout_ms=timeout)
         except REDIS_DOWN as exc:
+            self.reread.add(queue_name)
             raise ConnectionClosed(exc) from None
 
     def flush(self, queue_name: str) -> None:
@@ -387,8 +394,10 @@ class StreamConsumer(Consumer):
         """The eta (or None) of each message delivered and not yet acknowledged, by entry id."""
         self.lock = threading.Lock()
         self.freed = threading.Event()
-        self.history: str | None = "0"
-        """Where the re-read of this process's unacknowledged messages is; None once it is done."""
+        self.history: str | None = "0" if queue_name in broker.reread else None
+        """Where the re-read of what this process was delivered and did not acknowledge is, after a failed
+        consumer (its messages in memory may be gone with it); None once it is done, or without one."""
+        broker.reread.discard(queue_name)
         self.next_claim_ms = 0
         self.group_ready = False
         broker.consumers.append(self)
@@ -399,6 +408,7 @@ class StreamConsumer(Consumer):
                 self._fetch()
             return self.buffer.popleft() if self.buffer else None
         except REDIS_DOWN as exc:
+            self.broker.reread.add(self.queue_name)
             raise ConnectionClosed(exc) from None
 
     def _fetch(self) -> None:
@@ -411,7 +421,7 @@ class StreamConsumer(Consumer):
             self.next_claim_ms = now + CLAIM_INTERVAL_MS + int.from_bytes(uuid.uuid4().bytes[:2]) % 1000
             self._claim_from_dead()
         with self.lock:
-            room = self.prefetch - len(self.held)
+            held = len(self.held)
             etas = [eta for eta in self.held.values() if eta is not None]
         due_in = min(etas) - now if etas else None
         # Where to wait: blocked in Redis (a new message ends the wait at once) unless an eta is nearer than
@@ -423,7 +433,11 @@ class StreamConsumer(Consumer):
         elif due_in is not None:
             block_ms = int(min(self.timeout_ms, due_in - REDIS_TICK_MS))
         local_ms = self.broker.poll_ms if due_in is None else max(0.0, min(self.broker.poll_ms, due_in))
-        if room <= 0:  # full: an ack, not Redis, says when to read again
+        room = self.prefetch - held
+        if room <= 0 or (held and room < self.prefetch // 2):
+            # Full, or more than half full: reading again now would fetch a message or two per round trip
+            # while the worker's threads are all busy anyway (Dramatiq prefetches twice its threads). An
+            # ack, not Redis, says when to read again.
             self.freed.wait((local_ms if block_ms is None else block_ms) / 1000)
         elif not self._read(room, block_ms=block_ms) and block_ms is None:
             self.freed.wait(local_ms / 1000)

@@ -33,17 +33,6 @@ def broker(settings: Settings, db: object) -> dramatiq.Broker:
     return broker
 
 
-def test_a_new_consumer_takes_back_what_a_failed_one_held(broker) -> None:
-    """A consumer that failed took its messages out of the queue; the next one must get them again."""
-    sent = broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="a", args=(), kwargs={}, options={}))
-    failed = broker.consume(QUEUE, prefetch=1, timeout=50)
-    held = next_message(failed)
-    assert held is not None and held.message_id == sent.message_id
-    # `failed` is dropped without an ack, as Dramatiq drops a consumer whose connection broke.
-    again = next_message(broker.consume(QUEUE, prefetch=1, timeout=50), timeout=2)
-    assert again is not None and again.message_id == sent.message_id
-
-
 def test_requeue_while_redis_is_down_is_a_connection_error(broker, redis_server: RedisServer) -> None:
     """Dramatiq's consumer thread survives ConnectionClosed on close; a bare redis error killed it."""
     broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name="a", args=(), kwargs={}, options={}))
