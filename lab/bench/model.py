@@ -42,6 +42,11 @@ class BenchPlan:
     """Signups/s of section 10 (outbox beside Procrastinate), for ``duration_s``."""
     peer_drain: int = 50_000
     """Emails of section 10's backlog, for each side."""
+    broker_messages: int = 480
+    """Messages each broker option of section 11 carries at ``broker_rate``."""
+    broker_rate: float = 8
+    broker_idle_s: float = 20
+    broker_drain: int = 20_000
 
 
 FULL = BenchPlan(
@@ -71,6 +76,9 @@ QUICK = BenchPlan(
     reconcile_unhandled=200,
     reconcile_repeats=3,
     peer_drain=500,
+    broker_messages=24,
+    broker_idle_s=2,
+    broker_drain=500,
 )
 
 

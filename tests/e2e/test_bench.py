@@ -16,7 +16,19 @@ import pytest
 
 from tests.support import RedisServer, missing_service
 
-SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "overload", "reconcile", "peer")
+SECTIONS = (
+    "latency",
+    "api",
+    "tracing",
+    "drain",
+    "claim",
+    "worker",
+    "idle",
+    "overload",
+    "reconcile",
+    "peer",
+    "brokers",
+)
 PEER = tuple(
     f"{side}_{figure}"
     for side in ("outbox", "procrastinate")
@@ -26,6 +38,7 @@ RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
     "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
     "drain": ("relay_over_plain", "relay_per_s", "plain_per_s"),
+    "brokers": ("streams_p50_ms", "streams_idle_redis_per_s", "streams_over_stock_drain"),
     "claim": ("large_over_small", "small_ms", "large_ms"),
     "worker": ("emails_per_s",),
     "tracing": ("off_p50_ms", "otlp_p50_ms", "otlp_added_median_latency_pct", "otlp_exports"),
@@ -112,6 +125,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "8. Idle",
         "9. Reconciliation",
         "10. Outbox beside Procrastinate",
+        "11. Broker options",
     ):
         assert f"### {title}" in markdown
     assert "signup bench --quick --rate 3" in markdown
