@@ -30,6 +30,8 @@ users = sa.Table(
     ),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Index("users_email_lower_key", sa.func.lower(sa.column("email")), unique=True),
+    # The console's signups-per-minute chart and its list of signups, newest first (keyset).
+    sa.Index("users_created_at_idx", "created_at", "username"),
 )
 
 outbox = sa.Table(
@@ -56,6 +58,8 @@ outbox = sa.Table(
     sa.Index(
         "outbox_unpublished_idx", "available_at", "id", postgresql_where=sa.text("published_at IS NULL")
     ),
+    # The console's search by request id.
+    sa.Index("outbox_trace_id_idx", "trace_id"),
     sa.Index("outbox_published_at_idx", "published_at", postgresql_where=sa.text("published_at IS NOT NULL")),
     sa.Index(
         "outbox_unhandled_idx",
@@ -80,6 +84,8 @@ verify_emails = sa.Table(
     sa.Column("expired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Index("verify_emails_username_idx", "username"),
+    # The console's emails-per-minute chart reads the last hour of sends through it.
+    sa.Index("verify_emails_sent_at_idx", "sent_at", postgresql_where=sa.text("sent_at IS NOT NULL")),
 )
 
 idempotency_keys = sa.Table(
@@ -104,6 +110,20 @@ verify_email_resends = sa.Table(
     sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
     sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Index("verify_email_resends_user_time_idx", "username", "requested_at"),
+)
+
+dead_letter_actions = sa.Table(
+    "dead_letter_actions",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    # The Dramatiq message id: the outbox event id for an outbox event.
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),  # replayed | discarded
+    sa.Column("operator", sa.Text, nullable=False),
+    # The dead letter's last error when it was acted on (its own record goes with it).
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("acted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("dead_letter_actions_message_idx", "message_id"),
 )
 
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).

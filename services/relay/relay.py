@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import dramatiq
+import redis
 
 from services.relay import store
 from services.relay.listener import listen_forever
@@ -95,6 +96,7 @@ class Relay:
             )
         if self.listen:
             helpers.append(asyncio.create_task(listen_forever(dsn=self._dsn, wake=self._wake)))
+        helpers.append(asyncio.create_task(self._every(STATS_INTERVAL_S, self.announce)))
         if self.settings.relay_metrics_port:
             helpers.append(asyncio.create_task(self._every(STATS_INTERVAL_S, self.update_backlog)))
         log.info("relay.started", batch_size=self.settings.relay_batch_size, listen=self.listen)
@@ -230,6 +232,11 @@ class Relay:
                 log.info("relay.dead_letters_purged", count=dead)
         return deleted
 
+    async def announce(self) -> None:
+        """Tell the operator console that this relay is alive (a beat in Redis)."""
+        if isinstance(self.broker, StreamsBroker):
+            await asyncio.to_thread(self.broker.announce, "relay")
+
     async def update_backlog(self) -> None:
         """Refresh the backlog gauges."""
         async with self._pool.acquire() as connection:
@@ -263,6 +270,9 @@ class Relay:
                 if rows:
                     await asyncio.shield(asyncio.to_thread(enqueue_batch, self.broker, rows))
             self._republished(rows)
+            if rows and isinstance(self.broker, StreamsBroker):
+                with contextlib.suppress(redis.RedisError):  # the console's chart, best effort
+                    await asyncio.to_thread(self.broker.tally, "republished", len(rows))
         self.metrics.reconcile_seconds.set(time.perf_counter() - started)
         self.metrics.reconcile_passes.inc()
         return ReconcilePass(checked=len(found), missing=len(missing), republished=len(rows))
