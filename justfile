@@ -72,3 +72,8 @@ soak *ARGS: sync
 # A signup's timeline from the database
 trace USERNAME: sync
     uv run signup trace {{USERNAME}}
+
+# Check the Prometheus alert rules and test each one on synthetic series (needs promtool)
+alerts:
+    promtool check rules deploy/prometheus/alerts.yml
+    promtool test rules deploy/prometheus/alerts.test.yml
