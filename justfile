@@ -73,7 +73,8 @@ soak *ARGS: sync
 trace USERNAME: sync
     uv run signup trace {{USERNAME}}
 
-# Check the Prometheus alert rules and test each one on synthetic series (needs promtool)
+# Check Prometheus's config and alert rules and test each rule on synthetic series (needs promtool)
 alerts:
+    promtool check config deploy/prometheus/prometheus.yml
     promtool check rules deploy/prometheus/alerts.yml
     promtool test rules deploy/prometheus/alerts.test.yml
