@@ -58,8 +58,9 @@ outbox = sa.Table(
     sa.Index(
         "outbox_unpublished_idx", "available_at", "id", postgresql_where=sa.text("published_at IS NULL")
     ),
-    # The console's search by request id.
+    # The console's search by request id, and a signup's events for its timeline (signup trace).
     sa.Index("outbox_trace_id_idx", "trace_id"),
+    sa.Index("outbox_payload_username_idx", sa.text("(payload ->> 'username')")),
     sa.Index("outbox_published_at_idx", "published_at", postgresql_where=sa.text("published_at IS NOT NULL")),
     sa.Index(
         "outbox_unhandled_idx",

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["bench"].add_argument(
         "--only",
         default="",
-        help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile (default: all)",
+        help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile, console "
+        "(default: all)",
     )
     parsers["bench"].add_argument(
         "--rate",
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconcile-rows",
         type=int,
         default=0,
-        help="published rows in the reconcile section (default: 1,000,000; 20,000 with --quick)",
+        help="outbox rows in the reconcile and console sections (default: 1,000,000; 20,000 with --quick)",
     )
 
     dlq = parsers["dlq"].add_subparsers(dest="dlq_command", required=True)

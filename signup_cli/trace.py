@@ -41,7 +41,8 @@ async def load_timeline(connection: AsyncConnection, username: str) -> tuple[lis
     if user is None:
         return None
     events = (
-        await connection.execute(sa.select(outbox).where(outbox.c.payload.contains({"username": username})))
+        # Through the expression index on payload->>'username' (a containment test would read every row).
+        await connection.execute(sa.select(outbox).where(outbox.c.payload["username"].astext == username))
     ).all()
     emails = (
         await connection.execute(

@@ -28,6 +28,7 @@ from typing import Any
 
 import asyncpg
 
+from lab.bench.console import console_section
 from lab.bench.e2e import api_section, hashing_bound, latency_section
 from lab.bench.idle import idle_section
 from lab.bench.model import FULL, QUICK, BenchPlan, Section
@@ -61,7 +62,7 @@ async def versions(pg: str) -> dict[str, str]:
     return {"postgresql": postgres, "redis": redis.split("v=", 1)[-1].split()[0] if "v=" in redis else "?"}
 
 
-PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile")
+PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile", "console")
 """What ``--only`` chooses from; ``relay`` is sections 3 to 5 (drain, claim, one worker)."""
 
 
@@ -116,6 +117,8 @@ async def sections(
         report(await idle_section(rate=rate, plan=plan, work_dir=work_dir, pg=pg))
     if "reconcile" in only:
         report(await reconcile_section(plan, work_dir=work_dir, pg=pg))
+    if "console" in only:
+        report(await console_section(plan, work_dir=work_dir, pg=pg))
     return done
 
 

@@ -2,8 +2,8 @@
 
 ``dead_letter_actions`` keeps each replay or discard with the operator's name, so that a signup's timeline
 (``signup trace``, the console's signup page) shows it after the dead letter itself is gone. The indexes let
-the console's charts read the last hour of signups and sends, and its search find a request id, without
-reading the tables.
+the console's charts read the last hour of signups and sends, its search find a request id, and a signup's
+timeline find its events by the payload's username, without reading the tables.
 
 Revision ID: 0006_console
 Revises: 0005_reconcile
@@ -40,9 +40,11 @@ def upgrade() -> None:
         postgresql_where=sa.text("sent_at IS NOT NULL"),
     )
     op.create_index("outbox_trace_id_idx", "outbox", ["trace_id"])
+    op.create_index("outbox_payload_username_idx", "outbox", [sa.text("(payload ->> 'username')")])
 
 
 def downgrade() -> None:
+    op.drop_index("outbox_payload_username_idx", table_name="outbox")
     op.drop_index("outbox_trace_id_idx", table_name="outbox")
     op.drop_index("verify_emails_sent_at_idx", table_name="verify_emails")
     op.drop_index("users_created_at_idx", table_name="users")

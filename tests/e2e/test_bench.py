@@ -16,7 +16,18 @@ import pytest
 
 from tests.support import RedisServer, missing_service
 
-SECTIONS = ("latency", "api", "tracing", "drain", "claim", "worker", "idle", "overload", "reconcile")
+SECTIONS = (
+    "latency",
+    "api",
+    "tracing",
+    "drain",
+    "claim",
+    "worker",
+    "idle",
+    "overload",
+    "reconcile",
+    "console",
+)
 RATIOS = {
     "latency": ("fixed_delay_p99_over_outbox_p99", "outbox_p50_ms", "outbox_p99_ms"),
     "api": ("added_median_latency_pct", "outbox_saturation_over_bound", "hashing_bound_per_s"),
@@ -39,6 +50,7 @@ RATIOS = {
         "cpu_postgres_5x",
     ),
     "reconcile": ("small_check_ms", "large_check_ms", "large_over_small", "large_republish_ms"),
+    "console": ("worst_p99_ms", "outbox_rows"),
     "idle": (
         "wake_1p_idle_redis_per_s",
         "wake_4p_idle_cpu_pct",
@@ -101,6 +113,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "7. Tracing",
         "8. Idle",
         "9. Reconciliation",
+        "10. The operator console",
     ):
         assert f"### {title}" in markdown
     assert "signup bench --quick --rate 3" in markdown
