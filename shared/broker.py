@@ -360,7 +360,7 @@ class StreamsBroker(Broker):
     # What the operator console reads. ---------------------------------------------------------------------
 
     def tally(self, kind: str, count: int = 1) -> None:
-        """Add ``count`` to this minute's tally of ``kind`` (a retry, a dead letter, a re-publish), kept
+        """Add ``count`` to this minute's tally of ``kind`` (a retry, a dead letter), kept
         ``TALLY_MINUTES``. Raises redis-py's errors."""
         key = self._tally_key(kind, current_millis() // 60_000)
         with self.client.pipeline(transaction=True) as pipe:

@@ -61,6 +61,10 @@ outbox = sa.Table(
     # The console's search by request id, and a signup's events for its timeline (signup trace).
     sa.Index("outbox_trace_id_idx", "trace_id"),
     sa.Index("outbox_payload_username_idx", sa.text("(payload ->> 'username')")),
+    # The console's re-publishes in the last hour: only re-published rows are in it.
+    sa.Index(
+        "outbox_republished_idx", "republished_at", postgresql_where=sa.text("republished_at IS NOT NULL")
+    ),
     sa.Index("outbox_published_at_idx", "published_at", postgresql_where=sa.text("published_at IS NOT NULL")),
     sa.Index(
         "outbox_unhandled_idx",

@@ -41,9 +41,16 @@ def upgrade() -> None:
     )
     op.create_index("outbox_trace_id_idx", "outbox", ["trace_id"])
     op.create_index("outbox_payload_username_idx", "outbox", [sa.text("(payload ->> 'username')")])
+    op.create_index(
+        "outbox_republished_idx",
+        "outbox",
+        ["republished_at"],
+        postgresql_where=sa.text("republished_at IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("outbox_republished_idx", table_name="outbox")
     op.drop_index("outbox_payload_username_idx", table_name="outbox")
     op.drop_index("outbox_trace_id_idx", table_name="outbox")
     op.drop_index("verify_emails_sent_at_idx", table_name="verify_emails")

@@ -44,7 +44,6 @@ async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
         chart=chart(series),
         state=state,
         cap=queries.COUNT_CAP,
-        republished=sum(redis_side["republished"]),
         dead_total=redis_side["dead_total"],
         workers=_alive(redis_side["workers"], now, HEARTBEAT_TIMEOUT_MS / 1000),
         relays=_alive(redis_side["relays"], now, RELAY_SILENT_S),
@@ -55,7 +54,6 @@ def _redis_side(broker: StreamsBroker) -> dict[str, Any]:
     return {
         "retries": broker.tallies("retries"),
         "dead_letters": broker.tallies("dead_letters"),
-        "republished": broker.tallies("republished"),
         "dead_total": broker.dead_count(),
         "workers": broker.last_beats("worker"),
         "relays": broker.last_beats("relay"),

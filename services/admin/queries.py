@@ -7,7 +7,7 @@ nothing; ``signup bench --only console`` times them with a million outbox rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,6 +35,9 @@ OLDEST_UNHANDLED = sa.text(
     "SELECT published_at FROM outbox WHERE published_at IS NOT NULL AND handled_at IS NULL "
     "ORDER BY published_at, id LIMIT 1"
 )
+REPUBLISHED = sa.text(
+    "SELECT count(*) FROM outbox WHERE republished_at IS NOT NULL AND republished_at >= :since"
+)
 UNHANDLED_PAGE = sa.text(
     "SELECT id, event_id, actor, payload->>'username' AS username, trace_id, published_at, republish_count "
     "FROM outbox WHERE published_at IS NOT NULL AND handled_at IS NULL AND (published_at, id) > (:at, :id) "
@@ -58,6 +61,8 @@ class Outbox:
     backlog: int
     unhandled: int
     oldest_unhandled: datetime | None
+    republished: int
+    """Rows reconciliation re-published in the last hour (the partial index holds only re-published rows)."""
 
 
 async def per_minute(
@@ -72,7 +77,11 @@ async def outbox_state(connection: AsyncConnection) -> Outbox:
     backlog = (await connection.execute(BACKLOG, {"cap": COUNT_CAP + 1})).scalar_one()
     unhandled = (await connection.execute(UNHANDLED, {"cap": COUNT_CAP + 1})).scalar_one()
     oldest = (await connection.execute(OLDEST_UNHANDLED)).scalar_one_or_none()
-    return Outbox(backlog=int(backlog), unhandled=int(unhandled), oldest_unhandled=oldest)
+    since = datetime.now(UTC) - timedelta(hours=1)
+    republished = (await connection.execute(REPUBLISHED, {"since": since})).scalar_one()
+    return Outbox(
+        backlog=int(backlog), unhandled=int(unhandled), oldest_unhandled=oldest, republished=int(republished)
+    )
 
 
 async def find_username(connection: AsyncConnection, query: str) -> str | None:

@@ -24,7 +24,6 @@ from typing import Any
 
 import asyncpg
 import dramatiq
-import redis
 
 from services.relay import store
 from services.relay.listener import listen_forever
@@ -270,9 +269,6 @@ class Relay:
                 if rows:
                     await asyncio.shield(asyncio.to_thread(enqueue_batch, self.broker, rows))
             self._republished(rows)
-            if rows and isinstance(self.broker, StreamsBroker):
-                with contextlib.suppress(redis.RedisError):  # the console's chart, best effort
-                    await asyncio.to_thread(self.broker.tally, "republished", len(rows))
         self.metrics.reconcile_seconds.set(time.perf_counter() - started)
         self.metrics.reconcile_passes.inc()
         return ReconcilePass(checked=len(found), missing=len(missing), republished=len(rows))
