@@ -72,3 +72,9 @@ soak *ARGS: sync
 # A signup's timeline from the database
 trace USERNAME: sync
     uv run signup trace {{USERNAME}}
+
+# Check Prometheus's config and alert rules and test each rule on synthetic series (needs promtool)
+alerts:
+    promtool check config deploy/prometheus/prometheus.yml
+    promtool check rules deploy/prometheus/alerts.yml
+    promtool test rules deploy/prometheus/alerts.test.yml

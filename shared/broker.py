@@ -13,6 +13,7 @@ reconciliation can ask "is this event still in Redis?" for a page of ids in one 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 import uuid
@@ -327,16 +328,23 @@ class StreamsBroker(Broker):
         """Dead letters, oldest first, starting after the entry id ``after`` (keyset pagination)."""
         start = "-" if after == "-" else f"({after}"
         entries = self.client.xrange(self.dead_key, start, "+", count=count)
-        return [
-            DeadLetter(
-                entry_id=entry_id.decode(), queue=fields[b"q"].decode(), message=Message.decode(fields[b"m"])
-            )
-            for entry_id, fields in entries
-        ]
+        return [_dead_letter(entry_id, fields) for entry_id, fields in entries]
 
-    def replay(self, letter: DeadLetter) -> Message[Any]:
+    def dead_count(self) -> int:
+        """How many dead letters there are."""
+        return int(self.client.xlen(self.dead_key))
+
+    def dead_letter(self, entry_id: str) -> DeadLetter | None:
+        """The dead letter with ``entry_id``, or None when it is gone (replayed, discarded or purged)."""
+        if not ENTRY_ID.fullmatch(entry_id):
+            return None
+        entries = self.client.xrange(self.dead_key, entry_id, entry_id)
+        return _dead_letter(*entries[0]) if entries else None
+
+    def replay(self, letter: DeadLetter) -> Message[Any] | None:
         """Put ``letter`` back on its queue with its message id and fresh retries, and drop the dead letter,
-        in one script call. Raises redis-py's errors."""
+        in one script call. Returns the message requeued, or None when the dead letter was gone already (a
+        replay or discard got there first). Raises redis-py's errors."""
         dead = letter.message
         fresh: Message[Any] = Message(
             queue_name=q_name(letter.queue),
@@ -347,11 +355,51 @@ class StreamsBroker(Broker):
             message_id=dead.message_id,
             message_timestamp=dead.message_timestamp,
         )
-        self.scripts["move"](
+        moved = self.scripts["move"](
             keys=[self.dead_key, self.stream_key(fresh.queue_name), self.locators_key],
             args=["", letter.entry_id, fresh.encode()],
         )
-        return fresh
+        return fresh if moved else None
+
+    def discard(self, letter: DeadLetter) -> bool:
+        """Remove ``letter`` and its locator for good, in one script call. Returns False when it was gone
+        already. Raises redis-py's errors."""
+        return bool(self.scripts["discard"](keys=[self.dead_key, self.locators_key], args=[letter.entry_id]))
+
+    # What the operator console reads. ---------------------------------------------------------------------
+
+    def tally(self, kind: str, count: int = 1) -> None:
+        """Add ``count`` to this minute's tally of ``kind`` (a retry, a dead letter), kept
+        ``TALLY_MINUTES``. Raises redis-py's errors."""
+        key = self._tally_key(kind, current_millis() // 60_000)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, count).expire(key, TALLY_MINUTES * 60).execute()
+
+    def tallies(self, kind: str, *, minutes: int = 60, now_ms: int | None = None) -> list[int]:
+        """The tally of ``kind`` for each of the last ``minutes`` minutes, oldest first (one MGET)."""
+        last = (now_ms or current_millis()) // 60_000
+        keys = [self._tally_key(kind, minute) for minute in range(last - minutes + 1, last + 1)]
+        return [int(value or 0) for value in self.client.mget(keys)]
+
+    def _tally_key(self, kind: str, minute: int) -> str:
+        return f"{self.namespace}:tally:{kind}:{minute}"
+
+    def announce(self, role: str) -> None:
+        """Record that this process (``role``: ``relay``; workers beat through their consumers) is alive
+        now. Raises redis-py's errors."""
+        self.client.zadd(self._alive_key(role), {self.broker_id: current_millis()})
+
+    def last_beats(self, role: str) -> list[tuple[str, datetime]]:
+        """The processes of ``role`` (``worker`` or ``relay``) seen in the last hour, with their last beat,
+        the latest first; older ones are forgotten."""
+        key = self.heartbeats_key if role == "worker" else self._alive_key(role)
+        if role != "worker":
+            self.client.zremrangebyscore(key, "-inf", current_millis() - 3_600_000)
+        beats = self.client.zrevrangebyscore(key, "+inf", current_millis() - 3_600_000, withscores=True)
+        return [(name.decode(), datetime.fromtimestamp(score / 1000, UTC)) for name, score in beats]
+
+    def _alive_key(self, role: str) -> str:
+        return f"{self.namespace}:alive:{role}"
 
     def purge_dead_letters(self, *, older_than_ms: int, now_ms: int | None = None) -> int:
         """Remove the dead letters that died more than ``older_than_ms`` before ``now_ms`` (default: now),
@@ -363,6 +411,11 @@ class StreamsBroker(Broker):
             removed += gone
             if gone < 1000:
                 return removed
+
+
+# How long the per-minute tallies the console charts are kept.
+TALLY_MINUTES = 120
+ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
 # Options that belong to one delivery, not to the message: a replay starts afresh.
@@ -550,6 +603,12 @@ class StreamConsumer(Consumer):
         """End this consumer's blocked read now (it then sees that its worker stops)."""
         if self.client_id is not None:
             self.broker.client.client_unblock(self.client_id)
+
+
+def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    return DeadLetter(
+        entry_id=entry_id.decode(), queue=fields[b"q"].decode(), message=Message.decode(fields[b"m"])
+    )
 
 
 def _entry(message: MessageProxy) -> str:

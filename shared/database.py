@@ -37,6 +37,8 @@ users = sa.Table(
         postgresql_where=sa.text("is_email_verified"),
     ),
     sa.Index("users_email_lower_idx", sa.func.lower(sa.column("email"))),
+    # The console's signups-per-minute chart and its list of signups, newest first (keyset).
+    sa.Index("users_created_at_idx", "created_at", "username"),
 )
 
 outbox = sa.Table(
@@ -63,6 +65,13 @@ outbox = sa.Table(
     sa.Index(
         "outbox_unpublished_idx", "available_at", "id", postgresql_where=sa.text("published_at IS NULL")
     ),
+    # The console's search by request id, and a signup's events for its timeline (signup trace).
+    sa.Index("outbox_trace_id_idx", "trace_id"),
+    sa.Index("outbox_payload_username_idx", sa.text("(payload ->> 'username')")),
+    # The console's re-publishes in the last hour: only re-published rows are in it.
+    sa.Index(
+        "outbox_republished_idx", "republished_at", postgresql_where=sa.text("republished_at IS NOT NULL")
+    ),
     sa.Index("outbox_published_at_idx", "published_at", postgresql_where=sa.text("published_at IS NOT NULL")),
     sa.Index(
         "outbox_unhandled_idx",
@@ -87,6 +96,8 @@ verify_emails = sa.Table(
     sa.Column("expired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Index("verify_emails_username_idx", "username"),
+    # The console's emails-per-minute chart reads the last hour of sends through it.
+    sa.Index("verify_emails_sent_at_idx", "sent_at", postgresql_where=sa.text("sent_at IS NOT NULL")),
 )
 
 idempotency_keys = sa.Table(
@@ -122,6 +133,20 @@ sent_notices = sa.Table(
         "username", sa.String(100), sa.ForeignKey("users.username", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+dead_letter_actions = sa.Table(
+    "dead_letter_actions",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    # The Dramatiq message id: the outbox event id for an outbox event.
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),  # replayed | discarded
+    sa.Column("operator", sa.Text, nullable=False),
+    # The dead letter's last error when it was acted on (its own record goes with it).
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("acted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("dead_letter_actions_message_idx", "message_id"),
 )
 
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).

@@ -40,3 +40,11 @@ async def add_outbox_event(
         values["available_at"] = available_at
     await session.execute(outbox.insert().values(**values))
     return event_id
+
+
+def event_id_of(message_id: str) -> uuid.UUID | None:
+    """The outbox event id a message id stands for, or None for a message that is not an outbox event."""
+    try:
+        return uuid.UUID(message_id)
+    except ValueError:
+        return None  # not an outbox event (no row to mark)

@@ -8,6 +8,7 @@ a deployment stops the process before it opens a single connection.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -105,6 +106,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     resend_max_per_day: NonNegativeInt = 5
     """At most this many resent verification emails per user in any 24 hours."""
 
+    console_operators: str = ""
+    """The operator console's credentials, ``name:password`` pairs separated by commas (DESIGN §14). Empty
+    (the default): no console. Each name is ``[a-z0-9_-]``, 1 to 40 characters; each password at least 16."""
+    console_host: str = "127.0.0.1"
+    """Where the console listens: its own port, never the public one (loopback unless set)."""
+    console_port: Port = 8081
+    console_cookie_secure: bool = True
+    """Send the console's session cookie over HTTPS only; false for a console reached by plain HTTP on
+    loopback (browsers treat http://127.0.0.1 and localhost as secure already)."""
+
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -113,6 +124,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         # (``str()`` is ``repr()`` too.)
         shown = {name: getattr(self, name) for name in self.__struct_fields__}
         shown["smtp_password"] = "***" if self.smtp_password else ""
+        shown["console_operators"] = "***" if self.console_operators else ""
         shown["database_url"] = hide_password(self.database_url)
         shown["redis_url"] = hide_password(self.redis_url)
         return f"Settings({shown!r})"
@@ -155,7 +167,32 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     values.update(overrides)
     settings = Settings(**values)
     _check_urls(settings)
+    console_operators(settings)
     return settings
+
+
+OPERATOR_NAME = re.compile(r"[a-z0-9_-]{1,40}")
+MIN_OPERATOR_PASSWORD = 16
+
+
+def console_operators(settings: Settings) -> dict[str, str]:
+    """``CONSOLE_OPERATORS`` as {name: password}; empty when the console is off. Raises ``SettingsError``
+    (never showing a password) for a malformed entry, a repeated name or a short password."""
+    operators: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in settings.console_operators.split(","))):
+        name, colon, password = entry.partition(":")
+        if not colon or not OPERATOR_NAME.fullmatch(name) or name in operators:
+            raise SettingsError(
+                f"CONSOLE_OPERATORS is invalid: entry {len(operators) + 1} is not a new name:password "
+                "with a name of [a-z0-9_-]{1,40}"
+            )
+        if len(password) < MIN_OPERATOR_PASSWORD:
+            raise SettingsError(
+                f"CONSOLE_OPERATORS is invalid: the password of {name!r} is shorter than "
+                f"{MIN_OPERATOR_PASSWORD} characters"
+            )
+        operators[name] = password
+    return operators
 
 
 def _check_urls(settings: Settings) -> None:

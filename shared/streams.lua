@@ -101,3 +101,16 @@ for _, entry in ipairs(gone) do
     redis.call("XDEL", KEYS[1], entry[1])
 end
 return #gone
+
+-- !discard KEYS: dead stream, locators; ARGV: entry id -> 1 if it was removed, 0 if it was gone already
+-- An operator's "drop it": the entry goes, and its locator if it still points at it.
+local found = redis.call("XRANGE", KEYS[1], ARGV[1], ARGV[1])
+if #found == 0 then return 0 end
+local fields = found[1][2]
+for n = 1, #fields, 2 do
+    if fields[n] == "i" and redis.call("HGET", KEYS[2], fields[n + 1]) == KEYS[1] .. " " .. ARGV[1] then
+        redis.call("HDEL", KEYS[2], fields[n + 1])
+    end
+end
+redis.call("XDEL", KEYS[1], ARGV[1])
+return 1

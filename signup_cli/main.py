@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("lab.compare.cli:run", "compare the course's strategies with the outbox under faults"),
     "bench": ("lab.bench.cli:run", "latency, API cost, relay drain, claim cost, worker throughput, peer"),
     "soak": ("lab.soak.cli:run", "signups under faults (kills, restarts, SMTP 451s), then a verdict"),
-    "dlq": ("services.worker.dlq:run", "list or replay dead-lettered messages"),
+    "dlq": ("services.worker.dlq:run", "list, replay or discard dead-lettered messages"),
     "trace": ("signup_cli.trace:run", "a signup's timeline from the database"),
 }
 
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["bench"].add_argument(
         "--only",
         default="",
-        help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile, peer "
-        "(default: all)",
+        help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile, peer, brokers, "
+        "console (default: all)",
     )
     parsers["bench"].add_argument(
         "--rate",
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconcile-rows",
         type=int,
         default=0,
-        help="published rows in the reconcile section (default: 1,000,000; 20,000 with --quick)",
+        help="outbox rows in the reconcile and console sections (default: 1,000,000; 20,000 with --quick)",
     )
 
     dlq = parsers["dlq"].add_subparsers(dest="dlq_command", required=True)
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("message_id", nargs="?", help="the message id to replay")
     which.add_argument("--all", action="store_true", help="replay every dead-lettered message")
+    discard = dlq.add_parser("discard", help="drop a dead-lettered message for good")
+    discard.add_argument("message_id", help="the message id to drop")
 
     # Unset options keep lab/soak/plan.py's defaults (10,000 signups at 3/s).
     parsers["soak"].add_argument("--signups", type=int)

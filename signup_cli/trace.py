@@ -9,8 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.database import create_engine, outbox, users, verify_email_resends, verify_emails
+from shared.database import (
+    create_engine,
+    dead_letter_actions,
+    outbox,
+    users,
+    verify_email_resends,
+    verify_emails,
+)
 from shared.settings import Settings
 from shared.telemetry import trace_id_of
 
@@ -22,30 +30,37 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
     engine = create_engine(settings.database_url, pool_size=1)
     try:
         async with engine.connect() as connection:
-            user = (
-                await connection.execute(sa.select(users).where(users.c.username == username))
-            ).one_or_none()
-            if user is None:
-                return None
-            events = (
-                await connection.execute(
-                    sa.select(outbox).where(outbox.c.payload.contains({"username": username}))
-                )
-            ).all()
-            emails = (
-                await connection.execute(
-                    sa.select(verify_emails)
-                    .where(verify_emails.c.username == username)
-                    .order_by(verify_emails.c.id)
-                )
-            ).all()
-            resends = (
-                await connection.execute(
-                    sa.select(verify_email_resends).where(verify_email_resends.c.username == username)
-                )
-            ).all()
+            return await load_timeline(connection, username)
     finally:
         await engine.dispose()
+
+
+async def load_timeline(connection: AsyncConnection, username: str) -> tuple[list[Step], list[str]] | None:
+    """``timeline`` on an open connection (the operator console's signup page shows the same)."""
+    user = (await connection.execute(sa.select(users).where(users.c.username == username))).one_or_none()
+    if user is None:
+        return None
+    events = (
+        # Through the expression index on payload->>'username' (a containment test would read every row).
+        await connection.execute(sa.select(outbox).where(outbox.c.payload["username"].astext == username))
+    ).all()
+    emails = (
+        await connection.execute(
+            sa.select(verify_emails).where(verify_emails.c.username == username).order_by(verify_emails.c.id)
+        )
+    ).all()
+    resends = (
+        await connection.execute(
+            sa.select(verify_email_resends).where(verify_email_resends.c.username == username)
+        )
+    ).all()
+    actions = (
+        await connection.execute(
+            sa.select(dead_letter_actions).where(
+                dead_letter_actions.c.message_id.in_([str(event.event_id) for event in events])
+            )
+        )
+    ).all()
     steps: list[Step] = [(user.created_at, "user created")]
     for event in events:
         steps.append(
@@ -67,6 +82,14 @@ async def timeline(settings: Settings, username: str) -> tuple[list[Step], list[
             )
         if event.handled_at is not None:
             steps.append((event.handled_at, f"outbox {event.actor} handled by a worker"))
+    for action in actions:
+        steps.append(
+            (
+                action.acted_at,
+                f"dead letter {action.action} by {action.operator}  event_id={action.message_id} "
+                f"last_error={action.error}",
+            )
+        )
     for resend in resends:
         steps.append((resend.requested_at, f"resend requested  event_id={resend.event_id}"))
     for email in emails:

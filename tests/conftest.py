@@ -170,7 +170,10 @@ async def db(engine: AsyncEngine, redis_server: RedisServer) -> AsyncEngine:
     """An empty database and an empty Redis for this test."""
     async with engine.begin() as connection:
         await connection.execute(
-            sa.text("TRUNCATE users, outbox, verify_emails, idempotency_keys RESTART IDENTITY CASCADE")
+            sa.text(
+                "TRUNCATE users, outbox, verify_emails, idempotency_keys, dead_letter_actions "
+                "RESTART IDENTITY CASCADE"
+            )
         )
     import redis.asyncio
 

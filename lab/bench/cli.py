@@ -1,4 +1,4 @@
-"""``signup bench [--quick] [--out-dir DIR]``: eleven benchmarks, each a ratio to a baseline of the same run.
+"""``signup bench [--quick] [--out-dir DIR]``: twelve benchmarks, each a ratio to a baseline of the same run.
 
 1. commit → email latency per strategy; 2. the API's cost of the outbox and its saturation against the
 argon2id hashing bound; 3. relay drain against a plain ``broker.enqueue`` loop; 4. claim cost against table
@@ -6,10 +6,10 @@ size; 5. one worker's email throughput; 6. overload at 1x, 2x and 5x the hashing
 ``overload.png``); 7. the API's latency with tracing off and exporting OTLP; 8. an idle worker's cost
 and the latency after idle; 9. a reconciliation pass against the number of published rows
 (``--reconcile-rows``); 10. the outbox beside Procrastinate (commit → email and a backlog's drain,
-``lab/bench/peer.py``); 11. the broker options side by side (``lab/bench/brokers.py``). Prints each table
-and writes ``BENCHMARKS.md`` and ``bench.json`` to ``--out-dir`` (in ``BENCHMARKS.md`` only the part
-between the bench markers is replaced, so hand-written analysis around it survives a re-run). Exit code 0
-when every section ran.
+``lab/bench/peer.py``); 11. the broker options side by side (``lab/bench/brokers.py``); 12. the operator
+console's queries per page (``lab/bench/console.py``). Prints each table and writes ``BENCHMARKS.md``
+and ``bench.json`` to ``--out-dir`` (in ``BENCHMARKS.md`` only the part between the bench markers is
+replaced, so hand-written analysis around it survives a re-run). Exit code 0 when every section ran.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from lab.bench.brokers import brokers_section
+from lab.bench.console import console_section
 from lab.bench.e2e import api_section, hashing_bound, latency_section
 from lab.bench.idle import idle_section
 from lab.bench.model import FULL, QUICK, BenchPlan, Section
@@ -66,7 +67,7 @@ async def versions(pg: str) -> dict[str, str]:
     return {"postgresql": postgres, "redis": redis.split("v=", 1)[-1].split()[0] if "v=" in redis else "?"}
 
 
-PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile", "peer", "brokers")
+PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile", "peer", "brokers", "console")
 """What ``--only`` chooses from; ``relay`` is sections 3 to 5 (drain, claim, one worker)."""
 
 
@@ -125,6 +126,8 @@ async def sections(
         report(await peer_section(plan, capacity=parallel, work_dir=work_dir, pg=pg))
     if "brokers" in only:
         report(await brokers_section(plan))
+    if "console" in only:
+        report(await console_section(plan, work_dir=work_dir, pg=pg))
     return done
 
 

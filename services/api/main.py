@@ -8,6 +8,7 @@ from types import FrameType
 
 import uvicorn
 
+from services.admin.serve import start_console
 from services.api.app import create_app
 from services.api.metrics import serve_metrics
 from services.api.passwords import keep_hash_memory
@@ -28,6 +29,16 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     # the exit status shows the signal: a supervisor would count that as a failure. Exit 0, as on SIGINT.
     signal.signal(signal.SIGTERM, _exit_zero)
     serve_metrics(port=settings.api_metrics_port)
+    console = start_console(settings, grace_s=STOP_GRACE_S)  # the operator console's own port, if set
+    try:
+        _serve(settings)
+    finally:
+        if console is not None:
+            console.stop()
+    return 0
+
+
+def _serve(settings: Settings) -> None:
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,
@@ -39,7 +50,6 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
         server_header=False,
         timeout_graceful_shutdown=STOP_GRACE_S,
     )
-    return 0
 
 
 def _exit_zero(signum: int, frame: FrameType | None) -> None:

@@ -93,6 +93,7 @@ class Relay:
             )
         if self.listen:
             helpers.append(asyncio.create_task(listen_forever(dsn=self._dsn, wake=self._wake)))
+        helpers.append(asyncio.create_task(self._every(STATS_INTERVAL_S, self.announce)))
         if self.settings.relay_metrics_port:
             helpers.append(asyncio.create_task(self._every(STATS_INTERVAL_S, self.update_backlog)))
         log.info("relay.started", batch_size=self.settings.relay_batch_size, listen=self.listen)
@@ -227,6 +228,11 @@ class Relay:
             if dead:
                 log.info("relay.dead_letters_purged", count=dead)
         return deleted
+
+    async def announce(self) -> None:
+        """Tell the operator console that this relay is alive (a beat in Redis)."""
+        if isinstance(self.broker, StreamsBroker):
+            await asyncio.to_thread(self.broker.announce, "relay")
 
     async def update_backlog(self) -> None:
         """Refresh the backlog gauges."""

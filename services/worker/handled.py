@@ -17,16 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.database import outbox
 from shared.logging import get_logger
+from shared.outbox import event_id_of
 
 log = get_logger()
-
-
-def event_id_of(message_id: str) -> uuid.UUID | None:
-    """The outbox event id a message id stands for, or None for a message that is not an outbox event."""
-    try:
-        return uuid.UUID(message_id)
-    except ValueError:
-        return None  # not an outbox event (no row to mark)
 
 
 _MARK_HANDLED = (

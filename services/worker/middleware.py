@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
+import redis
 import structlog
 from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
@@ -13,6 +15,7 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.worker.metrics import WorkerMetrics
+from shared.broker import StreamsBroker
 from shared.logging import get_logger
 from shared.telemetry import MESSAGING_SYSTEM, context_from, tracer
 
@@ -102,8 +105,8 @@ class MessageSpans(Middleware):
 
 
 class FailureObserver(Middleware):
-    """Counts retries and dead letters, and keeps the last error in the message's options, where the retry
-    and the dead letter carry it (``signup dlq list`` shows it)."""
+    """Counts retries and dead letters (metrics, and the console's per-minute tallies), and keeps the last
+    error in the message's options, where the retry and the dead letter carry it (``signup dlq list``)."""
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
@@ -120,11 +123,21 @@ class FailureObserver(Middleware):
         current = CurrentMessage.get_current_message()
         if current is not None and current.message_id == message.message_id:
             self.metrics.retries.labels(message=message.actor_name).inc()
+            _tally(broker, "retries")
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         self.metrics.dead_letters.labels(message=message.actor_name).inc()
+        _tally(broker, "dead_letters")
         error = message.options.get("last_error", "unknown")
         log.error("message dead-lettered", error=error, retries=message.options.get("retries", 0))
+
+
+def _tally(broker: Broker, kind: str) -> None:
+    """Count one ``kind`` in this minute's tally, for the operator console's chart (best effort: a chart
+    is not worth failing a message for)."""
+    if isinstance(broker, StreamsBroker):
+        with contextlib.suppress(redis.RedisError):
+            broker.tally(kind)
 
 
 def _describe(exception: BaseException) -> str:

@@ -28,6 +28,7 @@ SECTIONS = (
     "reconcile",
     "peer",
     "brokers",
+    "console",
 )
 PEER = tuple(
     f"{side}_{figure}"
@@ -58,6 +59,7 @@ RATIOS = {
     ),
     "reconcile": ("small_check_ms", "large_check_ms", "large_over_small", "large_republish_ms"),
     "peer": (*PEER, "procrastinate_p99_over_outbox_p99", "procrastinate_drain_over_outbox_drain"),
+    "console": ("worst_p99_ms", "outbox_rows"),
     "idle": (
         "wake_1p_idle_redis_per_s",
         "wake_4p_idle_cpu_pct",
@@ -126,6 +128,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "9. Reconciliation",
         "10. Outbox beside Procrastinate",
         "11. Broker options",
+        "12. The operator console",
     ):
         assert f"### {title}" in markdown
     assert "signup bench --quick --rate 3" in markdown

@@ -413,6 +413,7 @@ def test_dead_letters_stay_past_a_week_until_replayed_or_purged_by_retention(bro
         assert [letter.message.message_id for letter in letters] == sent
         assert {(letter.error, letter.queue) for letter in letters} == {("SMTP 550", "wake_a")}
         replayed = broker.replay(letters[0])
+        assert replayed is not None
         assert replayed.message_id == sent[0] and "last_error" not in replayed.options
         assert next_message(consumer).message_id == sent[0]
         assert broker.purge_dead_letters(older_than_ms=retention, now_ms=now + retention + 1000) == 1

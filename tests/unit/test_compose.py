@@ -32,7 +32,7 @@ NOT_SETTINGS = OTEL_VARIABLES | {
     "CI",  # tests/support.py: a missing server fails instead of skipping
     "COLLECTOR_OTLP_ENABLED",  # Jaeger: accept OTLP (the default in recent images; explicit for older ones)
 }
-IMAGES_WITHOUT_SIGNUP = {"postgres", "redis", "mailpit", "jaeger"}
+IMAGES_WITHOUT_SIGNUP = {"postgres", "redis", "mailpit", "jaeger", "prometheus"}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def test_the_stack_has_every_service(services: dict[str, Any]) -> None:
         "redis",
         "mailpit",
         "jaeger",
+        "prometheus",
         "migrate",
         "api",
         "relay",
@@ -104,8 +105,24 @@ def test_compose_accepts_the_file() -> None:
     client = shutil.which("docker-compose")
     if client is None:
         pytest.skip("no docker-compose client (.ci/run validates the file where one exists)")
-    for args in ([], ["--profile", "test"], ["--profile", "tracing"]):
+    for args in ([], ["--profile", "test"], ["--profile", "tracing"], ["--profile", "monitoring"]):
         result = subprocess.run(
             [client, *args, "config", "-q"], cwd=repo_root(), capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_prometheus_scrapes_every_service_with_the_rules_on_loopback_only(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"] and prometheus["image"].startswith("prom/prometheus")
+    assert all(str(port).startswith("127.0.0.1:") for port in prometheus["ports"])
+    mounted = {volume.split(":")[1] for volume in prometheus["volumes"]}
+    assert mounted == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"}
+    config = yaml.safe_load((repo_root() / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    assert {job["job_name"] for job in config["scrape_configs"]} == {"api", "relay", "worker"}
+
+
+def test_the_console_is_published_on_loopback_only(services: dict[str, Any]) -> None:
+    published = [str(port) for port in services["api"]["ports"] if "CONSOLE_PORT" in str(port)]
+    assert published == ["127.0.0.1:${CONSOLE_PORT:-8081}:${CONSOLE_PORT:-8081}"]
