@@ -477,14 +477,16 @@ class StreamConsumer(Consumer):
             held = len(self.held)
             etas = [eta for eta in self.held.values() if eta is not None]
         due_in = min(etas) - now if etas else None
-        # Where to wait: blocked in Redis (a new message ends the wait at once) unless an eta is nearer than
-        # Redis's clock can time (it ends a blocked read only on its tick) or the worker is stopping; then
-        # here, polling every ``poll_ms``.
-        block_ms: int | None = max(1, self.timeout_ms)
+        # Where to wait: blocked in Redis (a new message ends the wait at once), for at most a quarter of the
+        # heartbeat timeout (the read is also when this process beats); or here, polling every ``poll_ms``,
+        # when an eta is nearer than Redis's clock can time (it ends a blocked read only on its tick) or the
+        # worker is stopping.
+        longest = max(1, min(self.timeout_ms, HEARTBEAT_TIMEOUT_MS // 4))
+        block_ms: int | None = longest
         if self.broker.stopping.is_set() or (due_in is not None and due_in < 2 * REDIS_TICK_MS):
             block_ms = None
         elif due_in is not None:
-            block_ms = int(min(self.timeout_ms, due_in - REDIS_TICK_MS))
+            block_ms = int(min(longest, due_in - REDIS_TICK_MS))
         local_ms = self.broker.poll_ms if due_in is None else max(0.0, min(self.broker.poll_ms, due_in))
         room = self.prefetch - held
         if room <= 0 or (held and room < self.prefetch // 2):
