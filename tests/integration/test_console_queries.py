@@ -28,7 +28,7 @@ PLANS: list[tuple[sa.TextClause, dict[str, Any], str]] = [
     (queries.UNHANDLED_PAGE, {"at": NOW, "id": 0, "limit": 50}, "outbox_unhandled_idx"),
     (queries.SIGNUPS_FIRST, {"limit": 50}, "users_created_at_idx"),
     (queries.SIGNUPS_PAGE, {"at": NOW, "username": "m", "limit": 50}, "users_created_at_idx"),
-    (queries.BY_EMAIL, {"q": "a@example.com"}, "users_email_lower_key"),
+    (queries.BY_EMAIL, {"q": "a@example.com"}, "users_email_lower_idx"),
     (queries.BY_USERNAME, {"q": "alice"}, "users_pkey"),
     (queries.BY_REQUEST_ID, {"q": "req"}, "outbox_trace_id_idx"),
 ]
