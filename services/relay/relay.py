@@ -312,4 +312,3 @@ def build_relay(settings: Settings, **options: Any) -> Relay:
     """
     broker = create_broker(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
     return Relay(settings=settings, broker=broker, **options)
-
