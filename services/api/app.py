@@ -23,7 +23,7 @@ from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
 from services.api.idempotency import KeyPurge
 from services.api.resend import ResendQueue
-from services.api.tracing import UNTRACED_PATHS, tracing_middleware
+from services.api.tracing import UNTRACED_PATHS, redact_query_string, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
@@ -102,8 +102,10 @@ def _opentelemetry() -> list[DefineMiddleware]:
     """Litestar's OpenTelemetry middleware, outermost, when this process traces; nothing otherwise."""
     if not tracing_enabled():
         return []
-    # The ASGI receive/send spans only add noise.
+    # The ASGI receive/send spans only add noise. The query string (the link's code) never reaches a span.
     config = OpenTelemetryConfig(
-        exclude=[f"^{path}$" for path in UNTRACED_PATHS], exclude_spans=["receive", "send"]
+        exclude=[f"^{path}$" for path in UNTRACED_PATHS],
+        exclude_spans=["receive", "send"],
+        server_request_hook_handler=redact_query_string,
     )
     return [config.middleware]
