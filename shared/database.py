@@ -80,7 +80,8 @@ verify_emails = sa.Table(
         "username", sa.String(100), sa.ForeignKey("users.username", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("email", sa.String(200), nullable=False),
-    sa.Column("secret_code", sa.Text, nullable=False),
+    # SHA-256 (hex) of the code the email carries: the code itself is never stored (shared/keys.py).
+    sa.Column("code_sha256", sa.Text, nullable=False),
     sa.Column("is_used", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),

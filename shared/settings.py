@@ -96,6 +96,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_skip_retry_missing_user: bool = False
     """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
     worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
+    worker_code_secret: str = ""
+    """Key of the verification codes (``HMAC-SHA-256(key, message id)``, shared/keys.py), the same in every
+    worker: at least 32 characters, e.g. ``secrets.token_urlsafe(32)``. Empty: a random key per process (a
+    warning at start), so a message redelivered to another process after a crash sends a new link and the
+    first one stops working."""
     verify_email_ttl_minutes: PositiveInt = 15
     unverified_account_ttl_hours: PositiveInt = 24
     """An account still unverified this long after its signup gives its address (and username) up: its links
@@ -112,10 +117,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         # Settings end up in tracebacks and debug logs: never print the SMTP password or URL credentials.
         # (``str()`` is ``repr()`` too.)
         shown = {name: getattr(self, name) for name in self.__struct_fields__}
-        shown["smtp_password"] = "***" if self.smtp_password else ""
+        for secret in _SECRETS:
+            shown[secret] = "***" if getattr(self, secret) else ""
         shown["database_url"] = hide_password(self.database_url)
         shown["redis_url"] = hide_password(self.redis_url)
         return f"Settings({shown!r})"
+
+
+# Settings that hold a password or a key: never shown, and a key must be long enough to be one.
+_SECRETS = ("smtp_password", "worker_code_secret")
+_KEYS = ("worker_code_secret",)
+MIN_KEY_CHARS = 32
 
 
 def hide_password(url: str) -> str:
@@ -155,7 +167,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     values.update(overrides)
     settings = Settings(**values)
     _check_urls(settings)
+    _check_keys(settings)
     return settings
+
+
+def _check_keys(settings: Settings) -> None:
+    for name in _KEYS:
+        value = getattr(settings, name)
+        if value and len(value) < MIN_KEY_CHARS:
+            raise SettingsError(f"{name.upper()} is invalid: a key needs {MIN_KEY_CHARS} characters at least")
 
 
 def _check_urls(settings: Settings) -> None:
