@@ -62,6 +62,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Resend requests answered and not yet run (they run after their ``202``); more get 503 + Retry-After."""
     api_idempotency_ttl_hours: PositiveInt = 24
     """How long the answer to a request with an ``Idempotency-Key`` is kept for its retries."""
+    api_idempotency_secret: str = ""
+    """Key of the stored request fingerprints (HMAC-SHA-256, password left out), the same in every API
+    process: at least 32 characters. Empty: a random key per process (a warning at start), so a retry that
+    reaches another replica, or the API after a restart, is refused with 422 instead of replayed."""
 
     dispatch_strategy: DispatchStrategy = "outbox"
     """``outbox`` (the design); ``fixed_delay``, ``immediate`` (the course's); ``none`` (bench only)."""
@@ -125,8 +129,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # Settings that hold a password or a key: never shown, and a key must be long enough to be one.
-_SECRETS = ("smtp_password", "worker_code_secret")
-_KEYS = ("worker_code_secret",)
+_SECRETS = ("smtp_password", "worker_code_secret", "api_idempotency_secret")
+_KEYS = ("worker_code_secret", "api_idempotency_secret")
 MIN_KEY_CHARS = 32
 
 

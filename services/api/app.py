@@ -25,6 +25,7 @@ from services.api.idempotency import KeyPurge
 from services.api.resend import ResendQueue
 from services.api.tracing import UNTRACED_PATHS, redact_query_string, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
+from shared.keys import server_key
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
 
@@ -42,6 +43,8 @@ def create_app(settings: Settings) -> Litestar:
     purge = KeyPurge(sessions, ttl=ttl)
     admission = build_admission(settings)
     resends = ResendQueue(sessions, settings, limit=settings.api_resend_max_pending)
+    # Read now, so that an unset secret's warning comes at start, not at the first retry.
+    idempotency_secret = server_key(settings.api_idempotency_secret, setting="API_IDEMPOTENCY_SECRET")
     state = State(
         {
             "settings": settings,
@@ -51,6 +54,7 @@ def create_app(settings: Settings) -> Litestar:
             "admission": admission,
             "redis": redis,
             "resends": resends,
+            "idempotency_secret": idempotency_secret,
             "faults": Faults(
                 commit_delay_ms=settings.fault_commit_delay_ms, rollback_ratio=settings.fault_rollback_ratio
             ),

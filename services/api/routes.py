@@ -86,7 +86,11 @@ async def create_user(
 ) -> Response[CreateUserResponse]:
     body = await request.body()
     signup = parse_create_user(body, allow_smtputf8=state.settings.smtp_smtputf8)
-    key = IdempotencyKey.of(idempotency_key, body) if idempotency_key else None
+    key = (
+        IdempotencyKey.of(idempotency_key, signup, secret=state.idempotency_secret)
+        if idempotency_key
+        else None
+    )
     ttl = timedelta(hours=state.settings.api_idempotency_ttl_hours)
     if key is not None and (stored := await find_answer(state.sessions, key, ttl=ttl)):
         return _replayed(stored)
