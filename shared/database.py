@@ -90,6 +90,18 @@ verify_emails = sa.Table(
     sa.Index("verify_emails_username_idx", "username"),
 )
 
+# One row per email the worker sent, by the SHA-256 of the mailbox it lands in (services/worker/mailbox.py):
+# what the per-mailbox daily cap counts. Each send deletes a few rows older than a day.
+mailbox_sends = sa.Table(
+    "mailbox_sends",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("mailbox_sha256", sa.Text, nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("mailbox_sends_mailbox_idx", "mailbox_sha256", "sent_at"),
+    sa.Index("mailbox_sends_sent_at_idx", "sent_at"),
+)
+
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,

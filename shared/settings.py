@@ -7,6 +7,7 @@ a deployment stops the process before it opens a single connection.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -62,6 +63,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Resend requests answered and not yet run (they run after their ``202``); more get 503 + Retry-After."""
     api_idempotency_ttl_hours: PositiveInt = 24
     """How long the answer to a request with an ``Idempotency-Key`` is kept for its retries."""
+    api_client_signups_per_hour: NonNegativeInt = 20
+    """Signups one client (IP address) may ask for per hour, in bursts of as many; more get 429 +
+    Retry-After. Counted per API process. 0: no limit."""
+    api_client_resends_per_hour: NonNegativeInt = 20
+    """Resend requests one client (IP address) may make per hour, as above. 0: no limit."""
+    api_trusted_proxies: str = ""
+    """Comma-separated addresses or CIDR blocks of the proxies in front of the API: only a connection from
+    one of them has its ``X-Forwarded-For`` read for the client's address. Empty: the peer is the client."""
     api_idempotency_secret: str = ""
     """Key of the stored request fingerprints (HMAC-SHA-256, password left out), the same in every API
     process: at least 32 characters. Empty: a random key per process (a warning at start), so a retry that
@@ -113,6 +122,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """At most one verification email per user in this many seconds (the signup's counts too)."""
     resend_max_per_day: NonNegativeInt = 5
     """At most this many resent verification emails per user in any 24 hours."""
+    mailbox_max_emails_per_day: NonNegativeInt = 10
+    """At most this many emails (verification and signup notices together) to one mailbox in any 24 hours,
+    whatever accounts ask: the mailbox as the provider delivers it (case, ``+tags`` and Gmail's dots do not
+    make another). The worker drops the rest. 0: no cap."""
 
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -172,7 +185,27 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     settings = Settings(**values)
     _check_urls(settings)
     _check_keys(settings)
+    _check_proxies(settings)
     return settings
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(setting: str) -> tuple[Network, ...]:
+    """``API_TRUSTED_PROXIES`` (comma-separated addresses or CIDR blocks) as networks; raises ValueError."""
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False) for part in setting.split(",") if part.strip()
+    )
+
+
+def _check_proxies(settings: Settings) -> None:
+    try:
+        trusted_networks(settings.api_trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(
+            f"API_TRUSTED_PROXIES={settings.api_trusted_proxies!r} is invalid: {exc}"
+        ) from None
 
 
 def _check_keys(settings: Settings) -> None:

@@ -155,6 +155,11 @@ def settings(database_url: str, redis_server: RedisServer, smtp_sink: SmtpSink) 
         relay_metrics_port=0,
         worker_metrics_port=0,
         log_level="debug",
+        # Every test's client is one address and many tests sign up more than a client may: the limits'
+        # own tests turn them on.
+        api_client_signups_per_hour=0,
+        api_client_resends_per_hour=0,
+        mailbox_max_emails_per_day=0,
     )
 
 
@@ -170,7 +175,10 @@ async def db(engine: AsyncEngine, redis_server: RedisServer) -> AsyncEngine:
     """An empty database and an empty Redis for this test."""
     async with engine.begin() as connection:
         await connection.execute(
-            sa.text("TRUNCATE users, outbox, verify_emails, idempotency_keys RESTART IDENTITY CASCADE")
+            sa.text(
+                "TRUNCATE users, outbox, verify_emails, idempotency_keys, mailbox_sends"
+                " RESTART IDENTITY CASCADE"
+            )
         )
     import redis.asyncio
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.worker.emails import render_email
 from services.worker.errors import UserNotVisible
+from services.worker.mailbox import mailbox_allows
 from shared.database import sent_notices, users, verify_emails
 from shared.keys import code_digest, server_key, verification_code
 from shared.logging import get_logger
@@ -137,6 +138,10 @@ async def send_verify_email(
         if row.sent_at is not None:
             log.info("duplicate delivery; email already sent", username=command.username)
             return
+        if not await mailbox_allows(connection, row.email, per_day=settings.mailbox_max_emails_per_day):
+            context.metrics.emails_capped.labels(kind="verify_email").inc()
+            log.warning("mailbox daily cap reached; nothing sent", username=command.username)
+            return
         link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=code)
         email = render_email(
             "verify_email",
@@ -190,6 +195,12 @@ async def send_signup_notice(
         recorded = await connection.execute(_NOTICE_RECORD, {"event": event, "username": command.username})
         if recorded.one_or_none() is None:
             log.info("duplicate delivery; notice already sent", username=command.username)
+            return
+        if not await mailbox_allows(
+            connection, user.email, per_day=context.settings.mailbox_max_emails_per_day
+        ):
+            context.metrics.emails_capped.labels(kind="signup_notice").inc()
+            log.warning("mailbox daily cap reached; nothing sent", username=command.username)
             return
         email = render_email(
             "signup_notice",

@@ -202,9 +202,13 @@ class RecordingMailer:
         self.sent.append(message)
 
 
-async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> RecordingMailer:
-    """Run the worker's use case for one new message to ``username``, with a recording mailer."""
-    mailer = RecordingMailer()
+async def worker_sends(
+    db: AsyncEngine, settings, username: str = "alice", *, mailer: RecordingMailer | None = None
+) -> RecordingMailer:
+    """Run the worker's use case for one new message to ``username``, with a recording mailer (``mailer``:
+    one the caller keeps, which then may send nothing)."""
+    given = mailer
+    mailer = mailer or RecordingMailer()
     async with db.connect() as connection:
         await send_verify_email(
             SendVerifyEmail(username=username),
@@ -212,7 +216,7 @@ async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> Re
             message_id=str(uuid.uuid4()),
             connection=connection,
         )
-    assert len(mailer.sent) == 1
+    assert given is not None or len(mailer.sent) == 1
     return mailer
 
 
