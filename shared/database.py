@@ -89,7 +89,8 @@ verify_emails = sa.Table(
         "username", sa.String(100), sa.ForeignKey("users.username", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("email", sa.String(200), nullable=False),
-    sa.Column("secret_code", sa.Text, nullable=False),
+    # SHA-256 (hex) of the code the email carries: the code itself is never stored (shared/keys.py).
+    sa.Column("code_sha256", sa.Text, nullable=False),
     sa.Column("is_used", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
@@ -98,6 +99,18 @@ verify_emails = sa.Table(
     sa.Index("verify_emails_username_idx", "username"),
     # The console's emails-per-minute chart reads the last hour of sends through it.
     sa.Index("verify_emails_sent_at_idx", "sent_at", postgresql_where=sa.text("sent_at IS NOT NULL")),
+)
+
+# One row per email the worker sent, by the SHA-256 of the mailbox it lands in (services/worker/mailbox.py):
+# what the per-mailbox daily cap counts. Each send deletes a few rows older than a day.
+mailbox_sends = sa.Table(
+    "mailbox_sends",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("mailbox_sha256", sa.Text, nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("mailbox_sends_mailbox_idx", "mailbox_sha256", "sent_at"),
+    sa.Index("mailbox_sends_sent_at_idx", "sent_at"),
 )
 
 idempotency_keys = sa.Table(

@@ -19,7 +19,9 @@ from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 # Keys whose values must never reach a log line, whoever passes them.
-_SECRET_KEYS = frozenset({"password", "hashed_password", "secret_code", "smtp_password", "code", "token"})
+_SECRET_KEYS = frozenset(
+    {"password", "hashed_password", "secret_code", "smtp_password", "code", "token", "code_sha256"}
+)
 
 
 def mask_email(email: str) -> str:

@@ -7,6 +7,7 @@ a deployment stops the process before it opens a single connection.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -63,6 +64,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Resend requests answered and not yet run (they run after their ``202``); more get 503 + Retry-After."""
     api_idempotency_ttl_hours: PositiveInt = 24
     """How long the answer to a request with an ``Idempotency-Key`` is kept for its retries."""
+    api_client_signups_per_hour: NonNegativeInt = 20
+    """Signups one client (IP address) may ask for per hour, in bursts of as many; more get 429 +
+    Retry-After. Counted per API process. 0: no limit."""
+    api_client_resends_per_hour: NonNegativeInt = 20
+    """Resend requests one client (IP address) may make per hour, as above. 0: no limit."""
+    api_trusted_proxies: str = ""
+    """Comma-separated addresses or CIDR blocks of the proxies in front of the API: only a connection from
+    one of them has its ``X-Forwarded-For`` read for the client's address. Empty: the peer is the client."""
+    api_idempotency_secret: str = ""
+    """Key of the stored request fingerprints (HMAC-SHA-256, password left out), the same in every API
+    process: at least 32 characters. Empty: a random key per process (a warning at start), so a retry that
+    reaches another replica, or the API after a restart, is refused with 422 instead of replayed."""
 
     dispatch_strategy: DispatchStrategy = "outbox"
     """``outbox`` (the design); ``fixed_delay``, ``immediate`` (the course's); ``none`` (bench only)."""
@@ -97,6 +110,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_skip_retry_missing_user: bool = False
     """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
     worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
+    worker_code_secret: str = ""
+    """Key of the verification codes (``HMAC-SHA-256(key, message id)``, shared/keys.py), the same in every
+    worker: at least 32 characters, e.g. ``secrets.token_urlsafe(32)``. Empty: a random key per process (a
+    warning at start), so a message redelivered to another process after a crash sends a new link and the
+    first one stops working."""
     verify_email_ttl_minutes: PositiveInt = 15
     unverified_account_ttl_hours: PositiveInt = 24
     """An account still unverified this long after its signup gives its address (and username) up: its links
@@ -105,6 +123,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """At most one verification email per user in this many seconds (the signup's counts too)."""
     resend_max_per_day: NonNegativeInt = 5
     """At most this many resent verification emails per user in any 24 hours."""
+    mailbox_max_emails_per_day: NonNegativeInt = 10
+    """At most this many emails (verification and signup notices together) to one mailbox in any 24 hours,
+    whatever accounts ask: the mailbox as the provider delivers it (case, ``+tags`` and Gmail's dots do not
+    make another). The worker drops the rest. 0: no cap."""
 
     console_operators: str = ""
     """The operator console's credentials, ``name:password`` pairs separated by commas (DESIGN §14). Empty
@@ -123,11 +145,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         # Settings end up in tracebacks and debug logs: never print the SMTP password or URL credentials.
         # (``str()`` is ``repr()`` too.)
         shown = {name: getattr(self, name) for name in self.__struct_fields__}
-        shown["smtp_password"] = "***" if self.smtp_password else ""
-        shown["console_operators"] = "***" if self.console_operators else ""
+        for secret in _SECRETS:
+            shown[secret] = "***" if getattr(self, secret) else ""
         shown["database_url"] = hide_password(self.database_url)
         shown["redis_url"] = hide_password(self.redis_url)
         return f"Settings({shown!r})"
+
+
+# Settings that hold a password or a key: never shown, and a key must be long enough to be one.
+_SECRETS = ("smtp_password", "console_operators", "worker_code_secret", "api_idempotency_secret")
+_KEYS = ("worker_code_secret", "api_idempotency_secret")
+MIN_KEY_CHARS = 32
 
 
 def hide_password(url: str) -> str:
@@ -167,6 +195,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     values.update(overrides)
     settings = Settings(**values)
     _check_urls(settings)
+    _check_keys(settings)
+    _check_proxies(settings)
     console_operators(settings)
     return settings
 
@@ -193,6 +223,32 @@ def console_operators(settings: Settings) -> dict[str, str]:
             )
         operators[name] = password
     return operators
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(setting: str) -> tuple[Network, ...]:
+    """``API_TRUSTED_PROXIES`` (comma-separated addresses or CIDR blocks) as networks; raises ValueError."""
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False) for part in setting.split(",") if part.strip()
+    )
+
+
+def _check_proxies(settings: Settings) -> None:
+    try:
+        trusted_networks(settings.api_trusted_proxies)
+    except ValueError as exc:
+        raise SettingsError(
+            f"API_TRUSTED_PROXIES={settings.api_trusted_proxies!r} is invalid: {exc}"
+        ) from None
+
+
+def _check_keys(settings: Settings) -> None:
+    for name in _KEYS:
+        value = getattr(settings, name)
+        if value and len(value) < MIN_KEY_CHARS:
+            raise SettingsError(f"{name.upper()} is invalid: a key needs {MIN_KEY_CHARS} characters at least")
 
 
 def _check_urls(settings: Settings) -> None:

@@ -47,6 +47,12 @@ PATIENT_ADMISSION = {
     "API_SIGNUP_MAX_WAIT_MS": "600000",
     "API_SIGNUP_DEADLINE_MS": "600000",
 }
+# Their load comes from one address and to the same mailboxes again: no per-client or per-mailbox limits.
+NO_CLIENT_LIMITS = {
+    "API_CLIENT_SIGNUPS_PER_HOUR": "0",
+    "API_CLIENT_RESENDS_PER_HOUR": "0",
+    "MAILBOX_MAX_EMAILS_PER_DAY": "0",
+}
 PRODUCTION_ADMISSION = {name: str(getattr(Settings(), name.lower())) for name in PATIENT_ADMISSION}
 
 
@@ -104,6 +110,7 @@ class Stack:
             # An idle Dramatiq consumer sleeps up to this between polls (DESIGN §5): keep latency honest.
             "dramatiq_worker_timeout": "50",
             **PATIENT_ADMISSION,
+            **NO_CLIENT_LIMITS,
             **extra,
         }
 

@@ -17,15 +17,17 @@ from redis.asyncio import Redis
 
 from services.api import routes
 from services.api.admission import SHED_LOG, build_admission
+from services.api.client_limits import ClientLimiter, ClientLimits
 from services.api.dispatch import build_dispatcher
 from services.api.door import signup_door
 from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
 from services.api.idempotency import KeyPurge
 from services.api.resend import ResendQueue
-from services.api.tracing import UNTRACED_PATHS, tracing_middleware
+from services.api.tracing import UNTRACED_PATHS, redact_query_string, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
-from shared.settings import Settings
+from shared.keys import server_key
+from shared.settings import Settings, trusted_networks
 from shared.telemetry import tracing_enabled
 
 # How long a stopping API gives the resend requests it answered to run (within uvicorn's grace).
@@ -42,6 +44,13 @@ def create_app(settings: Settings) -> Litestar:
     purge = KeyPurge(sessions, ttl=ttl)
     admission = build_admission(settings)
     resends = ResendQueue(sessions, settings, limit=settings.api_resend_max_pending)
+    # Read now, so that an unset secret's warning comes at start, not at the first retry.
+    idempotency_secret = server_key(settings.api_idempotency_secret, setting="API_IDEMPOTENCY_SECRET")
+    clients = ClientLimits(
+        trusted=trusted_networks(settings.api_trusted_proxies),
+        signups=ClientLimiter("create_user", settings.api_client_signups_per_hour),
+        resends=ClientLimiter("resend_verify_email", settings.api_client_resends_per_hour),
+    )
     state = State(
         {
             "settings": settings,
@@ -51,6 +60,8 @@ def create_app(settings: Settings) -> Litestar:
             "admission": admission,
             "redis": redis,
             "resends": resends,
+            "idempotency_secret": idempotency_secret,
+            "clients": clients,
             "faults": Faults(
                 commit_delay_ms=settings.fault_commit_delay_ms, rollback_ratio=settings.fault_rollback_ratio
             ),
@@ -102,8 +113,10 @@ def _opentelemetry() -> list[DefineMiddleware]:
     """Litestar's OpenTelemetry middleware, outermost, when this process traces; nothing otherwise."""
     if not tracing_enabled():
         return []
-    # The ASGI receive/send spans only add noise.
+    # The ASGI receive/send spans only add noise. The query string (the link's code) never reaches a span.
     config = OpenTelemetryConfig(
-        exclude=[f"^{path}$" for path in UNTRACED_PATHS], exclude_spans=["receive", "send"]
+        exclude=[f"^{path}$" for path in UNTRACED_PATHS],
+        exclude_spans=["receive", "send"],
+        server_request_hook_handler=redact_query_string,
     )
     return [config.middleware]

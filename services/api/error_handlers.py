@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.admission import Shed
+from services.api.client_limits import ClientLimited
 from services.api.door import SHED_MESSAGE
 from services.api.faults import InjectedRollback
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -128,6 +129,12 @@ def resend_busy(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
     return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
 
 
+def client_limited(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, ClientLimited)
+    body = ErrorBody(error="too many requests from this client, retry later")
+    return _json(request, 429, body, **{"Retry-After": str(exc.retry_after_s)})
+
+
 def cross_site(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     return _json(request, 403, ErrorBody(error="a form from another site cannot verify an address"))
 
@@ -174,6 +181,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     Shed: shed,
     KeyReused: key_reused,
     ResendBusy: resend_busy,
+    ClientLimited: client_limited,
     CrossSiteForm: cross_site,
     HTTPException: http_error,
     Exception: unexpected,

@@ -7,8 +7,12 @@ the user does. A retry that arrives while the first attempt is still in its tran
 insert the same user, so PostgreSQL blocks the second on the unique index until the first commits, and the
 second then finds the stored answer. Errors are not stored: a retry of a request that failed is run again
 and, for a deterministic error (``400``, ``409``), fails the same way; after a ``503`` it may now succeed.
-Keys are kept ``API_IDEMPOTENCY_TTL_HOURS`` (24). Only hashes are stored: SHA-256 of the key, and an
-HMAC-SHA-256 of the body keyed with the key (the body holds the password).
+Keys are kept ``API_IDEMPOTENCY_TTL_HOURS`` (24). Only hashes are stored: SHA-256 of the key, and a
+fingerprint of the request: HMAC-SHA-256 under the server's ``API_IDEMPOTENCY_SECRET`` of the key's hash and
+the parsed request *without its password*. Neither the client's key (often guessable) nor a leak of the
+table nor of the secret lets anyone test a password guess against it. A retry that changes only the
+password is therefore the same request: it gets the stored answer (which holds no password), and the first
+password stands.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import hmac
 from dataclasses import dataclass
 from datetime import timedelta
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.api.schemas import CreateUserRequest
 from shared.database import idempotency_keys
 from shared.logging import get_logger
 
@@ -45,11 +51,14 @@ class IdempotencyKey:
     fingerprint: str
 
     @classmethod
-    def of(cls, key: str, body: bytes) -> IdempotencyKey:
-        raw = key.encode()
+    def of(cls, key: str, request: CreateUserRequest, *, secret: bytes) -> IdempotencyKey:
+        """``key`` for ``request``: its fingerprint is keyed by the server's ``secret`` and leaves the
+        password out (the request as parsed, so that the body's spacing or field order does not count)."""
+        key_hash = hashlib.sha256(key.encode()).hexdigest()
+        fields = msgspec.json.encode(msgspec.structs.replace(request, password=""))
         return cls(
-            key_hash=hashlib.sha256(raw).hexdigest(),
-            fingerprint=hmac.new(raw, body, hashlib.sha256).hexdigest(),
+            key_hash=key_hash,
+            fingerprint=hmac.new(secret, key_hash.encode() + b"\n" + fields, hashlib.sha256).hexdigest(),
         )
 
 

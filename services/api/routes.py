@@ -46,6 +46,7 @@ _ERRORS = {
     409: "the username or the email is taken; `fields` names which",
     410: "the verification link expired, or a newer email replaced it; `error` says which",
     413: "the request body is larger than API_MAX_BODY_BYTES",
+    429: "this client asked too often; retry after Retry-After seconds",
     422: "this Idempotency-Key was used before with another request body",
     503: "a backing service is down, or too many signups are in progress; retry after Retry-After seconds",
 }
@@ -68,7 +69,7 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
         "(header `Idempotent-Replayed: true`) instead of creating the user again or answering 409."
     ),
     raises=[],
-    responses=_errors(400, 409, 413, 422, 503),
+    responses=_errors(400, 409, 413, 422, 429, 503),
 )
 async def create_user(
     request: Request[Any, Any, Any],
@@ -84,9 +85,14 @@ async def create_user(
         ),
     ] = None,
 ) -> Response[CreateUserResponse]:
+    state.clients.signups.take(state.clients.client_of(request.scope))
     body = await request.body()
     signup = parse_create_user(body, allow_smtputf8=state.settings.smtp_smtputf8)
-    key = IdempotencyKey.of(idempotency_key, body) if idempotency_key else None
+    key = (
+        IdempotencyKey.of(idempotency_key, signup, secret=state.idempotency_secret)
+        if idempotency_key
+        else None
+    )
     ttl = timedelta(hours=state.settings.api_idempotency_ttl_hours)
     if key is not None and (stored := await find_answer(state.sessions, key, ttl=ttl)):
         return _replayed(stored)
@@ -133,9 +139,10 @@ def _replayed(answer: bytes) -> Response[CreateUserResponse]:
         "prefers text/html then gets a page."
     ),
     raises=[],
-    responses=_errors(400, 413, 503),
+    responses=_errors(400, 413, 429, 503),
 )
 async def resend_verify_email_route(request: Request[Any, Any, Any], state: State) -> Response[Accepted]:
+    state.clients.resends.take(state.clients.client_of(request.scope))
     form = request.content_type[0] == RequestEncodingType.URL_ENCODED  # the HTML page's form
     body = parse_resend(await request.body(), form=form, allow_smtputf8=state.settings.smtp_smtputf8)
     if not state.resends.submit(email=body.email, trace_id=request.scope["state"].get("request_id")):

@@ -20,6 +20,7 @@ from services.api.idempotency import IdempotencyKey, KeyReused, store_answer
 from services.api.passwords import hash_password
 from services.api.schemas import CreateUserRequest, CreateUserResponse, User
 from shared.database import EMAIL_TAKEN_CONSTRAINT, IDEMPOTENCY_KEY_TAKEN_CONSTRAINT, users, verify_emails
+from shared.keys import code_digest
 from shared.logging import get_logger
 from shared.messages import Message, SendSignupNotice, SendVerifyEmail
 
@@ -27,7 +28,7 @@ log = get_logger()
 
 _UNIQUE_VIOLATION = "23505"
 # Compared against when the id is unknown, so that an unknown id costs the same comparison as a known one.
-_NO_CODE = secrets.token_urlsafe(32)
+_NO_CODE_DIGEST = code_digest(secrets.token_urlsafe(32))
 
 
 # users.password_changed_at's default: what a new user's answer carries.
@@ -236,10 +237,10 @@ async def _verify(
                 sa.select(verify_emails).where(verify_emails.c.id == email_id).with_for_update()
             )
         ).one_or_none()
-        # compare_digest: the time taken must not tell an attacker how much of a guessed code was right,
-        # nor (comparing against a stand-in) whether the id exists.
-        expected = _NO_CODE if row is None else row.secret_code
-        if not hmac.compare_digest(expected.encode(), secret_code.encode()) or row is None:
+        # The row holds the code's SHA-256 only. compare_digest: the time taken must not tell an attacker
+        # how much of a guess was right, nor (comparing against a stand-in) whether the id exists.
+        expected = _NO_CODE_DIGEST if row is None else row.code_sha256
+        if not hmac.compare_digest(expected.encode(), code_digest(secret_code).encode()) or row is None:
             raise VerifyEmailNotFound
         if row.is_used:
             return False

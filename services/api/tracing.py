@@ -6,12 +6,15 @@ import re
 import time
 import uuid
 from contextlib import nullcontext
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.trace import ReadableSpan
 
 from shared.logging import get_logger
 
@@ -25,7 +28,33 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # W3C traceparent: version-traceid-parentid-flags; the 32-hex trace id is the part we keep.
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
+# The span attributes that hold the request's URL or query string, in either semantic-conventions mode.
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target")
+_QUERY_ATTRIBUTE = "url.query"
+REDACTED = "REDACTED"
+
 log = get_logger()
+
+
+def redact_query_string(span: trace.Span, scope: dict[str, Any]) -> None:
+    """The server span's URL with every query value replaced by ``REDACTED`` (the names stay).
+
+    The ASGI instrumentation's documented ``server_request_hook``, given to Litestar's OpenTelemetry plugin:
+    the verification link carries its code in the query string, and the instrumentation records the whole
+    URL (it redacts only a few cloud providers' signature parameters).
+    """
+    raw = scope.get("query_string") or b""
+    if not raw or not span.is_recording() or not isinstance(span, ReadableSpan):
+        return
+    names = [name for name, _ in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)]
+    query = urlencode([(name, REDACTED) for name in names]) or REDACTED
+    recorded = span.attributes or {}
+    for name in _URL_ATTRIBUTES:
+        value = recorded.get(name)
+        if isinstance(value, str) and "?" in value:
+            span.set_attribute(name, f"{value.split('?', 1)[0]}?{query}")
+    if _QUERY_ATTRIBUTE in recorded:
+        span.set_attribute(_QUERY_ATTRIBUTE, query)
 
 
 def request_id_from_headers(headers: dict[str, str]) -> str:

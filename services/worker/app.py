@@ -20,6 +20,7 @@ from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
 from shared.broker import POLL_MS, StreamsBroker, create_broker
 from shared.database import create_engine
+from shared.keys import server_key
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
@@ -82,6 +83,7 @@ def build_worker(
 ) -> tuple[StreamsBroker, WorkerContext]:
     """The worker's broker (``poll_ms``: see ``StreamsBroker``) with its middleware and actors, and the
     context its messages share."""
+    server_key(settings.worker_code_secret, setting="WORKER_CODE_SECRET")  # an unset key warns at start
     context = WorkerContext(
         settings=settings,
         mailer=mailer or SmtpMailer(settings),

@@ -7,7 +7,6 @@ context=..., message_id=..., connection=...)`` by the actor that ``services.work
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -19,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.worker.emails import render_email
 from services.worker.errors import UserNotVisible
+from services.worker.mailbox import mailbox_allows
 from shared.database import sent_notices, users, verify_emails
+from shared.keys import code_digest, server_key, verification_code
 from shared.logging import get_logger
 from shared.messages import SendSignupNotice, SendVerifyEmail
 
@@ -39,11 +40,11 @@ _USER = (
 _CREATED = (
     insert(verify_emails)
     .from_select(
-        ["username", "email", "secret_code", "event_id", "expired_at"],
+        ["username", "email", "code_sha256", "event_id", "expired_at"],
         sa.select(
             _USER.c.username,
             _USER.c.email,
-            sa.bindparam("code", type_=sa.String()),
+            sa.bindparam("digest", type_=sa.String()),
             sa.bindparam("event", type_=sa.Uuid()),
             sa.bindparam("expires", type_=sa.DateTime(timezone=True)),
         ).where(sa.not_(_USER.c.is_email_verified)),
@@ -58,8 +59,8 @@ created for the event (the message id, the idempotency key) as ``email_id``: NUL
 One round trip::
 
     WITH u AS (SELECT username, email, full_name, is_email_verified FROM users WHERE username = :username),
-         created AS (INSERT INTO verify_emails (username, email, secret_code, event_id, expired_at)
-                     SELECT username, email, :code, :event, :expires FROM u
+         created AS (INSERT INTO verify_emails (username, email, code_sha256, event_id, expired_at)
+                     SELECT username, email, :digest, :event, :expires FROM u
                      WHERE NOT is_email_verified
                      ON CONFLICT (event_id) DO NOTHING RETURNING id)
     SELECT u.*, (SELECT id FROM created) AS email_id FROM u
@@ -69,7 +70,9 @@ _LOCK_ROW = sa.select(verify_emails).where(verify_emails.c.id == sa.bindparam("e
 _MARK_SENT = (
     verify_emails.update()
     .where(verify_emails.c.id == sa.bindparam("email_id"))
-    .values(sent_at=sa.bindparam("now"), expired_at=sa.bindparam("expires"))
+    .values(
+        sent_at=sa.bindparam("now"), expired_at=sa.bindparam("expires"), code_sha256=sa.bindparam("digest")
+    )
 )
 
 
@@ -79,7 +82,7 @@ async def prepare_statements(connection: AsyncConnection) -> None:
     message on that connection skips both (a few milliseconds on a fresh process's first message)."""
     now = datetime.now(UTC)
     # No user is named "" (usernames have 3 characters at least), and row ids start at 1.
-    nothing = {"username": "", "code": "", "event": uuid.uuid4(), "expires": now, "email_id": 0, "now": now}
+    nothing = {"username": "", "digest": "", "event": uuid.uuid4(), "expires": now, "email_id": 0, "now": now}
     for statement in (LOAD_USER_AND_ENSURE_ROW, _ROW_OF_EVENT, _LOCK_ROW, _MARK_SENT):
         await connection.execute(statement, nothing)
 
@@ -98,6 +101,8 @@ async def send_verify_email(
     settings = context.settings
     event_id = uuid.UUID(message_id)
     ttl = timedelta(minutes=settings.verify_email_ttl_minutes)
+    # The same code on every delivery of this message: a redelivery after a crash sends the same link.
+    code = verification_code(server_key(settings.worker_code_secret, setting="WORKER_CODE_SECRET"), event_id)
     # SQLAlchemy Core on the message's one connection, without the ORM session's bookkeeping per statement:
     # every round trip before the send is on the way from the commit to the inbox. The first statement is a
     # transaction of its own (autocommit: no BEGIN and COMMIT round trips around it).
@@ -107,7 +112,7 @@ async def send_verify_email(
             LOAD_USER_AND_ENSURE_ROW,
             {
                 "username": command.username,
-                "code": secrets.token_urlsafe(32),
+                "digest": code_digest(code),
                 "event": event_id,
                 "expires": datetime.now(UTC) + ttl,
             },
@@ -133,7 +138,11 @@ async def send_verify_email(
         if row.sent_at is not None:
             log.info("duplicate delivery; email already sent", username=command.username)
             return
-        link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=row.secret_code)
+        if not await mailbox_allows(connection, row.email, per_day=settings.mailbox_max_emails_per_day):
+            context.metrics.emails_capped.labels(kind="verify_email").inc()
+            log.warning("mailbox daily cap reached; nothing sent", username=command.username)
+            return
+        link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=code)
         email = render_email(
             "verify_email",
             settings=settings,
@@ -146,8 +155,12 @@ async def send_verify_email(
         )
         await context.mailer.send(email)
         now = datetime.now(UTC)
-        # The link's lifetime starts when the email leaves, not when the first attempt began.
-        await connection.execute(_MARK_SENT, {"email_id": email_id, "now": now, "expires": now + ttl})
+        # The link's lifetime starts when the email leaves, not when the first attempt began. The digest is
+        # written again: a row made by a process with another key (an unset WORKER_CODE_SECRET draws one
+        # per process) would otherwise not match the code this email carries.
+        await connection.execute(
+            _MARK_SENT, {"email_id": email_id, "now": now, "expires": now + ttl, "digest": code_digest(code)}
+        )
     context.metrics.emails_sent.labels(kind="verify_email").inc()
     log.info("verification email sent", username=command.username, email=row.email, verify_email_id=email_id)
 
@@ -182,6 +195,12 @@ async def send_signup_notice(
         recorded = await connection.execute(_NOTICE_RECORD, {"event": event, "username": command.username})
         if recorded.one_or_none() is None:
             log.info("duplicate delivery; notice already sent", username=command.username)
+            return
+        if not await mailbox_allows(
+            connection, user.email, per_day=context.settings.mailbox_max_emails_per_day
+        ):
+            context.metrics.emails_capped.labels(kind="signup_notice").inc()
+            log.warning("mailbox daily cap reached; nothing sent", username=command.username)
             return
         email = render_email(
             "signup_notice",

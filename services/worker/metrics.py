@@ -25,6 +25,12 @@ class WorkerMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.emails_capped = Counter(
+            "signup_worker_emails_capped_total",
+            "Emails not sent: their mailbox had MAILBOX_MAX_EMAILS_PER_DAY already, by kind of email",
+            ["kind"],
+            registry=self.registry,
+        )
         self.retries = Counter(
             "signup_worker_retries_total",
             "Failed attempts scheduled for a retry, by message (actor)",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -136,6 +138,25 @@ async def test_the_key_is_never_stored_or_logged(client, db, sensitive) -> None:
     async with db.connect() as connection:
         row = (await connection.execute(idempotency_keys.select())).one()
     assert secret_key not in (row.key_hash, row.fingerprint) and b"correct horse" not in row.response
+
+
+async def test_a_database_reader_cannot_test_a_password_guess_against_the_fingerprint(client, db) -> None:
+    """Keys are the client's choice and often guessable; with the key, the table must still not confirm a
+    guessed password: the fingerprint is keyed by the server's secret and leaves the password out."""
+    key = "1"
+    sent = {**signup_body(), "password": "correct horse"}
+    raw = json.dumps(sent).encode()
+    headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+    assert (await client.post("/v1/create_user", content=raw, headers=headers)).status_code == 200
+    async with db.connect() as connection:
+        row = (await connection.execute(idempotency_keys.select())).one()
+    for guess in ("wrong guess", "correct horse"):
+        body = json.dumps({**sent, "password": guess}).encode()
+        assert row.fingerprint != hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+    # Not over the password at all: a retry that changes only the password is the same request.
+    retry = json.dumps({**sent, "password": "another one"}).encode()
+    replayed = await client.post("/v1/create_user", content=retry, headers=headers)
+    assert replayed.status_code == 200 and replayed.headers["idempotent-replayed"] == "true"
 
 
 async def test_a_client_that_leaves_before_the_commit_leaves_no_user(db, settings, log_tee) -> None:

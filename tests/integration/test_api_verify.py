@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
 from shared.database import users, verify_emails
+from shared.keys import code_digest
 from shared.settings import Settings
 
 
@@ -38,7 +39,7 @@ async def add_link(engine: AsyncEngine, *, expires_in: timedelta = timedelta(min
                 .values(
                     username="alice",
                     email="alice@example.com",
-                    secret_code=code,
+                    code_sha256=code_digest(code),
                     event_id=uuid.uuid4(),
                     expired_at=datetime.now(UTC) + expires_in,
                 )

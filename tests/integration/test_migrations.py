@@ -11,6 +11,7 @@ import uuid
 import asyncpg
 
 from lab.harness.database import drop_database, with_database
+from shared.keys import code_digest
 from tests.conftest import PG_ADMIN_URL
 
 
@@ -70,3 +71,32 @@ async def test_the_database_is_created_in_utf8_whatever_the_servers_default(data
     finally:
         await connection.close()
     assert encoding == "UTF8" and stored == name
+
+
+async def test_codes_stored_before_0007_become_their_digests_and_their_links_keep_working(
+    database_url: str,
+) -> None:
+    name = f"signup_migrate_{uuid.uuid4().hex[:8]}"
+    url = with_database(PG_ADMIN_URL, name)
+    code = "c" * 43
+    try:
+        assert run_migrate(url, "--revision", "0006_security").wait(timeout=60) == 0
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(
+                "INSERT INTO users (username, hashed_password, full_name, email)"
+                " VALUES ('alice', 'x', 'A', 'a@x.io')"
+            )
+            await connection.execute(
+                "INSERT INTO verify_emails (username, email, secret_code, event_id, expired_at)"
+                " VALUES ('alice', 'a@x.io', $1, $2, now())",
+                code,
+                uuid.uuid4(),
+            )
+            assert run_migrate(url).wait(timeout=60) == 0
+            stored = await connection.fetchval("SELECT code_sha256 FROM verify_emails")
+        finally:
+            await connection.close()
+        assert stored == code_digest(code)
+    finally:
+        await drop_database(PG_ADMIN_URL, name)

@@ -26,10 +26,12 @@ from services.worker.emails import render_email
 from services.worker.errors import PermanentError
 from services.worker.handlers import send_verify_email
 from shared.database import outbox, users, verify_emails
+from shared.keys import code_digest, server_key, verification_code
 from shared.messages import SendVerifyEmail
 from tests.integration.conftest import resends_done
 from tests.integration.relay_helpers import running_relay
 from tests.integration.test_api_signup import count, signup_body
+from tests.integration.test_resend_flow import link_in
 from tests.integration.test_tracing import finished
 from tests.integration.test_worker import running_worker
 
@@ -50,7 +52,7 @@ async def add_code(
                 .values(
                     username=username,
                     email=f"{username}@example.com",
-                    secret_code=code,
+                    code_sha256=code_digest(code),
                     event_id=uuid.uuid4(),
                     expired_at=datetime.now(UTC) + expires_in,
                 )
@@ -73,10 +75,36 @@ async def click(client, email_id: int, code: str):
 # --- the verification link ---------------------------------------------------------------------------
 
 
-async def test_the_database_refuses_a_secret_code_shorter_than_32_chars(client, db) -> None:
+async def test_the_database_refuses_a_code_column_that_is_not_a_sha256_digest(client, db) -> None:
     await add_user(client)
-    with pytest.raises(IntegrityError, match="verify_emails_secret_code_length"):
-        await add_code(db, code="x" * 31)
+    async with db.begin() as connection:
+        row = verify_emails.insert().values(
+            username="alice",
+            email="alice@example.com",
+            code_sha256=secrets.token_urlsafe(48),  # a code, not a digest
+            event_id=uuid.uuid4(),
+            expired_at=datetime.now(UTC),
+        )
+        with pytest.raises(IntegrityError, match="verify_emails_code_sha256_hex"):
+            await connection.execute(row)
+
+
+async def test_a_database_reader_cannot_verify_with_what_the_row_holds(
+    client, db, settings, sensitive
+) -> None:
+    """The row keeps the code's SHA-256 only: whoever reads the table (a backup, a replica, an injection)
+    has nothing to put in a link."""
+    await add_user(client)
+    mailer = await worker_sends(db, settings)
+    query = link_query(mailer)
+    sensitive.append(query.split("secret_code=")[1])
+    async with db.connect() as connection:
+        row = (await connection.execute(sa.select(verify_emails))).one()
+    assert query.split("secret_code=")[1] not in str(tuple(row))
+    for stolen in (row.code_sha256, row.code_sha256[:43]):
+        assert (await click(client, row.id, stolen)).status_code == 404
+    assert not await verified(db)
+    assert (await client.get(f"/v1/verify_email?{query}")).status_code == 200
 
 
 async def test_a_code_verifies_once_and_a_second_click_changes_nothing(client, db, sensitive) -> None:
@@ -138,8 +166,8 @@ async def test_an_expired_code_is_410_and_verifies_nothing(client, db) -> None:
 
 
 async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) -> None:
-    """Every answer costs one constant-time comparison of the guess against a code of the same length:
-    a wrong code, an unknown id (against a stand-in code) and the right code alike."""
+    """Every answer costs one constant-time comparison of the guess's digest against a stored digest:
+    a wrong code, an unknown id (against a stand-in digest) and the right code alike."""
     calls: list[tuple[bytes, bytes]] = []
     original = hmac.compare_digest
 
@@ -156,10 +184,11 @@ async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) ->
     assert (await click(client, email_id, guess)).status_code == 404
     assert (await click(client, email_id + 1, guess)).status_code == 404
     assert (await click(client, email_id, code)).status_code == 200
-    assert [given for _, given in calls] == [guess.encode(), guess.encode(), code.encode()]
+    guessed, right = code_digest(guess).encode(), code_digest(code).encode()
+    assert [given for _, given in calls] == [guessed, guessed, right]
     expected = [stored for stored, _ in calls]
-    assert expected[0] == expected[2] == code.encode()
-    assert expected[1] != code.encode() and len(expected[1]) == len(code.encode())
+    assert expected[0] == expected[2] == right
+    assert expected[1] != right and len(expected[1]) == len(right)
 
 
 # --- the worker's side of the link --------------------------------------------------------------------
@@ -173,9 +202,13 @@ class RecordingMailer:
         self.sent.append(message)
 
 
-async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> RecordingMailer:
-    """Run the worker's use case for one new message to ``username``, with a recording mailer."""
-    mailer = RecordingMailer()
+async def worker_sends(
+    db: AsyncEngine, settings, username: str = "alice", *, mailer: RecordingMailer | None = None
+) -> RecordingMailer:
+    """Run the worker's use case for one new message to ``username``, with a recording mailer (``mailer``:
+    one the caller keeps, which then may send nothing)."""
+    given = mailer
+    mailer = mailer or RecordingMailer()
     async with db.connect() as connection:
         await send_verify_email(
             SendVerifyEmail(username=username),
@@ -183,39 +216,37 @@ async def worker_sends(db: AsyncEngine, settings, username: str = "alice") -> Re
             message_id=str(uuid.uuid4()),
             connection=connection,
         )
-    assert len(mailer.sent) == 1
+    assert given is not None or len(mailer.sent) == 1
     return mailer
 
 
-async def test_the_worker_draws_codes_of_32_chars_or_more_from_secrets(
-    client, db, settings, monkeypatch, sensitive
+async def test_each_message_gets_a_256_bit_code_keyed_by_the_worker_secret(
+    client, db, settings, sensitive
 ) -> None:
-    drawn: list[str] = []
-    original = secrets.token_urlsafe
-
-    def recording(nbytes: int | None = None) -> str:
-        drawn.append(original(nbytes))
-        return drawn[-1]
-
-    monkeypatch.setattr(secrets, "token_urlsafe", recording)
     await add_user(client)
-    await worker_sends(db, settings)
-    await worker_sends(db, settings)
-
-    async with db.connect() as connection:
-        codes = (await connection.execute(sa.select(verify_emails.c.secret_code))).scalars().all()
+    queries = [link_query(await worker_sends(db, settings)), link_query(await worker_sends(db, settings))]
+    codes = [query.split("secret_code=")[1] for query in queries]
     sensitive.extend(codes)
-    assert sorted(codes) == sorted(drawn) and len(set(codes)) == 2
-    assert all(len(code) >= 32 for code in codes)
+    assert len(set(codes)) == 2 and all(len(code) == 43 for code in codes)  # 32 bytes, base64url
+    async with db.connect() as connection:
+        rows = (await connection.execute(sa.select(verify_emails).order_by(verify_emails.c.id))).all()
+    key = server_key(settings.worker_code_secret, setting="WORKER_CODE_SECRET")
+    assert codes == [verification_code(key, row.event_id) for row in rows]
+    assert verification_code(b"another key" * 3, rows[0].event_id) != codes[0]
+
+
+def link_query(mailer: RecordingMailer) -> str:
+    """The query string of the verification link in the one email ``mailer`` recorded."""
+    text = mailer.sent[-1].get_body(("plain",))
+    assert text is not None
+    link = next(word for word in str(text.get_content()).split() if "/v1/verify_email?" in word)
+    return link.split("?", 1)[1]
 
 
 async def test_a_code_the_worker_sent_verifies_once(client, db, settings, sensitive) -> None:
     await add_user(client)
     mailer = await worker_sends(db, settings)
-    text = mailer.sent[0].get_body(("plain",))
-    assert text is not None
-    link = next(word for word in text.get_content().split() if "/v1/verify_email?" in word)
-    query = link.split("?", 1)[1]
+    query = link_query(mailer)
     sensitive.append(query.split("secret_code=")[1])
 
     first = await client.get(f"/v1/verify_email?{query}")
@@ -460,10 +491,11 @@ async def test_no_secret_or_address_in_any_span(spans, client, db: AsyncEngine, 
             done = await finished(spans, "smtp send")
     async with db.connect() as connection:
         user = (await connection.execute(sa.select(users))).one()
-        code = (await connection.execute(sa.select(verify_emails.c.secret_code))).scalar_one()
+        digest = (await connection.execute(sa.select(verify_emails.c.code_sha256))).scalar_one()
+    code = link_in(sink.received[-1])["secret_code"]  # its "smtp send" span has ended: it was received
     exported = json.dumps([json.loads(span.to_json()) for span in done])
     assert "smtp send" in exported and "INSERT INTO users" in exported
-    for secret in ("alice@example.com", "correct horse", user.hashed_password, code):
+    for secret in ("alice@example.com", "correct horse", user.hashed_password, code, digest):
         assert secret not in exported
 
 

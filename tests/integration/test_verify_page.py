@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from shared.database import outbox, users, verify_emails
+from shared.keys import code_digest
 from tests.integration.conftest import resends_done
 from tests.integration.test_api_verify import add_link, is_verified
 
@@ -109,7 +110,7 @@ async def test_superseded_says_a_newer_email_was_sent(client, db, sensitive) -> 
             verify_emails.insert().values(
                 username="alice",
                 email="alice@example.com",
-                secret_code=secrets.token_urlsafe(32),
+                code_sha256=code_digest(secrets.token_urlsafe(32)),
                 event_id=uuid.uuid4(),
                 expired_at=datetime.now(UTC) + timedelta(minutes=15),
                 sent_at=datetime.now(UTC),

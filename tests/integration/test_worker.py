@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.worker.app import build_worker, warm_up
 from shared.broker import StreamsBroker
 from shared.database import users, verify_emails
+from shared.keys import code_digest
 from shared.settings import Settings
 from tests.conftest import LogTee
 from tests.support import Delivery, SmtpSink, repo_root, wait_for
@@ -107,15 +109,19 @@ async def test_one_email_with_a_working_link_and_a_deterministic_message_id(
         broker.enqueue(message)
         mails = await wait_for(lambda: _received(sink), timeout=10, what="the email")
     (row,) = await sent_rows(db)
-    sensitive.append(row.secret_code)
     mail = mails[0]
     assert mail.recipients == (email,) and mail.message_id == f"<{message.message_id}@signup-outbox>"
     text = mail.message.get_payload(0)
     assert isinstance(text, EmailMessageBase)
     body = text.get_payload(decode=True)
     assert isinstance(body, bytes)
-    assert f"/v1/verify_email?email_id={row.id}&secret_code={row.secret_code}".encode() in body
-    assert len(row.secret_code) >= 32 and row.sent_at is not None and str(row.event_id) == message.message_id
+    link = re.search(rb"/v1/verify_email\?email_id=(\d+)&secret_code=([A-Za-z0-9_-]+)", body)
+    assert link is not None and int(link.group(1)) == row.id
+    code = link.group(2).decode()
+    sensitive.append(code)
+    assert len(code) >= 43
+    assert row.code_sha256 == code_digest(code) and code not in str(row)  # the row holds the digest alone
+    assert row.sent_at is not None and str(row.event_id) == message.message_id
     (line,) = logged(log_tee, "verification email sent")[-1:]
     assert (line["request_id"], line["message_id"], line["username"]) == (
         "trace-w1",

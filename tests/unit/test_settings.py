@@ -51,16 +51,25 @@ def test_repr_and_str_hide_the_smtp_password_and_the_url_passwords() -> None:
     settings = load_settings(
         {
             "SMTP_PASSWORD": "hunter2",
+            "WORKER_CODE_SECRET": "code-secret-" + "k" * 32,
             "DATABASE_URL": "postgresql+asyncpg://app:pg-secret@db.internal:5432/signup",
             "REDIS_URL": "redis://:redis-secret@cache.internal:6379/0",
         }
     )
     for shown in (repr(settings), str(settings), f"{settings}"):
+        assert "kkkk" not in shown
         assert not {"hunter2", "pg-secret", "redis-secret"} & set(re.findall(r"[\w-]+", shown)), shown
         # What is not secret stays, so that the line still says where the process connects.
         assert "postgresql+asyncpg://app:***@db.internal:5432/signup" in shown
         assert "redis://:***@cache.internal:6379/0" in shown
     assert settings.database_url.endswith("app:pg-secret@db.internal:5432/signup")  # hidden, not changed
+
+
+def test_a_key_setting_shorter_than_32_characters_is_refused_without_being_shown() -> None:
+    with pytest.raises(SettingsError, match=r"^WORKER_CODE_SECRET is invalid: a key needs 32") as raised:
+        load_settings({"WORKER_CODE_SECRET": "short-key"})
+    assert "short-key" not in str(raised.value)
+    assert load_settings({"WORKER_CODE_SECRET": ""}).worker_code_secret == ""  # empty: random per process
 
 
 def test_an_invalid_url_is_reported_without_its_password() -> None:

@@ -5,8 +5,8 @@
 the console's charts read the last hour of signups and sends, its search find a request id, and a signup's
 timeline find its events by the payload's username, without reading the tables.
 
-Revision ID: 0007_console
-Revises: 0006_security
+Revision ID: 0009_console
+Revises: 0008_mailbox_sends
 Create Date: 2026-12-01
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_console"
-down_revision = "0006_security"
+revision = "0009_console"
+down_revision = "0008_mailbox_sends"
 branch_labels = None
 depends_on = None
 
