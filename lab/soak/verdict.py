@@ -14,6 +14,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from lab.harness.load import Signup
 from lab.harness.measure import latency_of
@@ -176,9 +177,12 @@ def judge_resends(
     In the database: no counted resend sooner than ``min_interval_s`` after the user's signup or previous
     resend, nor more than ``max_per_day``. On the soak's clock (PostgreSQL's ``now()`` is the same clock):
     a request answered less than the interval after its user's ``created_at`` had to be refused, so no
-    resend may be counted while it ran; a ``later`` request
+    resend may be counted on its behalf; a ``later`` request
     sent more than the interval after every earlier answer for its user, while fewer than ``max_per_day``
-    resends were counted and the address unverified, had to pass, so one must be counted while it ran.
+    resends were counted and the address unverified, had to pass, so one must be counted on its behalf.
+    The API answers a resend before it does the work (so that the answer's timing says nothing), so a
+    resend counted on a request's behalf is one counted after the request was sent and before its user's
+    next request was.
     """
     times: dict[str, list[float]] = defaultdict(list)
     for username, at in resends.values():
@@ -196,13 +200,21 @@ def judge_resends(
     answered: dict[str, list[float]] = defaultdict(list)
     for signup in signups:
         answered[signup.username].append(signup.committed_at)
-    for request in sorted(requests, key=lambda r: r.sent_at):
+    ordered = sorted(requests, key=lambda r: r.sent_at)
+    next_sent: dict[int, float] = {}
+    last_of: dict[str, Any] = {}
+    for request in ordered:
+        if request.username in last_of:
+            next_sent[id(last_of[request.username])] = request.sent_at
+        last_of[request.username] = request
+    for request in ordered:
         earlier = list(answered[request.username])
         answered[request.username].append(request.answered_at)
         if request.status != 202:
             continue
         counted = times.get(request.username, [])
-        during = any(request.sent_at <= at <= request.answered_at for at in counted)
+        until = next_sent.get(id(request), float("inf"))
+        during = any(request.sent_at <= at < until for at in counted)
         if request.answered_at < users[request.username][1].timestamp() + min_interval_s:
             verdict.resends_had_to_refuse += 1
             if during:

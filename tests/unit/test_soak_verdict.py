@@ -84,6 +84,13 @@ def test_limits_kept_both_ways() -> None:
     assert verdict.ok and verdict.resends_had_to_refuse == 1 and verdict.resends_had_to_pass == 1
 
 
+def test_a_resend_counted_after_its_answer_counts_for_its_request() -> None:
+    """The API answers a resend before it does the work: the row comes after the answer, before the user's
+    next request."""
+    verdict = judged_resends([REPEAT, LATER], [T0 + 6.5])
+    assert verdict.ok and verdict.resends_had_to_pass == 1
+
+
 def test_a_refused_request_that_had_to_pass_is_found() -> None:
     verdict = judged_resends([REPEAT, LATER], [])
     assert verdict.resends_refused_wrongly and not verdict.ok
