@@ -7,7 +7,7 @@ the session's CSRF token (else 403). Actions are logged with the operator's name
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -16,6 +16,7 @@ from litestar.response import Redirect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.admin.auth import LOGIN_COOKIE, SESSION_COOKIE, SESSION_S, Guard, Session, same_origin
+from services.admin.queries import SENT_PER_MINUTE, SIGNUPS_PER_MINUTE, MinuteCounts
 from services.admin.render import html
 from shared.broker import StreamsBroker
 from shared.logging import get_logger
@@ -31,6 +32,9 @@ class Console:
     engine: AsyncEngine
     broker: StreamsBroker
     secure_cookies: bool
+    signups: MinuteCounts = field(default_factory=lambda: MinuteCounts(SIGNUPS_PER_MINUTE))
+    sent: MinuteCounts = field(default_factory=lambda: MinuteCounts(SENT_PER_MINUTE))
+    """The overview's per-minute charts, closed minutes remembered (``queries.MinuteCounts``)."""
 
 
 class NotLoggedIn(Exception):
