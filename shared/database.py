@@ -162,6 +162,22 @@ dead_letter_actions = sa.Table(
     sa.Index("dead_letter_actions_message_idx", "message_id"),
 )
 
+# Every attempt the worker made to send an email (services/worker/attempts.py): a signup's timeline shows
+# them. No address, no code: the SMTP reply's text is masked and cut to 200 characters.
+email_attempts = sa.Table(
+    "email_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False),  # the message id
+    sa.Column("attempt", sa.Integer, nullable=False),  # 1 for the message's first attempt
+    sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("outcome", sa.String(16), nullable=False),  # sent | deferred | rejected | failed
+    sa.Column("smtp_code", sa.SmallInteger),
+    sa.Column("detail", sa.String(200)),
+    sa.Index("email_attempts_event_idx", "event_id", "attempt"),
+    sa.Index("email_attempts_attempted_at_idx", "attempted_at"),
+)
+
 # Constraint names the API maps to the field a 409 names (see migrations/versions/0001_initial.py).
 USERNAME_TAKEN_CONSTRAINT = "users_pkey"
 EMAIL_TAKEN_CONSTRAINT = "users_email_lower_key"

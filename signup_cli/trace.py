@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shared.database import (
     create_engine,
     dead_letter_actions,
+    email_attempts,
     outbox,
     users,
     verify_email_resends,
@@ -61,6 +62,14 @@ async def load_timeline(connection: AsyncConnection, username: str) -> tuple[lis
             )
         )
     ).all()
+    message_ids = {event.event_id for event in events} | {email.event_id for email in emails}
+    sends = (
+        await connection.execute(
+            sa.select(email_attempts)
+            .where(email_attempts.c.event_id.in_(message_ids))
+            .order_by(email_attempts.c.event_id, email_attempts.c.attempt)
+        )
+    ).all()
     steps: list[Step] = [(user.created_at, "user created")]
     for event in events:
         steps.append(
@@ -88,6 +97,15 @@ async def load_timeline(connection: AsyncConnection, username: str) -> tuple[lis
                 action.acted_at,
                 f"dead letter {action.action} by {action.operator}  event_id={action.message_id} "
                 f"last_error={action.error}",
+            )
+        )
+    for send in sends:
+        answer = f"  smtp={send.smtp_code}" if send.smtp_code is not None else ""
+        detail = f"  {send.detail}" if send.detail else ""
+        steps.append(
+            (
+                send.attempted_at,
+                f"email attempt {send.attempt} {send.outcome}  event_id={send.event_id}{answer}{detail}",
             )
         )
     for resend in resends:

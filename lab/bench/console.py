@@ -45,8 +45,8 @@ SELECT gen_random_uuid(), 'send_verify_email', 'critical',
 FROM generate_series(1, $1) AS g, LATERAL (SELECT now() - make_interval(secs => g * 7200.0 / $1) AS at) AS t
 """
 _EMAILS = """
-INSERT INTO verify_emails (username, email, secret_code, event_id, created_at, expired_at, sent_at)
-SELECT username, email, repeat('c', 43), gen_random_uuid(), created_at,
+INSERT INTO verify_emails (username, email, code_sha256, event_id, created_at, expired_at, sent_at)
+SELECT username, email, repeat('c', 64), gen_random_uuid(), created_at,
        created_at + interval '15 minutes', created_at
 FROM users
 """
@@ -69,9 +69,21 @@ def _pages(rows: int) -> dict[str, Callable[[AsyncConnection], Awaitable[Any]]]:
     now = datetime.now(UTC)
     since = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
 
+    async def overview_first(connection: AsyncConnection) -> None:
+        # A console that just started: the whole hour counted (what every load cost before).
+        await queries.MinuteCounts(queries.SIGNUPS_PER_MINUTE).read(connection, since, now)
+        await queries.MinuteCounts(queries.SENT_PER_MINUTE).read(connection, since, now)
+        await queries.outbox_state(connection)
+
+    signups, sent = (
+        queries.MinuteCounts(queries.SIGNUPS_PER_MINUTE),
+        queries.MinuteCounts(queries.SENT_PER_MINUTE),
+    )
+
     async def overview(connection: AsyncConnection) -> None:
-        await queries.per_minute(connection, queries.SIGNUPS_PER_MINUTE, since)
-        await queries.per_minute(connection, queries.SENT_PER_MINUTE, since)
+        # Every later load (a refresh): the closed minutes are remembered, the open ones counted.
+        await signups.read(connection, since, now)
+        await sent.read(connection, since, now)
         await queries.outbox_state(connection)
 
     async def signup_by_email(connection: AsyncConnection) -> None:
@@ -91,6 +103,7 @@ def _pages(rows: int) -> dict[str, Callable[[AsyncConnection], Awaitable[Any]]]:
         await queries.unhandled_page(connection, after=(now - timedelta(minutes=90), 0))
 
     return {
+        "overview, first load": overview_first,
         "overview": overview,
         "signup (by email)": signup_by_email,
         "signup (by request id)": signup_by_request_id,
@@ -129,9 +142,9 @@ async def console_section(plan: BenchPlan, *, work_dir: Path, pg: str) -> Sectio
         notes=[
             f"worst p99 {ms(worst)} ms, {'within' if worst * 1000 <= BOUND_MS else 'above'} the bound of "
             f"{BOUND_MS:g} ms. Every list is a keyset page and every count is capped, on an index "
-            "(tests/integration/test_console_queries.py checks the plans); the overview's per-minute "
-            "counts read every signup and sent email of the last hour, so their cost follows the last "
-            "hour's traffic, not the table's size.",
+            "(tests/integration/test_console_queries.py checks the plans). The overview's per-minute "
+            "counts read every signup and sent email of the last hour on a console's first load only; "
+            "later loads remember the closed minutes and count the last ~3 (queries.MinuteCounts).",
             f"{rows:,} outbox rows over two hours (1 % unpublished, 1 % unhandled), "
             f"{max(1, rows // 10):,} users each with a sent email; {REPEATS} runs per page on one "
             "connection after a warm-up run.",

@@ -7,7 +7,7 @@ the session's CSRF token (else 403). Actions are logged with the operator's name
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -16,6 +16,8 @@ from litestar.response import Redirect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.admin.auth import LOGIN_COOKIE, SESSION_COOKIE, SESSION_S, Guard, Session, same_origin
+from services.admin.login_limits import LoginLimiter
+from services.admin.queries import SENT_PER_MINUTE, SIGNUPS_PER_MINUTE, MinuteCounts
 from services.admin.render import html
 from shared.broker import StreamsBroker
 from shared.logging import get_logger
@@ -31,6 +33,11 @@ class Console:
     engine: AsyncEngine
     broker: StreamsBroker
     secure_cookies: bool
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    """Failed logins per client address and per name typed (429 past the limit)."""
+    signups: MinuteCounts = field(default_factory=lambda: MinuteCounts(SIGNUPS_PER_MINUTE))
+    sent: MinuteCounts = field(default_factory=lambda: MinuteCounts(SENT_PER_MINUTE))
+    """The overview's per-minute charts, closed minutes remembered (``queries.MinuteCounts``)."""
 
 
 class NotLoggedIn(Exception):
@@ -116,8 +123,21 @@ async def login(request: Request[Any, Any, Any]) -> Response[Any]:
         request.cookies.get(LOGIN_COOKIE), form.get("csrf")
     ):
         raise Refused
-    operator = console.guard.check(form.get("name", ""), form.get("password", ""))
+    name = form.get("name", "")
+    keys = console.limiter.keys(request.client.host if request.client else "", name)
+    wait = console.limiter.retry_after(keys)
+    if wait:
+        # The password is not checked: a right one must not be told apart while the limit holds.
+        log.warning("console login rate-limited", retry_after_s=wait)
+        return Response(
+            "Too many failed logins; try again later.\n",
+            status_code=429,
+            media_type="text/plain",
+            headers={"Retry-After": str(wait)},
+        )
+    operator = console.guard.check(name, form.get("password", ""))
     if operator is None:
+        console.limiter.failed(keys)
         log.warning("console login refused")  # neither the name nor the password: either may be a secret
         return _login_form(console, failed=True)
     log.info("console login", operator=operator)

@@ -25,8 +25,8 @@ async def overview(request: Request[Any, Any, Any]) -> Response[Any]:
     first = now.replace(second=0, microsecond=0) - timedelta(minutes=59)
     minutes = [first + timedelta(minutes=n) for n in range(60)]
     async with console.engine.connect() as connection:
-        signups = await queries.per_minute(connection, queries.SIGNUPS_PER_MINUTE, first)
-        sent = await queries.per_minute(connection, queries.SENT_PER_MINUTE, first)
+        signups = await console.signups.read(connection, first, now)
+        sent = await console.sent.read(connection, first, now)
         state = await queries.outbox_state(connection)
     redis_side = await asyncio.to_thread(_redis_side, console.broker)
     series = {

@@ -73,6 +73,36 @@ async def per_minute(
     return {row.minute: int(row.n) for row in rows}
 
 
+SETTLE = timedelta(minutes=2)
+"""A minute this long past is closed: the rows dated in it have committed (a signup's or a send's
+transaction lasts milliseconds; the margin covers that and modest clock skew between hosts)."""
+
+
+class MinuteCounts:
+    """``statement``'s counts by minute for the last hour, with the closed minutes remembered.
+
+    The first read counts the whole hour; each later one counts only from the first minute not yet closed
+    when it last read (about ``SETTLE``), so a refresh reads a few minutes' rows, not the hour's. The rows
+    stay the truth: nothing is counted twice or kept elsewhere, and a new process starts from them again.
+    """
+
+    def __init__(self, statement: sa.TextClause) -> None:
+        self.statement = statement
+        self._closed: dict[datetime, int] = {}
+        self._closed_until: datetime | None = None  # every minute before it is in _closed (or had none)
+
+    async def read(self, connection: AsyncConnection, first: datetime, now: datetime) -> dict[datetime, int]:
+        """Counts by minute from ``first`` (minutes without any are absent)."""
+        known = self._closed_until is not None and self._closed_until >= first
+        since = self._closed_until if known and self._closed_until is not None else first
+        counted = await per_minute(connection, self.statement, since)
+        settled = now.replace(second=0, microsecond=0) - SETTLE
+        self._closed = {m: n for m, n in self._closed.items() if m >= first} if known else {}
+        self._closed.update({m: n for m, n in counted.items() if m < settled})
+        self._closed_until = max(settled, since)
+        return {**self._closed, **{m: n for m, n in counted.items() if m >= settled}}
+
+
 async def outbox_state(connection: AsyncConnection) -> Outbox:
     backlog = (await connection.execute(BACKLOG, {"cap": COUNT_CAP + 1})).scalar_one()
     unhandled = (await connection.execute(UNHANDLED, {"cap": COUNT_CAP + 1})).scalar_one()

@@ -20,3 +20,22 @@ class PermanentError(Exception):
 
 class UserNotVisible(TransientError):
     """The message names a user the database does not show (yet): the course's race, retried here."""
+
+
+class SmtpDeferred(TransientError):
+    """The SMTP server answered 4xx. ``reply`` is its text, which may echo the address: never in a log line
+    nor in the message's ``last_error``, only masked in the attempt's record (``attempts``)."""
+
+    def __init__(self, code: int, reply: str = "") -> None:
+        super().__init__(f"SMTP deferred the message with {code}")
+        self.code = code
+        self.reply = reply
+
+
+class SmtpRejected(PermanentError):
+    """The SMTP server answered 5xx; ``reply`` as in ``SmtpDeferred``."""
+
+    def __init__(self, code: int, reply: str = "") -> None:
+        super().__init__(f"SMTP rejected the message with {code}")
+        self.code = code
+        self.reply = reply

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.worker import attempts
 from services.worker.emails import render_email
 from services.worker.errors import UserNotVisible
 from services.worker.mailbox import mailbox_allows
@@ -73,6 +74,8 @@ _MARK_SENT = (
     .values(
         sent_at=sa.bindparam("now"), expired_at=sa.bindparam("expires"), code_sha256=sa.bindparam("digest")
     )
+    # The attempt's record and a few old ones' purge ride along: no round trip of their own.
+    .add_cte(attempts.RECORD.cte("attempt"), attempts.PURGE.cte("purged"))
 )
 
 
@@ -82,7 +85,9 @@ async def prepare_statements(connection: AsyncConnection) -> None:
     message on that connection skips both (a few milliseconds on a fresh process's first message)."""
     now = datetime.now(UTC)
     # No user is named "" (usernames have 3 characters at least), and row ids start at 1.
-    nothing = {"username": "", "digest": "", "event": uuid.uuid4(), "expires": now, "email_id": 0, "now": now}
+    event = uuid.uuid4()
+    nothing = {"username": "", "digest": "", "event": event, "expires": now, "email_id": 0}
+    nothing |= attempts.sent(event, at=now, retention_hours=1)
     for statement in (LOAD_USER_AND_ENSURE_ROW, _ROW_OF_EVENT, _LOCK_ROW, _MARK_SENT):
         await connection.execute(statement, nothing)
 
@@ -133,34 +138,47 @@ async def send_verify_email(
     await connection.execution_options(isolation_level=connection.default_isolation_level)
     # The row (and its code) commits before anything is sent: a redelivery after a crash between the
     # send and the commit below sends the very same email (same link, same Message-ID), not a second one.
-    async with connection.begin():
-        row = (await connection.execute(_LOCK_ROW, {"email_id": email_id})).one()
-        if row.sent_at is not None:
-            log.info("duplicate delivery; email already sent", username=command.username)
-            return
-        if not await mailbox_allows(connection, row.email, per_day=settings.mailbox_max_emails_per_day):
-            context.metrics.emails_capped.labels(kind="verify_email").inc()
-            log.warning("mailbox daily cap reached; nothing sent", username=command.username)
-            return
-        link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=code)
-        email = render_email(
-            "verify_email",
-            settings=settings,
-            to=row.email,
-            message_id=message_id,
-            full_name=user.full_name,
-            username=command.username,
-            link=link,
-            minutes=settings.verify_email_ttl_minutes,
-        )
-        await context.mailer.send(email)
-        now = datetime.now(UTC)
-        # The link's lifetime starts when the email leaves, not when the first attempt began. The digest is
-        # written again: a row made by a process with another key (an unset WORKER_CODE_SECRET draws one
-        # per process) would otherwise not match the code this email carries.
-        await connection.execute(
-            _MARK_SENT, {"email_id": email_id, "now": now, "expires": now + ttl, "digest": code_digest(code)}
-        )
+    failure: dict[str, Any] | None = None
+    try:
+        async with connection.begin():
+            row = (await connection.execute(_LOCK_ROW, {"email_id": email_id})).one()
+            if row.sent_at is not None:
+                log.info("duplicate delivery; email already sent", username=command.username)
+                return
+            if not await mailbox_allows(connection, row.email, per_day=settings.mailbox_max_emails_per_day):
+                context.metrics.emails_capped.labels(kind="verify_email").inc()
+                log.warning("mailbox daily cap reached; nothing sent", username=command.username)
+                return
+            link = verify_link(base_url=settings.public_base_url, email_id=row.id, secret_code=code)
+            email = render_email(
+                "verify_email",
+                settings=settings,
+                to=row.email,
+                message_id=message_id,
+                full_name=user.full_name,
+                username=command.username,
+                link=link,
+                minutes=settings.verify_email_ttl_minutes,
+            )
+            try:
+                await context.mailer.send(email)
+            except Exception as exc:
+                failure = attempts.failed(event_id, exc, recipient=row.email)
+                raise
+            now = datetime.now(UTC)
+            # The link's lifetime starts when the email leaves, not when the first attempt began. The digest
+            # is written again: a row made by a process with another key (an unset WORKER_CODE_SECRET draws
+            # one per process) would otherwise not match the code this email carries.
+            await connection.execute(
+                _MARK_SENT,
+                {"email_id": email_id, "expires": now + ttl, "digest": code_digest(code)}
+                | attempts.sent(event_id, at=now, retention_hours=settings.outbox_retention_hours),
+            )
+    except Exception:
+        # After the rollback (which uncounted the mailbox's send): the failed attempt, in its own statement.
+        if failure is not None:
+            await _record_failure(connection, failure)
+        raise
     context.metrics.emails_sent.labels(kind="verify_email").inc()
     log.info("verification email sent", username=command.username, email=row.email, verify_email_id=email_id)
 
@@ -213,6 +231,14 @@ async def send_signup_notice(
         await context.mailer.send(email)
     context.metrics.emails_sent.labels(kind="signup_notice").inc()
     log.info("signup notice sent", username=command.username, email=user.email)
+
+
+async def _record_failure(connection: AsyncConnection, failure: dict[str, Any]) -> None:
+    """Record a failed attempt; a failure to record it is logged, never put in place of the send's error."""
+    try:
+        await attempts.record_failure(connection, failure)
+    except Exception as exc:
+        log.warning("email attempt not recorded", error=type(exc).__name__)
 
 
 def verify_link(*, base_url: str, email_id: int, secret_code: str) -> str:

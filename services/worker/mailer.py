@@ -8,7 +8,7 @@ from typing import Protocol
 import aiosmtplib
 from opentelemetry.trace import SpanKind
 
-from services.worker.errors import PermanentError, TransientError
+from services.worker.errors import PermanentError, SmtpDeferred, SmtpRejected, TransientError
 from shared.settings import Settings
 from shared.telemetry import tracer
 
@@ -49,9 +49,10 @@ class SmtpMailer:
             # Wrong credentials are the deployment's fault, not the message's: retry until someone fixes them.
             raise TransientError("SMTP login failed") from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise classify(exc.recipients[0].code if exc.recipients else 550) from None
+            refused = exc.recipients[0] if exc.recipients else None
+            raise classify(refused.code if refused else 550, refused.message if refused else "") from None
         except aiosmtplib.SMTPResponseException as exc:
-            raise classify(exc.code) from None
+            raise classify(exc.code, exc.message) from None
         except aiosmtplib.SMTPNotSupported:
             if _needs_smtputf8(message):
                 # aiosmtplib checks the server's EHLO before sending: this server will never take this
@@ -116,8 +117,9 @@ def _needs_smtputf8(message: EmailMessage) -> bool:
     return not str(message["To"]).isascii()
 
 
-def classify(code: int) -> Exception:
-    """SMTP reply ``code`` as our error; the server's text is left out (it may echo the address)."""
+def classify(code: int, reply: str = "") -> SmtpDeferred | SmtpRejected:
+    """SMTP reply ``code`` as our error; the server's text ``reply`` stays out of its message (it may echo
+    the address) and is kept on the error for the attempt's record, which masks it."""
     if 500 <= code < 600:
-        return PermanentError(f"SMTP rejected the message with {code}")
-    return TransientError(f"SMTP deferred the message with {code}")
+        return SmtpRejected(code, reply)
+    return SmtpDeferred(code, reply)

@@ -127,6 +127,16 @@ async def test_pages_need_a_login_and_a_wrong_password_gets_none(console) -> Non
     assert (await console.get("/", follow_redirects=False)).status_code == 303
 
 
+async def test_five_failed_logins_in_a_minute_get_429_even_with_the_right_password(console) -> None:
+    for _ in range(5):
+        assert (await log_in(console, password="wrong password, sixteen+")).status_code == 401
+    limited = await log_in(console)
+    assert limited.status_code == 429 and "console_session" not in limited.cookies
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    # The same client with another name: the limit per client address holds.
+    assert (await log_in(console, name="bob")).status_code == 429
+
+
 async def test_a_login_opens_the_pages_under_a_strict_csp(console) -> None:
     response = await log_in(console)
     assert response.status_code == 200 and "Overview" in response.text

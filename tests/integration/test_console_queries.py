@@ -8,7 +8,7 @@ and its order.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -68,3 +68,30 @@ async def test_each_console_query_reads_its_index_and_sorts_nothing(seeded, stat
     assert "Seq Scan" not in plan, plan
     # A per-minute count groups the last hour's rows (bounded by traffic, not the table); a page sorts none.
     assert "Sort" not in plan or statement in PER_MINUTE, plan
+
+
+async def test_the_charts_count_a_closed_minute_once_and_the_open_ones_each_time(db: Any) -> None:
+    """A second read counts only the minutes not yet closed: a row dated in a closed minute afterwards is
+    not read again (proof that the hour is not), a row in an open minute is."""
+    now = datetime.now(UTC).replace(second=30, microsecond=0)
+    minute = now.replace(second=0)
+    first = minute - timedelta(minutes=59)
+    insert = sa.text(
+        "INSERT INTO users (username, hashed_password, full_name, email, created_at) "
+        "VALUES (:u, 'x', 'U', :e, :at)"
+    )
+    old, live = minute - timedelta(minutes=30), minute
+    async with db.begin() as connection:
+        for username, at in [("old_1", old), ("live_1", live)]:
+            await connection.execute(insert, {"u": username, "e": f"{username}@example.com", "at": at})
+    counts = queries.MinuteCounts(queries.SIGNUPS_PER_MINUTE)
+    async with db.connect() as connection:
+        assert await counts.read(connection, first, now) == {old: 1, live: 1}
+    async with db.begin() as connection:
+        for username, at in [("old_2", old), ("live_2", live)]:
+            await connection.execute(insert, {"u": username, "e": f"{username}@example.com", "at": at})
+    async with db.connect() as connection:
+        assert await counts.read(connection, first, now) == {old: 1, live: 2}
+        # A process starting afresh counts from the rows: the truth.
+        fresh = queries.MinuteCounts(queries.SIGNUPS_PER_MINUTE)
+        assert await fresh.read(connection, first, now) == {old: 2, live: 2}

@@ -24,6 +24,7 @@ from shared.broker import StreamsBroker
 from shared.database import users, verify_emails
 from shared.keys import code_digest
 from shared.settings import Settings
+from signup_cli.trace import load_timeline
 from tests.conftest import LogTee
 from tests.support import Delivery, SmtpSink, repo_root, wait_for
 
@@ -231,6 +232,37 @@ async def test_smtp_451_is_retried_with_growing_backoff(worker_settings, db, sin
     # Backoff i is at least WORKER_MIN_BACKOFF_MS * 2**i (jitter only adds).
     assert all(gap >= 0.1 * 2**i for i, gap in enumerate(gaps)), gaps
     assert gaps[2] > gaps[0], gaps
+
+
+async def test_the_timeline_shows_each_attempt_and_its_smtp_answer_in_order(
+    worker_settings, db, sink
+) -> None:
+    """A 451 (whose text echoes the address, masked in the record), then the attempt that sent the email."""
+    email = await add_user(db)
+    sink.script.append(f"451 4.3.0 <{email}> greylisted, try again")
+    message = verify_message()
+    with running_worker(worker_settings) as broker:
+        broker.enqueue(message)
+        await wait_for(lambda: _received(sink), timeout=20, what="the email after a 451")
+    async with db.connect() as connection:
+        found = await wait_for(
+            lambda: _sent_timeline(connection), timeout=10, what="the sent attempt on the timeline"
+        )
+    assert found is not None
+    lines = [what for _, what in found if what.startswith("email attempt")]
+    assert lines == [
+        f"email attempt 1 deferred  event_id={message.message_id}  "
+        "smtp=451  4.3.0 <[address]> greylisted, try again",
+        f"email attempt 2 sent  event_id={message.message_id}",
+    ]
+    assert all("alice" not in what for _, what in found)
+
+
+async def _sent_timeline(connection: Any) -> list[tuple[Any, str]] | None:
+    found = await load_timeline(connection, "alice")
+    assert found is not None
+    steps = found[0]
+    return steps if any(what.startswith("email attempt 2 sent") for _, what in steps) else None
 
 
 async def test_a_user_not_yet_visible_is_retried_until_it_is(worker_settings, db, sink, log_tee) -> None:
