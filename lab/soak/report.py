@@ -143,11 +143,12 @@ When the load ends, every service is running again; the soak waits until each ou
   once; an email with a `Message-ID` none of its user's events has is a duplicate, and so is a second
   signup event; an email to an address no committed user has is a phantom;
 - **the resend requests** against **the counted resends**: none sooner than the interval after the user's
-  signup or previous resend and none beyond the daily limit; on the soak's clock, no resend counted while a
-  request ran that was answered within the interval after its user's `created_at`, and one counted while
-  each request ran that had to pass (sent more than the interval after every earlier answer for its user,
-  under the daily limit, address unverified). What the API did with each request (sent, rate-limited,
-  verified) is only in its log, which the report counts;
+  signup or previous resend and none beyond the daily limit; on the soak's clock, no resend counted on
+  behalf of a request answered within the interval after its user's `created_at`, and one counted on behalf
+  of each request that had to pass (sent more than the interval after every earlier answer for its user,
+  under the daily limit, address unverified). The API answers before it does the work, so a resend counts
+  on behalf of the request sent last before it, up to the user's next request. What the API did with each
+  request (sent, rate-limited, verified) is only in its log, which the report counts;
 - **the HTTP answers**: apart from `200` (`202` for a resend), only `503` with `Retry-After` is allowed,
   and only while PostgreSQL is down (until {grace} after it is back). A signup answered `503` may still
   have committed (the crash can hit between the commit and the answer); it is judged by the table, like
