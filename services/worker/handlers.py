@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.worker import attempts
+from services.worker import attempts, mailbox
 from services.worker.emails import render_email
 from services.worker.errors import UserNotVisible
 from services.worker.mailbox import mailbox_allows
@@ -90,6 +90,7 @@ async def prepare_statements(connection: AsyncConnection) -> None:
     nothing |= attempts.sent(event, at=now, retention_hours=1)
     for statement in (LOAD_USER_AND_ENSURE_ROW, _ROW_OF_EVENT, _LOCK_ROW, _MARK_SENT):
         await connection.execute(statement, nothing)
+    await mailbox.prepare_statements(connection)
 
 
 async def send_verify_email(

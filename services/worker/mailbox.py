@@ -14,31 +14,29 @@ import hashlib
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.database import mailbox_sends
-
 _GMAIL = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 # Rows older than a day that each send deletes: one row in, up to this many out, so the table stays about a
 # day of sends however many mailboxes come and go.
 PURGE_PER_SEND = 10
-_DAY = sa.text("interval '24 hours'")
 
 _LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(sa.bindparam("mailbox"), 0)))
-_SENT_TODAY = (
-    sa.select(sa.func.count())
-    .select_from(mailbox_sends)
-    .where(
-        mailbox_sends.c.mailbox_sha256 == sa.bindparam("mailbox"),
-        mailbox_sends.c.sent_at > sa.func.now() - _DAY,
+# One statement after the lock (its snapshot must be taken after the wait, so that it sees the sends of the
+# transaction it waited for): count the day's sends, record this one if the cap allows, and purge a few rows
+# older than a day. Data-modifying CTEs run whether or not the outer query reads them.
+_COUNT_AND_RECORD = sa.text(
+    """
+WITH allowed AS (
+    SELECT count(*) < :per_day AS ok FROM mailbox_sends
+    WHERE mailbox_sha256 = :mailbox AND sent_at > now() - interval '24 hours'
+), recorded AS (
+    INSERT INTO mailbox_sends (mailbox_sha256) SELECT :mailbox FROM allowed WHERE ok RETURNING id
+), purged AS (
+    DELETE FROM mailbox_sends WHERE id IN (
+        SELECT id FROM mailbox_sends WHERE sent_at <= now() - interval '24 hours' LIMIT :purge
     )
 )
-_RECORD = mailbox_sends.insert().values(mailbox_sha256=sa.bindparam("mailbox"))
-_PURGE = mailbox_sends.delete().where(
-    mailbox_sends.c.id.in_(
-        sa.select(mailbox_sends.c.id)
-        .where(mailbox_sends.c.sent_at <= sa.func.now() - _DAY)
-        .limit(PURGE_PER_SEND)
-        .scalar_subquery()
-    )
+SELECT ok FROM allowed
+"""
 )
 
 
@@ -60,10 +58,17 @@ async def mailbox_allows(connection: AsyncConnection, address: str, *, per_day: 
     """
     if per_day == 0:
         return True
-    key = {"mailbox": hashlib.sha256(mailbox_of(address).encode()).hexdigest()}
-    await connection.execute(_LOCK, key)
-    if (await connection.execute(_SENT_TODAY, key)).scalar_one() >= per_day:
-        return False
-    await connection.execute(_RECORD, key)
-    await connection.execute(_PURGE)
-    return True
+    mailbox = hashlib.sha256(mailbox_of(address).encode()).hexdigest()
+    await connection.execute(_LOCK, {"mailbox": mailbox})
+    allowed = await connection.execute(
+        _COUNT_AND_RECORD, {"mailbox": mailbox, "per_day": per_day, "purge": PURGE_PER_SEND}
+    )
+    return bool(allowed.scalar_one())
+
+
+async def prepare_statements(connection: AsyncConnection) -> None:
+    """Run the cap's statements once for a mailbox nobody has and a cap of 0, in the caller's transaction
+    (which it rolls back): the first email on ``connection`` then skips compiling and preparing them."""
+    nobody = {"mailbox": "", "per_day": 0, "purge": 0}
+    await connection.execute(_LOCK, nobody)
+    await connection.execute(_COUNT_AND_RECORD, nobody)
