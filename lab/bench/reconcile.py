@@ -6,8 +6,8 @@ message in Redis (enqueued by the relay's own ``enqueue_batch``, locators and al
 The relay, built by ``build_relay`` as ``signup relay`` builds it, then runs single passes
 (``Relay.reconcile``) of ``RECONCILE_BATCH_SIZE`` = half of them: a *check* pass over rows all still in
 Redis (one query, one script call), and a *re-publish* pass over the lost ones (one query, one script call,
-one UPDATE, one MULTI/EXEC of the messages), undone after each repeat. Both are measured first with only the
-unhandled rows in the table, then with ``plan.reconcile_rows`` published rows, the rest handled.
+one UPDATE, one script call that enqueues the messages), undone after each repeat. Both are measured first
+with only the unhandled rows in the table, then with ``plan.reconcile_rows`` published rows, the rest handled.
 """
 
 from __future__ import annotations
@@ -145,8 +145,9 @@ async def reconcile_section(plan: BenchPlan, *, work_dir: Path, pg: str) -> Sect
             f"large / small check pass = {fmt(ratio(large_check, small_check))} (target ≤ 2): the pass reads "
             "only the partial index of published, unhandled rows, whatever the number of handled ones.",
             f"{unhandled:,} rows are unhandled (the rest published and handled): a check pass over "
-            f"{unhandled // 2:,} whose messages are in Redis (one query, one EVALSHA of locate.lua), and a "
-            f"pass that re-publishes {unhandled // 2:,} lost ones (one more UPDATE and one MULTI/EXEC; the "
+            f"{unhandled // 2:,} whose messages are in Redis (one query, one call of the broker's locate "
+            f"script), and a pass that re-publishes {unhandled // 2:,} lost ones (one more UPDATE and one "
+            "publish script call; the "
             "private Redis fsyncs its append-only file on every write). Each repeat is undone after it; "
             f"{plan.reconcile_repeats} repeats. `signup bench --only reconcile --reconcile-rows N` sets the "
             "table size.",
