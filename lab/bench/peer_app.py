@@ -26,6 +26,8 @@ import aiosmtplib
 import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
+from shared.keys import code_digest
+
 DATABASE_ENV = "PEER_DATABASE_URL"
 TASK = "send_verify_email"
 QUEUE = "emails"
@@ -34,13 +36,13 @@ CONCURRENCY = 8
 TTL_MINUTES = 15  # the product's default VERIFY_EMAIL_TTL_MINUTES
 
 _CREATE_ROW = """
-INSERT INTO verify_emails (username, email, secret_code, event_id, expired_at)
+INSERT INTO verify_emails (username, email, code_sha256, event_id, expired_at)
 SELECT username, email, %(code)s, %(event)s, now() + make_interval(mins => %(ttl)s)
 FROM users WHERE username = %(username)s AND NOT is_email_verified
 RETURNING id
 """
 _LOCK_ROW = """
-SELECT v.id, v.email, v.secret_code, v.sent_at, u.full_name
+SELECT v.id, v.email, v.code_sha256, v.sent_at, u.full_name
 FROM verify_emails v JOIN users u USING (username) WHERE v.id = %(id)s FOR UPDATE OF v
 """
 _MARK_SENT = (
@@ -104,7 +106,8 @@ async def send_verify_email(username: str) -> None:
     async with resources.database.connection() as connection:
         code = secrets.token_urlsafe(32)
         created = await connection.execute(
-            _CREATE_ROW, {"code": code, "event": uuid.uuid4(), "ttl": TTL_MINUTES, "username": username}
+            _CREATE_ROW,
+            {"code": code_digest(code), "event": uuid.uuid4(), "ttl": TTL_MINUTES, "username": username},
         )
         row_id = await created.fetchone()
         if row_id is None:
@@ -113,7 +116,7 @@ async def send_verify_email(username: str) -> None:
             row = await (await connection.execute(_LOCK_ROW, {"id": row_id[0]})).fetchone()
             if row is None or row[3] is not None:
                 return
-            query = urlencode({"email_id": row[0], "secret_code": row[2]})
+            query = urlencode({"email_id": row[0], "secret_code": code})
             message = EmailMessage()
             message["From"] = "Signup <no-reply@signup.local>"
             message["To"] = row[1]

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.database import database_unavailable
 from shared.logging import get_logger
 from shared.messages import SendVerifyEmail
 from shared.settings import Settings
@@ -108,12 +109,17 @@ class ResendBusy(Exception):
     """``API_RESEND_MAX_PENDING`` resend requests are waiting to run: answered ``503`` + ``Retry-After``."""
 
 
+RETRY_FOR_S = 60.0
+"""How long a resend answered ``202`` is tried again while the database is unavailable."""
+
+
 class ResendQueue:
     """Runs resend requests after their answer, at most ``limit`` at once in flight.
 
     ``submit`` returns False when ``limit`` requests are pending: the route then answers ``503`` with
-    ``Retry-After``, for every address alike. A request whose use case fails (the database is down) is
-    logged and lost; the person asks again.
+    ``Retry-After``, for every address alike. A request whose database is down or restarting is tried again
+    for up to ``RETRY_FOR_S``; one that still fails, or fails otherwise, is logged and lost: the person asks
+    again.
     """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings, *, limit: int) -> None:
@@ -132,10 +138,22 @@ class ResendQueue:
         return True
 
     async def _run(self, email: str, trace_id: str | None) -> None:
-        try:
-            await resend_verify_email(self._sessions, email=email, settings=self._settings, trace_id=trace_id)
-        except Exception as exc:
-            log.warning("verification email resend failed", error=type(exc).__name__)
+        # A 202 was promised: while the database is down or restarting, try again (its transaction did not
+        # commit, and a retry that follows a commit whose answer was lost is refused by the interval).
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + RETRY_FOR_S, 0.1
+        while True:
+            try:
+                await resend_verify_email(
+                    self._sessions, email=email, settings=self._settings, trace_id=trace_id
+                )
+                return
+            except Exception as exc:
+                if not database_unavailable(exc) or loop.time() + delay > deadline:
+                    log.warning("verification email resend failed", error=type(exc).__name__)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
     @property
     def pending(self) -> int:

@@ -60,6 +60,34 @@ def stop_marked(marker: str, *, timeout_s: float = 10) -> None:
         time.sleep(0.05)
 
 
+def remove_profile(profile: tempfile.TemporaryDirectory[str], *, timeout_s: float = 10) -> None:
+    """Remove the profile, first killing any process still naming it on its command line: Chromium's crash
+    handler runs detached, without the marker's variable, and can still be writing into it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            profile.cleanup()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        for pid in processes_naming(profile.name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def processes_naming(path: str) -> list[int]:
+    """Pids of running processes whose command line mentions ``path``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if path.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
+
+
 def _pipe() -> tuple[int, int]:
     """A pipe whose descriptors are 10 or above, clear of the 3 and 4 Chromium's ends are moved to."""
     ends = os.pipe()
@@ -134,7 +162,7 @@ class Browser:
         self._process.wait(timeout=10)
         os.close(self._commands)
         os.close(self._answers)
-        self._profile.cleanup()
+        remove_profile(self._profile)
 
     def command(self, method: str, *, session: bool = True, **params: Any) -> dict[str, Any]:
         """Send ``method`` with ``params`` to the page (or, ``session=False``, to the browser); its result.
