@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -22,6 +23,7 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
 DispatchStrategy = Literal["outbox", "fixed_delay", "immediate", "none"]
+SmtpTls = Literal["auto", "require", "implicit", "off"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,7 +38,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     smtp_port: Port = 1025
     smtp_username: str = ""
     smtp_password: str = ""
-    smtp_starttls: bool = False
+    smtp_tls: SmtpTls = "auto"
+    """How the worker protects the SMTP connection: ``auto`` upgrades with STARTTLS whenever the server offers
+    it (and then never logs in without it); ``require`` refuses a server that does not offer STARTTLS;
+    ``implicit`` speaks TLS from the first byte (port 465, "SMTPS"); ``off`` never uses TLS. Every TLS
+    connection verifies the server's certificate and name."""
+    smtp_ca_file: str = ""
+    """A PEM file of the CA(s) that sign the SMTP server's certificate (a private relay): when set, only
+    these are trusted for SMTP, not the system's. Empty: the system's CA store."""
     smtp_timeout_ms: PositiveInt = 10_000
     """How long the worker waits on the SMTP server before it gives up and retries."""
     smtp_smtputf8: bool = False
@@ -182,6 +191,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     Raises ``SettingsError`` naming the first variable whose value is invalid.
     """
     env = os.environ if environ is None else environ
+    if "SMTP_STARTTLS" in env:
+        # A true value that went unread would quietly turn a required STARTTLS into an opportunistic one.
+        raise SettingsError(
+            "SMTP_STARTTLS is not a setting: SMTP_TLS=auto|require|implicit|off says how the worker uses TLS"
+        )
     values: dict[str, Any] = {}
     for field in msgspec.structs.fields(Settings):
         raw = env.get(field.name.upper())
@@ -191,12 +205,15 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             values[field.name] = msgspec.convert(raw, field.type, strict=False)
         except msgspec.ValidationError as exc:
             message = str(exc).split(" - at ")[0]
+            if get_origin(field.type) is Literal:
+                message = f"expected one of {'|'.join(get_args(field.type))}"
             raise SettingsError(f"{field.name.upper()}={raw!r} is invalid: {message}") from None
     values.update(overrides)
     settings = Settings(**values)
     _check_urls(settings)
     _check_keys(settings)
     _check_proxies(settings)
+    _check_smtp_ca_file(settings)
     console_operators(settings)
     return settings
 
@@ -242,6 +259,25 @@ def _check_proxies(settings: Settings) -> None:
         raise SettingsError(
             f"API_TRUSTED_PROXIES={settings.api_trusted_proxies!r} is invalid: {exc}"
         ) from None
+
+
+def _check_smtp_ca_file(settings: Settings) -> None:
+    if not settings.smtp_ca_file:
+        return
+    if settings.smtp_tls == "off":
+        raise SettingsError("SMTP_CA_FILE is set but SMTP_TLS=off: the worker would never use it")
+    try:
+        smtp_tls_context(settings)
+    except OSError as exc:  # ssl.SSLError is one
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise SettingsError(f"SMTP_CA_FILE={settings.smtp_ca_file!r} is invalid: {reason}") from None
+
+
+def smtp_tls_context(settings: Settings) -> ssl.SSLContext:
+    """The context every TLS connection to the SMTP server verifies its certificate and name with: only
+    ``SMTP_CA_FILE``'s CAs when it is set, else the system's. Raises ``OSError`` or ``ssl.SSLError`` for a
+    file that cannot be read as PEM certificates."""
+    return ssl.create_default_context(cafile=settings.smtp_ca_file or None)
 
 
 def _check_keys(settings: Settings) -> None:
