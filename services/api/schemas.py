@@ -207,7 +207,7 @@ def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) ->
             continue
         # Python's `$` also matches before a final newline, so the patterns alone would let "alice\n"
         # through; no field has a use for control characters, and they are how headers get injected.
-        if any(unicodedata.category(char) == "Cc" for char in value):
+        if isinstance(value, str) and any(unicodedata.category(char) == "Cc" for char in value):
             errors.append(FieldError(field=field.name, message="must not contain control characters"))
             continue
         # One spelling per text: "José" typed as e + U+0301 (NFD, as some keyboards send it) is the same

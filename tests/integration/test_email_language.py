@@ -69,6 +69,11 @@ async def test_the_explicit_field_wins_and_a_resend_is_in_the_stored_language(cl
 async def test_without_any_preference_the_language_is_english(client, db) -> None:
     assert (await client.post("/v1/create_user", json=signup_body())).status_code == 200
     assert await language_of(db, "alice") == "en"
+    # null is the field left out (the OpenAPI schema allows it), and the header then decides
+    body = signup_body(username="bob", email="bob@example.com", language=None)
+    response = await client.post("/v1/create_user", json=body, headers={"Accept-Language": "de"})
+    assert response.status_code == 200, response.text
+    assert await language_of(db, "bob") == "de"
 
 
 async def test_a_malformed_language_field_is_refused(client, db) -> None:
