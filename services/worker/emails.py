@@ -99,19 +99,7 @@ def render_email(
     it). A missing template or value raises ``jinja2.TemplateError``.
     """
     language = template_language(kind, language)
-    locale = _locale(language)
-    rtl = locale.character_order == "right-to-left"
-    context = {
-        name: unicodedata.normalize("NFC", value) if isinstance(value, str) else value
-        for name, value in values.items()
-    } | {
-        "product_name": settings.product_name,
-        "site": settings.public_base_url,
-        "lang": language,
-        "dir": "rtl" if rtl else "ltr",
-        "start": "right" if rtl else "left",
-        "duration": _durations(language),
-    }
+    context = _context(language, settings=settings, values=values)
     templates = _templates()
     message = EmailMessage()
     message["From"] = sender(settings)
@@ -129,6 +117,23 @@ def render_email(
     )
     message["Content-Language"] = language  # after the parts: setting the content clears Content-* headers
     return message
+
+
+def _context(language: str, *, settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
+    """What every template of ``language`` is filled with: ``values`` (text NFC, as the API stores it: an
+    older row's NFD name shows the same) and what the frame needs."""
+    rtl = _locale(language).character_order == "right-to-left"
+    return {
+        name: unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+        for name, value in values.items()
+    } | {
+        "product_name": settings.product_name,
+        "site": settings.public_base_url,
+        "lang": language,
+        "dir": "rtl" if rtl else "ltr",
+        "start": "right" if rtl else "left",
+        "duration": _durations(language),
+    }
 
 
 @functools.cache
