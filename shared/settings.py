@@ -12,6 +12,7 @@ import os
 import re
 import ssl
 from collections.abc import Mapping
+from email.utils import parseaddr
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The SMTP server takes SMTPUTF8: only then does the API accept an address whose local part is not
     ASCII (пользователь@example.com). Domains need no such support: the worker sends to their ASCII form."""
     mail_from: str = "Signup <no-reply@signup.local>"
+    """The emails' sender; only its address is used: the display name is ``PRODUCT_NAME``."""
+    product_name: str = "Signup"
+    """The service's name as people know it: in every email's subject, body and ``From`` display name."""
     public_base_url: str = "http://localhost:8080"
     """Base of the verification link in the email."""
 
@@ -214,6 +218,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     _check_keys(settings)
     _check_proxies(settings)
     _check_smtp_ca_file(settings)
+    _check_mail(settings)
     console_operators(settings)
     return settings
 
@@ -285,6 +290,13 @@ def _check_keys(settings: Settings) -> None:
         value = getattr(settings, name)
         if value and len(value) < MIN_KEY_CHARS:
             raise SettingsError(f"{name.upper()} is invalid: a key needs {MIN_KEY_CHARS} characters at least")
+
+
+def _check_mail(settings: Settings) -> None:
+    if not settings.product_name.strip() or any(char in settings.product_name for char in "\r\n"):
+        raise SettingsError(f"PRODUCT_NAME={settings.product_name!r} is invalid: expected a one-line name")
+    if "@" not in parseaddr(settings.mail_from)[1]:
+        raise SettingsError(f"MAIL_FROM={settings.mail_from!r} is invalid: expected an email address")
 
 
 def _check_urls(settings: Settings) -> None:

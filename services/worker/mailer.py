@@ -61,7 +61,7 @@ class SmtpMailer:
                 # aiosmtplib checks the server's EHLO before sending: this server will never take this
                 # address, however often we retry (it used to be retried for hours).
                 raise PermanentError(
-                    "the SMTP server does not support SMTPUTF8, which this address's local part needs"
+                    "the SMTP server does not support SMTPUTF8, which this address needs"
                 ) from None
             raise TransientError("SMTP server lacks an extension the settings need") from None
         except (aiosmtplib.SMTPException, OSError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,12 @@ async def send(settings: Settings) -> None:
         settings=settings,
         to="alice@example.com",
         message_id="m1",
+        language="en",
         full_name="Alice",
         username="alice",
         link="http://x/",
-        minutes=15,
+        valid_for=timedelta(minutes=15),
+        account_kept_for=timedelta(days=1),
     )
     try:
         await mailer.send(message)
