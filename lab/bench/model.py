@@ -54,7 +54,8 @@ class BenchPlan:
     """The API's ``API_HEADER_TIMEOUT_MS`` in section 13 (the default)."""
     slow_window_s: float = 30.0
     flood_clients: int = 64
-    """Section 13: clients posting resends for one address for the whole window."""
+    """Section 13: clients posting resends for one address for the whole window, at ``flood_rate`` in all."""
+    flood_rate: float = 500
 
 
 FULL = BenchPlan(
@@ -91,6 +92,7 @@ QUICK = BenchPlan(
     slow_header_timeout_s=2.0,
     slow_window_s=6.0,
     flood_clients=8,
+    flood_rate=100,
     broker_drain=500,
 )
 
