@@ -75,6 +75,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """A signup not ready to commit this long after it arrived is rolled back (its client has likely gone)."""
     api_resend_max_pending: PositiveInt = 64
     """Resend requests answered and not yet run (they run after their ``202``); more get 503 + Retry-After."""
+    api_header_timeout_ms: PositiveInt = 10_000
+    """A connection must deliver a request's head (request line and headers) this long after it connected or
+    got its previous answer, or it is closed: a client trickling its headers holds nothing for longer."""
+    api_body_timeout_ms: PositiveInt = 10_000
+    """A request's body must arrive this long after its head, or it is answered 408 and its connection
+    closed."""
+    api_max_connections: PositiveInt = 2048
+    """Client connections open at once; one more gets 503 and is closed before anything of it is read. Keep
+    it below the process's open-file limit (``ulimit -n``) less the database pools' connections."""
+    api_reserved_pool_size: PositiveInt = 2
+    """Database connections kept for verification and ``/readyz`` (and as many again in overflow), apart
+    from the pool that signups and resends share: a flood of those cannot take them."""
     api_idempotency_ttl_hours: PositiveInt = 24
     """How long the answer to a request with an ``Idempotency-Key`` is kept for its retries."""
     api_client_signups_per_hour: NonNegativeInt = 20

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         default="",
         help="comma-separated parts: latency, api, tracing, relay, overload, idle, reconcile, peer, brokers, "
-        "console (default: all)",
+        "console, slow (default: all)",
     )
     parsers["bench"].add_argument(
         "--rate",

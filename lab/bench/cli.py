@@ -1,4 +1,4 @@
-"""``signup bench [--quick] [--out-dir DIR]``: twelve benchmarks, each a ratio to a baseline of the same run.
+"""``signup bench [--quick] [--out-dir DIR]``: thirteen benchmarks, each a ratio to a baseline of the run.
 
 1. commit → email latency per strategy; 2. the API's cost of the outbox and its saturation against the
 argon2id hashing bound; 3. relay drain against a plain ``broker.enqueue`` loop; 4. claim cost against table
@@ -7,7 +7,8 @@ size; 5. one worker's email throughput; 6. overload at 1x, 2x and 5x the hashing
 and the latency after idle; 9. a reconciliation pass against the number of published rows
 (``--reconcile-rows``); 10. the outbox beside Procrastinate (commit → email and a backlog's drain,
 ``lab/bench/peer.py``); 11. the broker options side by side (``lab/bench/brokers.py``); 12. the operator
-console's queries per page (``lab/bench/console.py``). Prints each table and writes ``BENCHMARKS.md``
+console's queries per page (``lab/bench/console.py``); 13. slow clients and a resend flood against the
+API's probes (``lab/bench/slow.py``). Prints each table and writes ``BENCHMARKS.md``
 and ``bench.json`` to ``--out-dir`` (in ``BENCHMARKS.md`` only the part between the bench markers is
 replaced, so hand-written analysis around it survives a re-run). Exit code 0 when every section ran.
 """
@@ -39,6 +40,7 @@ from lab.bench.overload import chart, overload_section
 from lab.bench.peer import peer_section
 from lab.bench.reconcile import reconcile_section
 from lab.bench.relay import drain_section
+from lab.bench.slow import slow_section
 from lab.bench.tracing import tracing_section
 from lab.bench.worker import claim_section, worker_section
 from lab.harness.database import admin_url
@@ -67,7 +69,19 @@ async def versions(pg: str) -> dict[str, str]:
     return {"postgresql": postgres, "redis": redis.split("v=", 1)[-1].split()[0] if "v=" in redis else "?"}
 
 
-PARTS = ("latency", "api", "tracing", "relay", "overload", "idle", "reconcile", "peer", "brokers", "console")
+PARTS = (
+    "latency",
+    "api",
+    "tracing",
+    "relay",
+    "overload",
+    "idle",
+    "reconcile",
+    "peer",
+    "brokers",
+    "console",
+    "slow",
+)
 """What ``--only`` chooses from; ``relay`` is sections 3 to 5 (drain, claim, one worker)."""
 
 
@@ -128,6 +142,8 @@ async def sections(
         report(await brokers_section(plan))
     if "console" in only:
         report(await console_section(plan, work_dir=work_dir, pg=pg))
+    if "slow" in only:
+        report(await slow_section(plan, work_dir=work_dir, pg=pg))
     return done
 
 

@@ -47,6 +47,15 @@ class BenchPlan:
     broker_rate: float = 8
     broker_idle_s: float = 20
     broker_drain: int = 20_000
+    slow_connections: int = 1000
+    """Section 13: slow clients held open at once, each trickling a header byte every ``slow_every_s``."""
+    slow_every_s: float = 3.0
+    slow_header_timeout_s: float = 10.0
+    """The API's ``API_HEADER_TIMEOUT_MS`` in section 13 (the default)."""
+    slow_window_s: float = 30.0
+    flood_clients: int = 64
+    """Section 13: clients posting resends for one address for the whole window, at ``flood_rate`` in all."""
+    flood_rate: float = 500
 
 
 FULL = BenchPlan(
@@ -78,6 +87,12 @@ QUICK = BenchPlan(
     peer_drain=500,
     broker_messages=24,
     broker_idle_s=2,
+    slow_connections=50,
+    slow_every_s=0.5,
+    slow_header_timeout_s=2.0,
+    slow_window_s=6.0,
+    flood_clients=8,
+    flood_rate=100,
     broker_drain=500,
 )
 

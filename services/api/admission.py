@@ -8,8 +8,10 @@ any work (the API answers ``503`` + ``Retry-After``). ``max_waiting`` follows th
 the queue holds about what the working slots can finish within half of ``max_wait_s``. Other endpoints
 never wait here.
 
-A signup takes its place in the queue at the door (``Admission.enter``, called by ``services.api.door``
-before its body is read), so a full queue is refused for the price of a pre-built answer. Every refusal is
+A signup takes its place in the queue once its body is in (``Admission.enter``, called by the route): a
+client slow to send its body holds no place meanwhile, so a few of them cannot make the API refuse everyone
+else (the body's own deadline is ``API_BODY_TIMEOUT_MS``, services/api/slow_clients.py). A refusal does no
+database work, not even the look-up of a retry's ``Idempotency-Key``. Every refusal is
 counted by reason (``signup_api_shed_total``) and logged at most once a second per reason with the exact
 count since the last line (``ShedLog``): a line per refusal costs real CPU in a flood.
 """
@@ -52,8 +54,7 @@ _INITIAL_SERVICE_S = 0.15
 QUEUE_HEADROOM = 0.5
 _EWMA_WEIGHT = 0.2
 SHED_LOG_INTERVAL_S = 1.0
-PLACE_STATE = "signup_place"
-"""Where ``services.api.door`` leaves a signup's ``Place`` in the ASGI scope's state."""
+SHED_MESSAGE = "too many signups at once, retry later"
 
 
 class Shed(Exception):
@@ -66,7 +67,7 @@ class Shed(Exception):
 
 
 class Place:
-    """A signup's place in the wait queue, from the door until it gets a slot or leaves."""
+    """A signup's place in the wait queue, from its body's arrival until it gets a slot or leaves."""
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
@@ -88,7 +89,7 @@ class Ticket:
     deadline: float
     client_gone: asyncio.Event
     place: Place | None = None
-    """Taken at the door; without one, ``hashing()`` queues (or is refused) on its own."""
+    """Taken by the route; without one, ``hashing()`` queues (or is refused) on its own."""
 
     def hashing(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Wait for a hashing slot and hold it for the block; raises ``Shed`` when the signup is refused."""
@@ -152,7 +153,7 @@ class Admission:
         return _shed(reason, self.retry_after_s())
 
     def ticket(self, *, client_gone: asyncio.Event, place: Place | None = None) -> Ticket:
-        """A signup's ticket: its deadline runs from its arrival at the door (``place``), or from now."""
+        """A signup's ticket: its deadline runs from its place's arrival in the queue, or from now."""
         arrived = place.arrived if place is not None else time.monotonic()
         return Ticket(self, arrived + self.deadline_s, client_gone, place)
 
@@ -160,7 +161,7 @@ class Admission:
     async def slot(self, *, client_gone: asyncio.Event, place: Place | None = None) -> AsyncIterator[None]:
         """Wait for a slot and hold it for the block; raises ``Shed`` when the signup is refused.
 
-        ``place`` is the queue place taken at the door; without one, the signup takes one now (``enter``).
+        ``place`` is the queue place taken by the route; without one, the signup takes one now (``enter``).
         """
         if place is None:
             place = self.enter()

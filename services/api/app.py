@@ -19,11 +19,11 @@ from services.api import routes
 from services.api.admission import SHED_LOG, build_admission
 from services.api.client_limits import ClientLimiter, ClientLimits
 from services.api.dispatch import build_dispatcher
-from services.api.door import signup_door
 from services.api.error_handlers import EXCEPTION_HANDLERS
 from services.api.faults import Faults
 from services.api.idempotency import KeyPurge
 from services.api.resend import ResendQueue
+from services.api.slow_clients import read_deadline
 from services.api.tracing import UNTRACED_PATHS, redact_query_string, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
 from shared.keys import server_key
@@ -38,6 +38,9 @@ def create_app(settings: Settings) -> Litestar:
     """Build the Litestar application for ``settings``. Connections open lazily and close on shutdown."""
     engine = create_engine(settings.database_url)
     sessions = create_sessionmaker(engine)
+    # Verification and /readyz have a pool of their own: a flood of signups or resends, which may hold every
+    # connection of the shared pool, cannot make a person's click or the orchestrator's probe wait for one.
+    reserved_engine = create_engine(settings.database_url, pool_size=settings.api_reserved_pool_size)
     dispatcher = build_dispatcher(settings)
     redis = Redis.from_url(settings.redis_url) if dispatcher.needs_redis else None
     ttl = timedelta(hours=settings.api_idempotency_ttl_hours)
@@ -56,6 +59,8 @@ def create_app(settings: Settings) -> Litestar:
             "settings": settings,
             "engine": engine,
             "sessions": sessions,
+            "reserved_engine": reserved_engine,
+            "reserved_sessions": create_sessionmaker(reserved_engine),
             "dispatcher": dispatcher,
             "admission": admission,
             "redis": redis,
@@ -77,6 +82,7 @@ def create_app(settings: Settings) -> Litestar:
         if redis is not None:
             await redis.aclose()
         await engine.dispose()
+        await reserved_engine.dispose()
 
     return Litestar(
         route_handlers=[
@@ -89,8 +95,8 @@ def create_app(settings: Settings) -> Litestar:
         ],
         state=state,
         middleware=[
-            # Outermost: a signup the queue cannot take is refused before anything else runs for it.
-            signup_door(admission, sessions, idempotency_ttl=ttl),
+            # Outermost: the head is in (its deadline stops), the body gets its own (slow_clients.py).
+            read_deadline(settings.api_body_timeout_ms / 1000),
             *_opentelemetry(),
             tracing_middleware,
             PrometheusConfig(app_name="signup_api", group_path=True).middleware,

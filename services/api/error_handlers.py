@@ -14,9 +14,8 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from services.api.admission import Shed
+from services.api.admission import SHED_MESSAGE, Shed
 from services.api.client_limits import ClientLimited
-from services.api.door import SHED_MESSAGE
 from services.api.faults import InjectedRollback
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KeyReused
@@ -25,6 +24,7 @@ from services.api.resend import ResendBusy
 from services.api.routes import CrossSiteForm
 from services.api.schemas import ErrorBody, FieldError, InvalidRequest
 from services.api.signup import Taken, VerifyEmailExpired, VerifyEmailNotFound, VerifyEmailSuperseded
+from services.api.slow_clients import BodyTimeout
 from services.api.tracing import request_id_from_headers
 from shared.database import database_unavailable
 from shared.logging import get_logger
@@ -129,6 +129,12 @@ def resend_busy(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
     return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
 
 
+def body_timeout(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    # The rest of the body may still come: the connection cannot carry another request.
+    body = ErrorBody(error="the request body did not arrive in time")
+    return _json(request, 408, body, Connection="close")
+
+
 def client_limited(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, ClientLimited)
     body = ErrorBody(error="too many requests from this client, retry later")
@@ -182,6 +188,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     KeyReused: key_reused,
     ResendBusy: resend_busy,
     ClientLimited: client_limited,
+    BodyTimeout: body_timeout,
     CrossSiteForm: cross_site,
     HTTPException: http_error,
     Exception: unexpected,

@@ -7,11 +7,13 @@ import signal
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.admin.serve import start_console
 from services.api.app import create_app
 from services.api.metrics import serve_metrics
 from services.api.passwords import keep_hash_memory
+from services.api.slow_clients import guarded_protocol
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.telemetry import configure_tracing
@@ -44,7 +46,13 @@ def _serve(settings: Settings) -> None:
         host=settings.api_host,
         port=settings.api_port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol, wrapped with a deadline on each request's head and the connection
+        # cap (services/api/slow_clients.py): uvicorn bounds neither.
+        http=guarded_protocol(
+            HttpToolsProtocol,
+            header_timeout_s=settings.api_header_timeout_ms / 1000,
+            max_connections=settings.api_max_connections,
+        ),
         log_config=None,  # keep our structlog handlers
         access_log=False,  # tracing_middleware logs each request, without the query string
         server_header=False,

@@ -15,7 +15,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import HeaderParameter, Parameter
 from prometheus_client import Counter
 
-from services.api.admission import PLACE_STATE, watch_client
+from services.api.admission import Place, watch_client
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import IdempotencyKey, find_answer
 from services.api.openapi import body_operation
@@ -94,6 +94,22 @@ async def create_user(
         if idempotency_key
         else None
     )
+    # Its place in the queue once the body is in: a client slow to send it holds none meanwhile. A refusal
+    # costs no database look-up, not even for a retry with a key (it retries after Retry-After).
+    place = state.admission.enter()
+    try:
+        return await _sign_up(request, state, signup, key, place)
+    finally:
+        place.leave()
+
+
+async def _sign_up(
+    request: Request[Any, Any, Any],
+    state: State,
+    signup: CreateUserRequest,
+    key: IdempotencyKey | None,
+    place: Place,
+) -> Response[CreateUserResponse]:
     ttl = timedelta(hours=state.settings.api_idempotency_ttl_hours)
     if key is not None and (stored := await find_answer(state.sessions, key, ttl=ttl)):
         return _replayed(stored)
@@ -105,9 +121,7 @@ async def create_user(
                 dispatcher=state.dispatcher,
                 faults=state.faults,
                 trace_id=request.scope["state"].get("request_id"),
-                ticket=state.admission.ticket(
-                    client_gone=gone, place=request.scope["state"].get(PLACE_STATE)
-                ),
+                ticket=state.admission.ticket(client_gone=gone, place=place),
                 language=choose_language(
                     explicit=signup.language, accept_language=request.headers.get("accept-language")
                 ),
@@ -183,7 +197,7 @@ async def verify_email_route(
         # verified, nothing looked up. Only the button's POST verifies.
         return page(CONFIRM, status=200, link=(email_id, secret_code))
     await verify_email(
-        state.sessions,
+        state.reserved_sessions,
         email_id=email_id,
         secret_code=secret_code,
         unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
@@ -209,7 +223,7 @@ async def verify_email_form_route(request: Request[Any, Any, Any], state: State)
         raise CrossSiteForm
     form = parse_verify_form(await request.body())
     newly = await verify_email(
-        state.sessions,
+        state.reserved_sessions,
         email_id=form.email_id,
         secret_code=form.secret_code,
         unverified_ttl=timedelta(hours=state.settings.unverified_account_ttl_hours),
@@ -235,7 +249,7 @@ async def readyz(state: State) -> Response[dict[str, str]]:
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(2):
-            async with state.engine.connect() as connection:
+            async with state.reserved_engine.connect() as connection:
                 await connection.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:

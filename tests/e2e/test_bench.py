@@ -29,6 +29,7 @@ SECTIONS = (
     "peer",
     "brokers",
     "console",
+    "slow",
 )
 PEER = tuple(
     f"{side}_{figure}"
@@ -60,6 +61,7 @@ RATIOS = {
     "reconcile": ("small_check_ms", "large_check_ms", "large_over_small", "large_republish_ms"),
     "peer": (*PEER, "procrastinate_p99_over_outbox_p99", "procrastinate_drain_over_outbox_drain"),
     "console": ("worst_p99_ms", "outbox_rows"),
+    "slow": ("slow_closed", "slow_held_max_s", "healthz_p99_s", "verify_p99_s", "resend_answers_per_s"),
     "idle": (
         "wake_1p_idle_redis_per_s",
         "wake_4p_idle_cpu_pct",
@@ -129,6 +131,7 @@ async def test_quick_bench_reports_every_section_with_ratios(tmp_path: Path, dat
         "10. Outbox beside Procrastinate",
         "11. Broker options",
         "12. The operator console",
+        "13. Slow clients",
     ):
         assert f"### {title}" in markdown
     assert "signup bench --quick --rate 3" in markdown

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api import app as app_module
-from services.api.admission import SHED_LOG, Admission
+from services.api.admission import Admission
 from shared.database import idempotency_keys, outbox, users
 from shared.settings import Settings
 from tests.integration.conftest import serving
@@ -200,77 +200,48 @@ def shed_total(reason: str) -> float:
     return REGISTRY.get_sample_value("signup_api_shed_total", {"reason": reason}) or 0.0
 
 
-async def raw_post(base_url: httpx.URL, head: bytes, *, within_s: float) -> bytes:
-    """Send only ``head`` (request line and headers, no body) and return the whole answer."""
-    reader, writer = await asyncio.open_connection(base_url.host, base_url.port)
-    try:
-        writer.write(head)
-        await writer.drain()
-        async with asyncio.timeout(within_s):
-            answer = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1])
-                for line in answer.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            return answer + await reader.readexactly(length)
-    finally:
-        writer.close()
-
-
-async def test_a_full_queue_refuses_at_the_door_without_reading_the_body(
-    settings: Settings, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch, log_tee
+async def test_a_signup_whose_body_has_not_arrived_holds_no_place_in_the_queue(
+    settings: Settings, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    SHED_LOG.flush()  # counts of earlier tests are logged before this test's lines start
-    start, before = len(log_tee.lines), shed_total("queue_full")
-    async with full_queue(monkeypatch), serving(settings) as http:
-        # The body is announced and never sent: reading it would wait until the timeout.
-        head = (
+    # One slot, at work (held by the test), and one wait place: free, unless a slow body takes it.
+    gate = Admission(concurrency=1, max_wait_s=60, deadline_s=60, max_waiting=1)
+    monkeypatch.setattr(app_module, "build_admission", lambda _settings: gate)
+    hold = asyncio.Event()
+
+    async def working() -> None:
+        async with gate.slot(client_gone=asyncio.Event()):
+            await hold.wait()
+
+    worker = asyncio.create_task(working())
+    async with serving(settings) as http:
+        # A client that sends its head and then nothing of the body it announced.
+        _, writer = await asyncio.open_connection(http.base_url.host, http.base_url.port)
+        writer.write(
             b"POST /v1/create_user HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1000\r\n\r\n"
         )
-        answer = await raw_post(http.base_url, head, within_s=2)
-        status_line, _, rest = answer.partition(b"\r\n")
-        headers, _, body = rest.partition(b"\r\n\r\n")
-        assert status_line.startswith(b"HTTP/1.1 503 "), answer
-        retry_after = next(
-            line for line in headers.split(b"\r\n") if line.lower().startswith(b"retry-after:")
-        )
-        assert int(retry_after.split(b":")[1]) >= 1
-        assert json.loads(body)["error"] == "too many signups at once, retry later"
-        assert b"\r\nx-request-id: " in headers.lower()
+        await writer.drain()
+        complete = asyncio.create_task(http.post("/v1/create_user", json=signup_body()))
 
-        flood = await asyncio.gather(
-            *(
-                http.post("/v1/create_user", json=signup_body(f"door_{n}", f"d{n}@example.com"))
-                for n in range(30)
-            )
-        )
-        assert {answer.status_code for answer in flood} == {503}
-        assert all(int(answer.headers["retry-after"]) >= 1 for answer in flood)
-        assert all(answer.headers["x-request-id"] for answer in flood)
-        # Other endpoints do not queue at the door.
-        assert (await http.get("/healthz")).status_code == 200
-    shed = 1 + len(flood)
-    assert shed_total("queue_full") - before == shed
-    assert await count(db, users) == 0
+        async def queued_or_refused() -> bool:  # the complete signup holds the wait place, or was shed
+            if complete.done():
+                return True
+            place = gate.try_enter()
+            if place is None:
+                return True
+            place.leave()
+            return False
 
-    def shed_lines() -> list[dict[str, object]]:
-        lines = (json.loads(line) for line in log_tee.lines[start:] if '"signups shed"' in line)
-        return [line for line in lines if line["reason"] == "queue_full"]
-
-    async def all_logged() -> bool:
-        return sum(int(line["count"]) for line in shed_lines()) >= shed  # type: ignore[call-overload]
-
-    await wait_for(all_logged, timeout=10, what="every refusal to be logged with its count")
-    lines = shed_lines()
-    assert sum(int(line["count"]) for line in lines) == shed  # type: ignore[call-overload]
-    assert len(lines) <= 3  # a line a second at most, not one per refusal
-    # A refused signup is no request line: that is the work the door saves.
-    assert not any('"path": "/v1/create_user"' in line for line in log_tee.lines[start:])
+        await wait_for(queued_or_refused, timeout=10, what="the complete signup to queue or be refused")
+        hold.set()
+        answer = await complete
+        writer.close()
+    await worker
+    assert answer.status_code == 200, answer.text
+    assert await count(db, users) == 1
 
 
-async def test_a_full_queue_still_replays_a_stored_answer(
+async def test_a_full_queue_refuses_a_retry_with_a_key_without_looking_it_up(
     settings: Settings, db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = {"Idempotency-Key": str(uuid.uuid4())}
@@ -279,14 +250,12 @@ async def test_a_full_queue_still_replays_a_stored_answer(
     assert first.status_code == 200
     before = shed_total("queue_full")
     async with full_queue(monkeypatch), serving(settings) as http:
+        refused = await http.post("/v1/create_user", json=signup_body(), headers=key)
+    # A stored answer is not looked for: a flood of retries with keys costs the database nothing.
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert shed_total("queue_full") - before == 1
+    async with serving(settings) as http:  # room again: the retry gets the original answer
         again = await http.post("/v1/create_user", json=signup_body(), headers=key)
-        other_body = await http.post(
-            "/v1/create_user", json=signup_body("bob", "bob@example.com"), headers=key
-        )
-        new_key = await http.post("/v1/create_user", json=signup_body(), headers={"Idempotency-Key": "new"})
     assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
     assert again.json() == first.json()
-    assert other_body.status_code == 422  # let through as a retry, then refused as ever
-    assert new_key.status_code == 503 and int(new_key.headers["retry-after"]) >= 1
-    assert shed_total("queue_full") - before == 1  # the replay and the 422 were not refusals
     assert await count(db, users) == 1

@@ -85,11 +85,11 @@ async def test_the_wait_queue_follows_the_measured_pace() -> None:
     assert admission(max_waiting=7).max_waiting == 7
 
 
-async def test_a_place_taken_at_the_door_counts_until_its_signup_gets_a_slot() -> None:
+async def test_a_place_taken_by_the_route_counts_until_its_signup_gets_a_slot() -> None:
     gate, release = admission(), asyncio.Event()
     working = asyncio.create_task(hold(gate, release))
     await asyncio.sleep(0)
-    place = gate.enter()  # the one wait place, taken before the body is read
+    place = gate.enter()  # the one wait place, taken once the body is read
     with pytest.raises(Shed, match="queue_full"):
         gate.enter()
     ticket = gate.ticket(client_gone=asyncio.Event(), place=place)
@@ -97,7 +97,7 @@ async def test_a_place_taken_at_the_door_counts_until_its_signup_gets_a_slot() -
     waiting = asyncio.create_task(hold_ticket(ticket, release))
     release.set()
     await asyncio.gather(working, waiting)
-    place.leave()  # the door leaves it again when the request ends: nothing happens
+    place.leave()  # the route leaves it again when the request ends: nothing happens
     release = asyncio.Event()
     working = asyncio.create_task(hold(gate, release))
     await asyncio.sleep(0)
