@@ -128,7 +128,10 @@ def test_prometheus_scrapes_every_service_with_the_rules_on_loopback_only(servic
     assert prometheus["profiles"] == ["monitoring"] and prometheus["image"].startswith("prom/prometheus")
     assert all(str(port).startswith("127.0.0.1:") for port in prometheus["ports"])
     mounted = {volume.split(":")[1] for volume in prometheus["volumes"]}
-    assert mounted == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"}
+    assert mounted == {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml", "/prometheus"}
+    # The image's own command names its storage path; ours replaces that command, so it must name the
+    # path again, on the volume (a Debian-built Prometheus defaults to a path its user cannot write).
+    assert "--storage.tsdb.path=/prometheus" in prometheus["command"]
     config = yaml.safe_load((repo_root() / "deploy" / "prometheus" / "prometheus.yml").read_text())
     assert config["rule_files"] == ["alerts.yml"]
     assert {job["job_name"] for job in config["scrape_configs"]} == {"api", "relay", "worker"}
