@@ -150,7 +150,8 @@ class Process:
         return self.log_path.exists() and self.log_path.stat().st_size > self.log_offset
 
 
-def signup_process(command: str, *, env: dict[str, str], log_dir: Path) -> Process:
-    """``signup <command>`` run with this interpreter, so it uses the same installed code."""
-    argv = [sys.executable, "-m", "signup_cli.main", command]
+def signup_process(command: str, *, env: dict[str, str], log_dir: Path, lab: bool = False) -> Process:
+    """``signup <command>`` run with this interpreter, so it uses the same installed code; with ``lab``,
+    ``python -m lab.strategies <command>`` (the API or the worker with the lab's knobs)."""
+    argv = [sys.executable, "-m", "lab.strategies" if lab else "signup_cli.main", command]
     return Process(command, argv, log_path=log_dir / f"{command}.log", env=env)

@@ -3,7 +3,9 @@
 ``Stack`` creates a fresh database (migrated, dropped at the end), a private ``redis-server`` it can stop
 and start, an in-process SMTP sink (``lab.harness.smtp``), and runs ``signup api``, ``signup relay`` and
 ``signup worker`` as real subprocesses configured through the environment, each logging JSON to its own
-file. Readiness is polled, never slept for. ``generate_load`` (``lab.harness.load``) sends the signups::
+file; with a course strategy or an injected fault (``lab.strategies``) the API and the worker start through
+``python -m lab.strategies`` instead. Readiness is polled, never slept for. ``generate_load``
+(``lab.harness.load``) sends the signups::
 
     env = {"TASK_PROCESS_IN_MS": "1000"}
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -34,9 +36,12 @@ from lab.harness.processes import Process, free_port, signup_process
 from lab.harness.queues import heartbeats_since
 from lab.harness.redis_server import RedisServer
 from lab.harness.smtp import SmtpSink
+from lab.strategies.knobs import KNOB_NAMES, knobs_set
 from shared.settings import Settings, setting_names
 
 SERVICES = ("api", "relay", "worker")
+LAB_SERVICES = ("api", "worker")
+"""The processes the knobs of ``lab.strategies`` reach."""
 RELAY_SILENT_START_S = 3.0
 
 
@@ -60,8 +65,8 @@ class Stack:
     """One experiment's servers and processes. Use as ``async with``; ``close()`` leaves nothing behind.
 
     ``pg_admin_url`` is the PostgreSQL server's maintenance database, where the stack creates (and at the
-    end drops) a database of its own. ``env`` adds or overrides settings (``TASK_PROCESS_IN_MS``,
-    ``FAULT_*``, ``WORKER_*`` …) for every service; ``services`` chooses which ``signup`` processes run (the
+    end drops) a database of its own. ``env`` adds or overrides settings and the knobs of ``lab.strategies``
+    (``TASK_PROCESS_IN_MS``, ``FAULT_*`` …) for every service; ``services`` chooses which processes run (the
     course's strategies need no relay).
     """
 
@@ -85,13 +90,15 @@ class Stack:
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.env = self._environment(strategy, env or {})
+        knobs = knobs_set(self.env)
         self.services: dict[str, Process] = {
-            name: signup_process(name, env=self.env, log_dir=work_dir) for name in services
+            name: signup_process(name, env=self.env, log_dir=work_dir, lab=knobs and name in LAB_SERVICES)
+            for name in services
         }
 
     def _environment(self, strategy: str, extra: Mapping[str, str]) -> dict[str, str]:
         # Start from the caller's environment without any setting in it, so nothing leaks into the run.
-        names = set(setting_names())
+        names = {*setting_names(), *KNOB_NAMES}
         base = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("dramatiq_")}
         return {
             **base,

@@ -10,7 +10,7 @@ struct is a ``BadPayload``: dead-lettered at once, since no retry can mend it.
 from __future__ import annotations
 
 import pkgutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,19 +84,28 @@ async def _handle(handler: Handler, payload: Message, *, context: WorkerContext,
             log.info("stale database connection discarded; handling the message again")
 
 
-def declare_actors(broker: Broker, context: WorkerContext) -> list[dramatiq.Actor[..., Any]]:
+def declare_actors(
+    broker: Broker, context: WorkerContext, *, handlers: Mapping[type[Message], Handler] | None = None
+) -> list[dramatiq.Actor[..., Any]]:
     """Declare one actor on ``broker`` for every registered message; its queues are then the broker's.
 
+    A message class in ``handlers`` is handled by the function given there instead of the one it names.
     Raises ``ImportError`` or ``AttributeError`` when a message names a handler that does not exist.
     """
-    return [declare_actor(broker, message_class, context) for message_class in registered()]
+    handlers = handlers or {}
+    return [
+        declare_actor(broker, message_class, context, handler=handlers.get(message_class))
+        for message_class in registered()
+    ]
 
 
 def declare_actor(
-    broker: Broker, message_class: type[Message], context: WorkerContext
+    broker: Broker, message_class: type[Message], context: WorkerContext, *, handler: Handler | None = None
 ) -> dramatiq.Actor[..., Any]:
-    """The actor for ``message_class``: permanent errors skip the retries (``throws``)."""
-    handler: Handler = pkgutil.resolve_name(message_class.handler)
+    """The actor for ``message_class`` (run by ``handler``, default the one the class names): permanent
+    errors skip the retries (``throws``)."""
+    if handler is None:
+        handler = pkgutil.resolve_name(message_class.handler)
 
     async def actor(*args: Any, **kwargs: Any) -> None:
         payload = decode(message_class, args, kwargs)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Mapping
 
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Retries
 
 from services.worker import emails, handled, handlers
-from services.worker.actors import WorkerContext, declare_actors
+from services.worker.actors import Handler, WorkerContext, declare_actors
 from services.worker.handled import DeadLetterHandled
 from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
@@ -22,6 +23,7 @@ from shared.broker import POLL_MS, StreamsBroker, create_broker
 from shared.database import create_engine
 from shared.keys import server_key
 from shared.logging import get_logger
+from shared.messages import Message
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
 
@@ -79,10 +81,14 @@ async def warm_up(context: WorkerContext) -> None:
 
 
 def build_worker(
-    settings: Settings, *, mailer: Mailer | None = None, poll_ms: int = POLL_MS
+    settings: Settings,
+    *,
+    mailer: Mailer | None = None,
+    poll_ms: int = POLL_MS,
+    handlers: Mapping[type[Message], Handler] | None = None,
 ) -> tuple[StreamsBroker, WorkerContext]:
     """The worker's broker (``poll_ms``: see ``StreamsBroker``) with its middleware and actors, and the
-    context its messages share."""
+    context its messages share. ``handlers`` replaces the handler of the message classes it names."""
     server_key(settings.worker_code_secret, setting="WORKER_CODE_SECRET")  # an unset key warns at start
     context = WorkerContext(
         settings=settings,
@@ -103,5 +109,5 @@ def build_worker(
     if tracing_enabled():
         # Before Retries, so that its after-hook sees whether Retries dead-lettered the message.
         broker.add_middleware(MessageSpans(), before=Retries)
-    declare_actors(broker, context)
+    declare_actors(broker, context, handlers=handlers)
     return broker, context

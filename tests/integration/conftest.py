@@ -7,8 +7,10 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
+import msgspec
 import pytest
 import uvicorn
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan
@@ -80,7 +82,7 @@ def spans(exporter: InMemorySpanExporter, db: AsyncEngine) -> InMemorySpanExport
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def serving(settings: Settings, app: Litestar | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """The real app under uvicorn on a free port, in this event loop, and a client for it.
 
     Litestar's test client runs one request at a time; this serves requests concurrently, as production does,
@@ -88,7 +90,9 @@ async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
+        uvicorn.Config(
+            app or create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False
+        )
     )
     task = asyncio.create_task(server.serve())
     try:
@@ -102,6 +106,14 @@ async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture
+def worker_settings(settings: Settings) -> Settings:
+    """The test settings with short retry backoffs and two worker threads."""
+    return msgspec.structs.replace(
+        settings, worker_min_backoff_ms=100, worker_max_backoff_ms=2000, worker_threads=2
+    )
 
 
 @pytest.fixture

@@ -8,18 +8,18 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from email.message import Message as EmailMessageBase
 from typing import Any, TypeVar
 
-import msgspec
-import pytest
 import sqlalchemy as sa
 from dramatiq import Message, Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.worker.actors import Handler
 from services.worker.app import build_worker, warm_up
+from shared import messages
 from shared.broker import StreamsBroker
 from shared.database import users, verify_emails
 from shared.keys import code_digest
@@ -31,17 +31,12 @@ from tests.support import Delivery, SmtpSink, repo_root, wait_for
 T = TypeVar("T")
 
 
-@pytest.fixture
-def worker_settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(
-        settings, worker_min_backoff_ms=100, worker_max_backoff_ms=2000, worker_threads=2
-    )
-
-
 @contextmanager
-def running_worker(settings: Settings) -> Iterator[StreamsBroker]:
+def running_worker(
+    settings: Settings, *, handlers: Mapping[type[messages.Message], Handler] | None = None
+) -> Iterator[StreamsBroker]:
     """The real worker (broker, middleware, actor) in this process, polling every 50 ms."""
-    broker, _ = build_worker(settings)
+    broker, _ = build_worker(settings, handlers=handlers)
     worker = Worker(broker, worker_timeout=50, worker_threads=settings.worker_threads)
     worker.start()
     try:
@@ -273,16 +268,6 @@ async def test_a_user_not_yet_visible_is_retried_until_it_is(worker_settings, db
         await add_user(db, "late")
         await wait_for(lambda: _received(sink), timeout=10, what="the email once the user is visible")
     assert "UserNotVisible" in logged(log_tee, "attempt failed", since=start)[0]["error"]
-
-
-async def test_skip_retry_drops_a_missing_users_message(worker_settings, db, sink, log_tee) -> None:
-    start = len(log_tee.lines)
-    skip = msgspec.structs.replace(worker_settings, worker_skip_retry_missing_user=True)
-    with running_worker(skip) as broker:
-        broker.enqueue(verify_message("ghost"))
-        await wait_logged(log_tee, "user not found; dropping the message (SkipRetry)", since=start)
-        assert broker.dead_letters() == []
-    assert sink.attempts == []
 
 
 async def test_bad_payload_is_dead_lettered_without_retry(worker_settings, db, sink) -> None:
