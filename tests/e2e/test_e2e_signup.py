@@ -7,91 +7,23 @@ Also checks that one signup's log lines in all three services share its trace id
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-import re
-import signal
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 import sqlalchemy as sa
 
-from lab.harness.stack import NO_CLIENT_LIMITS, PATIENT_ADMISSION
 from shared.database import verify_emails
 from shared.settings import Settings
-from tests.support import SmtpSink, free_port, repo_root, wait_for
+from tests.support import Services, SmtpSink, link_of, ready, repo_root, wait_for
 
 USERS = 200
-LINK = re.compile(rb"(http://\S+/v1/verify_email\?email_id=(\d+)&secret_code=[A-Za-z0-9_-]+)")
-
-
-class Services:
-    """``signup api``, ``signup relay`` and ``signup worker``, each in its own process group and log file."""
-
-    def __init__(self, settings: Settings, sink: SmtpSink, log_dir: Path) -> None:
-        self.api_port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
-        self.log_dir = log_dir
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "REDIS_URL": settings.redis_url,
-            "SMTP_HOST": sink.host,
-            "SMTP_PORT": str(sink.port),
-            "API_HOST": "127.0.0.1",
-            "API_PORT": str(self.api_port),
-            "PUBLIC_BASE_URL": self.api_url,
-            "RELAY_METRICS_PORT": "0",
-            "WORKER_METRICS_PORT": "0",
-            "WORKER_MIN_BACKOFF_MS": "100",
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "info",
-            # Every signup of a burst must be admitted, however slowly this machine hashes: what is tested
-            # here is that each gets its email (admission has its own tests).
-            **PATIENT_ADMISSION,
-            # Every request comes from 127.0.0.1 and many go to one mailbox: the limits have their own tests.
-            **NO_CLIENT_LIMITS,
-        }
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, **extra: str) -> None:
-        with (self.log_dir / f"{name}.log").open("wb") as out:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "signup_cli.main", name],
-                env={**self.env, **extra},
-                cwd=repo_root(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def logs(self, name: str) -> list[dict[str, Any]]:
-        lines = (self.log_dir / f"{name}.log").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def stop(self) -> None:
-        # SIGTERM to each main process only: Dramatiq's forwards it to its worker processes.
-        for process in self.processes.values():
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass  # killed below
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -105,38 +37,9 @@ def services(settings: Settings, sink: SmtpSink, db: Any, tmp_path: Path) -> Ite
         stack.stop()
 
 
-async def ready(stack: Services, settings: Settings) -> None:
-    async def api_ready() -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                return (await client.get(f"{stack.api_url}/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    async def worker_polling() -> bool:
-        client = redis.Redis.from_url(settings.redis_url)
-        try:
-            return bool(client.zcard("signup:consumers"))
-        finally:
-            client.close()
-
-    await wait_for(api_ready, timeout=30, what="the api")
-    await wait_for(worker_polling, timeout=30, what="the worker")
-
-
 def events_of(stack: Services, service: str, request_id: str) -> list[str]:
     """The ``event`` of every line of ``service``'s log that carries the request id ``request_id``."""
     return [line["event"] for line in stack.logs(service) if line.get("request_id") == request_id]
-
-
-def link_of(message: Message) -> tuple[str, int]:
-    text = message.get_payload(0)
-    assert isinstance(text, Message)
-    body = text.get_payload(decode=True)
-    assert isinstance(body, bytes)
-    match = LINK.search(body)
-    assert match, body
-    return match.group(1).decode(), int(match.group(2))
 
 
 async def test_two_hundred_signups_two_hundred_emails_each_verified(services, settings, sink, db) -> None:

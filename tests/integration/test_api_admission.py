@@ -22,11 +22,7 @@ from services.api.admission import SHED_LOG, Admission
 from services.api.app import create_app
 from shared.database import idempotency_keys, outbox, users
 from shared.settings import Settings
-from tests.integration.conftest import serving
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_api_signup import count, signup_body
-from tests.integration.test_worker import running_worker
-from tests.support import SmtpSink, wait_for
+from tests.support import SmtpSink, count, running_relay, running_worker, serving, signup_body, wait_for
 
 
 async def test_a_flood_beyond_the_limit_is_shed_fast_and_every_accepted_signup_gets_its_email(

@@ -11,31 +11,12 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.app import create_app
 from services.api.metrics import serve_metrics
 from shared.database import outbox, users
-from tests.conftest import LogTee
-from tests.integration.conftest import serving
-from tests.support import free_port
-
-
-def signup_body(
-    username: str = "alice", email: str = "alice@example.com", **extra: object
-) -> dict[str, object]:
-    return {
-        "username": username,
-        "full_name": "Alice Liddell",
-        "email": email,
-        "password": "correct horse",
-        **extra,
-    }
-
-
-async def count(engine: AsyncEngine, table: sa.Table) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+from tests.support import LogTee, count, free_port, serving, signup_body
 
 
 async def test_signup_writes_one_user_and_one_outbox_row(client, db, sensitive) -> None:

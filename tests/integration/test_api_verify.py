@@ -2,56 +2,23 @@
 
 from __future__ import annotations
 
-import secrets
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.app import create_app
-from shared.database import users, verify_emails
-from shared.keys import code_digest
 from shared.settings import Settings
+from tests.support import add_link, is_verified
 
 
 @pytest.fixture
 async def client(settings: Settings, db: AsyncEngine) -> AsyncIterator[AsyncTestClient[Any]]:
     async with AsyncTestClient(create_app(settings)) as client:
         yield client
-
-
-async def add_link(engine: AsyncEngine, *, expires_in: timedelta = timedelta(minutes=15)) -> tuple[int, str]:
-    code = secrets.token_urlsafe(32)
-    async with engine.begin() as connection:
-        await connection.execute(
-            users.insert().values(
-                username="alice", hashed_password="x", full_name="Alice", email="alice@example.com"
-            )
-        )
-        email_id = (
-            await connection.execute(
-                verify_emails.insert()
-                .values(
-                    username="alice",
-                    email="alice@example.com",
-                    code_sha256=code_digest(code),
-                    event_id=uuid.uuid4(),
-                    expired_at=datetime.now(UTC) + expires_in,
-                )
-                .returning(verify_emails.c.id)
-            )
-        ).scalar_one()
-    return int(email_id), code
-
-
-async def is_verified(engine: AsyncEngine) -> bool:
-    async with engine.connect() as connection:
-        return bool((await connection.execute(sa.select(users.c.is_email_verified))).scalar_one())
 
 
 async def click(client: AsyncTestClient[Any], email_id: int, code: str) -> Any:

@@ -21,8 +21,7 @@ from lab.strategies.knobs import Knobs
 from lab.strategies.serve import api_factory
 from shared.database import outbox, users
 from shared.settings import Settings
-from tests.integration.test_worker import running_worker, verify_message, wait_logged
-from tests.support import RedisServer, held_messages
+from tests.support import RedisServer, held_messages, running_worker, verify_message, wait_logged
 
 BODY = {
     "username": "alice",

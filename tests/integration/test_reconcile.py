@@ -25,10 +25,17 @@ from services.relay.relay import Relay
 from services.worker.app import build_worker
 from shared.settings import Settings
 from signup_cli.trace import timeline
-from tests.conftest import LogTee
-from tests.integration.relay_helpers import fetch, running_relay
-from tests.integration.test_worker import add_user, logged, signup_cli
-from tests.support import RedisServer, SmtpSink, wait_for
+from tests.support import (
+    LogTee,
+    RedisServer,
+    SmtpSink,
+    add_user,
+    fetch,
+    logged,
+    running_relay,
+    signup_cli,
+    wait_for,
+)
 
 GRACE_MS = 300
 INTERVAL_MS = 100

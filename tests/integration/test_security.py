@@ -13,7 +13,6 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
-from email.message import EmailMessage
 
 import pytest
 import sqlalchemy as sa
@@ -21,19 +20,21 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.actors import WorkerContext
 from services.worker.emails import render_email
 from services.worker.errors import PermanentError
-from services.worker.handlers import send_verify_email
 from shared.database import outbox, users, verify_emails
 from shared.keys import code_digest, server_key, verification_code
-from shared.messages import SendVerifyEmail
-from tests.integration.conftest import resends_done
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_api_signup import count, signup_body
-from tests.integration.test_resend_flow import link_in
-from tests.integration.test_tracing import finished
-from tests.integration.test_worker import running_worker
+from tests.support import (
+    RecordingMailer,
+    count,
+    finished,
+    link_in,
+    resends_done,
+    running_relay,
+    running_worker,
+    signup_body,
+    worker_sends,
+)
 
 
 async def add_user(client, *, username: str = "alice", email: str = "alice@example.com") -> None:
@@ -192,32 +193,6 @@ async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) ->
 
 
 # --- the worker's side of the link --------------------------------------------------------------------
-
-
-class RecordingMailer:
-    def __init__(self) -> None:
-        self.sent: list[EmailMessage] = []
-
-    async def send(self, message: EmailMessage) -> None:
-        self.sent.append(message)
-
-
-async def worker_sends(
-    db: AsyncEngine, settings, username: str = "alice", *, mailer: RecordingMailer | None = None
-) -> RecordingMailer:
-    """Run the worker's use case for one new message to ``username``, with a recording mailer (``mailer``:
-    one the caller keeps, which then may send nothing)."""
-    given = mailer
-    mailer = mailer or RecordingMailer()
-    async with db.connect() as connection:
-        await send_verify_email(
-            SendVerifyEmail(username=username),
-            context=WorkerContext(settings=settings, mailer=mailer, engine=db),
-            message_id=str(uuid.uuid4()),
-            connection=connection,
-        )
-    assert given is not None or len(mailer.sent) == 1
-    return mailer
 
 
 async def test_each_message_gets_a_256_bit_code_keyed_by_the_worker_secret(
