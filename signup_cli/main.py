@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("lab.compare.cli:run", "the outbox against other ways of sending the email, under faults"),
     "bench": ("lab.bench.cli:run", "latency, API cost, relay drain, claim cost, worker throughput, peer"),
     "soak": ("lab.soak.cli:run", "signups under faults (kills, restarts, SMTP 451s), then a verdict"),
-    "dlq": ("services.worker.dlq:run", "list, replay or discard dead-lettered messages"),
+    "dlq": ("signup_cli.dlq:run", "list, replay or discard dead-lettered messages"),
     "trace": ("signup_cli.trace:run", "a signup's timeline from the database"),
 }
 

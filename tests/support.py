@@ -56,8 +56,8 @@ from lab.harness.stack import api_ready, services_environment, worker_polling
 from services.api.app import create_app
 from services.relay.relay import Relay, build_relay
 from services.worker.actors import Handler, WorkerContext
-from services.worker.app import build_worker
 from services.worker.handlers import send_verify_email
+from services.worker.wiring import build_broker
 from shared import messages
 from shared.broker import StreamsBroker
 from shared.database import asyncpg_dsn, users, verify_emails
@@ -314,7 +314,7 @@ def running_worker(
     settings: Settings, *, handlers: Mapping[type[messages.Message], Handler] | None = None
 ) -> Iterator[StreamsBroker]:
     """The real worker (broker, middleware, actor) in this process, polling every 50 ms."""
-    broker, _ = build_worker(settings, handlers=handlers)
+    broker, _ = build_broker(settings, handlers=handlers)
     worker = Worker(broker, worker_timeout=50, worker_threads=settings.worker_threads)
     worker.start()
     try:

@@ -3,7 +3,7 @@
 In the API, between the dispatch and the commit: a slow commit (``FAULT_COMMIT_DELAY_MS``) and a random
 rollback (``FAULT_ROLLBACK_RATIO``), through ``create_app``'s ``before_commit``. In the worker, the course's
 ``SkipRetry`` (``WORKER_SKIP_RETRY_MISSING_USER``): a message whose user is not visible is dropped instead of
-retried, through ``build_worker``'s ``handlers``.
+retried, through ``build_broker``'s ``handlers``.
 """
 
 from __future__ import annotations

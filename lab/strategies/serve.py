@@ -1,7 +1,7 @@
 """``python -m lab.strategies api|worker``: the product's API or worker, with the knobs the environment sets.
 
 The settings are the product's (``load_settings``); the knobs (``knobs.py``) reach the product only through
-the seams of ``create_app`` and ``build_worker``. With no knob set, the process is ``signup api`` or
+the seams of ``create_app`` and ``build_broker``. With no knob set, the process is ``signup api`` or
 ``signup worker`` itself.
 """
 

@@ -2,9 +2,9 @@
 
 The actor parses the message's one argument into its ``Message`` class, calls the class's handler with the
 worker process's shared context, the message id (the outbox event id, the idempotency key) and the
-message's one database connection, records the event as handled on that connection (``handled``), and maps
-a database outage to a retry. A payload that is not the class's
-struct is a ``BadPayload``: dead-lettered at once, since no retry can mend it.
+message's one database connection, records the event as handled on that connection (``handled_mark``), and
+maps a database outage to a retry. A payload that is not the class's struct is a ``BadPayload``:
+dead-lettered at once, since no retry can mend it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.worker.errors import PermanentError, TransientError
-from services.worker.handled import mark_handled
+from services.worker.handled_mark import mark_handled
 from services.worker.mailer import Mailer
 from services.worker.metrics import WorkerMetrics
 from shared.database import database_unavailable

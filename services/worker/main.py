@@ -24,7 +24,7 @@ from dramatiq.common import join_all
 from dramatiq.errors import BrokerConnectionError
 
 from services.worker.actors import Handler
-from services.worker.app import build_worker
+from services.worker.wiring import build_broker
 from shared.broker import StreamsBroker
 from shared.logging import configure_logging, get_logger
 from shared.messages import Message
@@ -55,12 +55,12 @@ def run(
     handlers: Mapping[type[Message], Handler] | None = None,
 ) -> int:
     """Consume until the first SIGTERM/SIGINT, stop as described above and return 0. ``handlers``: see
-    ``build_worker``."""
+    ``build_broker``."""
     configure_logging(service="worker", log_format=settings.log_format, log_level=settings.log_level)
     configure_tracing(service="worker")
     # Dramatiq's AsyncIO middleware creates the loop every actor runs on with asyncio.new_event_loop().
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    broker, worker = build(settings, os.environ, handlers=handlers)
+    broker, worker = build_worker(settings, os.environ, handlers=handlers)
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT):
         # SimpleQueue.put may be called from a signal handler; the main thread does the work.
@@ -78,7 +78,7 @@ def run(
     return 0
 
 
-def build(
+def build_worker(
     settings: Settings,
     environ: Mapping[str, str],
     *,
@@ -87,7 +87,7 @@ def build(
     """The broker (polling every ``poll_timeout(environ)`` ms where it polls), and a Dramatiq ``Worker`` on
     the queues of its declared actors (their delay queues follow), its threads waking and its idle
     consumers reading every ``THREAD_WAKE_MS``. Nothing connects yet."""
-    broker, _ = build_worker(settings, poll_ms=poll_timeout(environ), handlers=handlers)
+    broker, _ = build_broker(settings, poll_ms=poll_timeout(environ), handlers=handlers)
     worker = Worker(
         broker,
         queues=broker.get_declared_queues(),

@@ -22,7 +22,7 @@ from dramatiq import Broker, Middleware, Worker
 from dramatiq.broker import MessageProxy
 
 from services.relay.relay import Relay
-from services.worker.app import build_worker
+from services.worker.wiring import build_broker
 from shared.settings import Settings
 from signup_cli.trace import timeline
 from tests.support import (
@@ -53,7 +53,7 @@ class Deliveries(Middleware):
 
 @contextmanager
 def running_worker(settings: Settings) -> Iterator[Deliveries]:
-    broker, _ = build_worker(settings)
+    broker, _ = build_broker(settings)
     deliveries = Deliveries()
     broker.add_middleware(deliveries)
     worker = Worker(broker, worker_timeout=50, worker_threads=2)

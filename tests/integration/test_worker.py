@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from dramatiq import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.app import build_worker, warm_up
+from services.worker.wiring import build_broker, warm_up
 from shared.database import verify_emails
 from shared.keys import code_digest
 from signup_cli.trace import load_timeline
@@ -76,7 +76,7 @@ async def test_a_worker_opens_its_database_and_smtp_connections_before_its_first
     # queries) and an SMTP connect and EHLO on its way to the inbox: after a deploy, and in every process of
     # several. The worker opens both when it boots, and the first message uses them.
     await add_user(db)
-    broker, context = build_worker(worker_settings)
+    broker, context = build_broker(worker_settings)
     worker = Worker(broker, worker_timeout=50, worker_threads=worker_settings.worker_threads)
     worker.start()
     try:
@@ -101,7 +101,7 @@ async def test_the_warm_up_prepares_a_messages_statements_on_the_pooled_connecti
     # A fresh process's first message also paid for SQLAlchemy compiling, and asyncpg preparing, each of
     # its statements on the connection (a few ms). The warm-up runs them for no row and rolls back.
     await add_user(db)
-    _broker, context = build_worker(worker_settings)
+    _broker, context = build_broker(worker_settings)
     try:
         await warm_up(context)
         async with context.engine.connect() as connection:

@@ -2,7 +2,7 @@
 
 The course's ways of handing the email on and the faults the lab injects live in ``lab/strategies/``, which
 reaches the product through its public seams (``create_app``'s ``dispatcher``, ``before_commit`` and
-``exception_handlers``; ``build_worker``'s ``handlers``). No product module imports from ``lab/`` or names
+``exception_handlers``; ``build_broker``'s ``handlers``). No product module imports from ``lab/`` or names
 one of them: a deployment cannot be switched to a strategy that loses email, and a reader of the signup path
 does not have to learn the course's mistakes.
 """
