@@ -58,8 +58,7 @@ def run(
     ``build_broker``."""
     configure_logging(service="worker", log_format=settings.log_format, log_level=settings.log_level)
     configure_tracing(service="worker")
-    # Dramatiq's AsyncIO middleware creates the loop every actor runs on with asyncio.new_event_loop().
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    use_uvloop()
     broker, worker = build_worker(settings, os.environ, handlers=handlers)
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -76,6 +75,12 @@ def run(
         # Even if logging fails (a stdout nobody reads any more, under a SIGKILLed `signup dev`).
         stop(worker, broker, events)
     return 0
+
+
+def use_uvloop() -> None:
+    """Make the loop every actor runs on a uvloop: Dramatiq's AsyncIO middleware creates it with
+    ``asyncio.new_event_loop()``, which follows the event loop policy."""
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def build_worker(

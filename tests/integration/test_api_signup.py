@@ -140,11 +140,6 @@ async def test_oversized_body_is_413(client, db, settings) -> None:
     assert await count(db, users) == 0
 
 
-async def test_deeply_nested_body_is_refused_without_5xx(client, db) -> None:
-    response = await client.post("/v1/create_user", content=b"[" * 5000 + b"]" * 5000)
-    assert response.status_code in (400, 413)
-
-
 async def test_database_down_is_503_with_retry_after(settings, log_tee: LogTee) -> None:
     down = msgspec.structs.replace(
         settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nope"
