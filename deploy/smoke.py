@@ -1,11 +1,13 @@
 """Smoke test of the compose stack, run the way a user runs it: ``just compose-smoke``.
 
-Builds and starts docker-compose.yml as a project of its own (``signup-smoke``, on free host ports, so a
-stack you run is left alone), waits for the api to be healthy, signs one person up over HTTP, reads the
-verification email through Mailpit's HTTP API, opens its link, finds the signup's request id in the api,
-relay and worker logs, checks that ``stop`` takes under 30 s and every service exits 0, then removes the
-project with its volumes. Prints each step's time; exits 1 naming the step that failed. Needs only Python's
-standard library, a Docker engine and ``docker compose`` (v2) or ``docker-compose`` (v1).
+Builds and starts docker-compose.yml as a project of its own (``signup-smoke``, on free host ports and
+with fresh random PostgreSQL and Redis passwords, so a stack you run is left alone), waits for the api to be
+healthy, checks that the runtime image's code is root's and holds no lab nor test tools and that PostgreSQL
+and Redis refuse a wrong password, signs one person up over HTTP, reads the verification email through
+Mailpit's HTTP API, opens its link, finds the signup's request id in the api, relay and worker logs, checks
+that ``stop`` takes under 30 s and every service exits 0, then removes the project with its volumes.
+Prints each step's time; exits 1 naming the step that failed. Needs only Python's standard library, a
+Docker engine and ``docker compose`` (v2) or ``docker-compose`` (v1).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -32,6 +35,35 @@ STOP_WITHIN_S = 30.0
 HOPS = {"api": "request", "relay": "relay.event_published", "worker": "verification email sent"}
 LINK = re.compile(r"http://\S+/v1/verify_email\?email_id=\d+&secret_code=[A-Za-z0-9_-]+")
 T = TypeVar("T")
+# Run in the api container as its own user: what the image lets that user write, and what it should not hold.
+IMAGE_CHECK = """
+import importlib.util, json, os, sys, sysconfig
+site = sysconfig.get_paths()["purelib"]
+paths = [sys.prefix, site, *(os.path.join(site, p) for p in ("services", "shared", "signup_cli"))]
+print(json.dumps({
+    "uid": os.getuid(),
+    "owners": sorted({os.stat(p).st_uid for p in paths}),
+    "writable": [p for p in paths if os.access(p, os.W_OK)],
+    "present": [m for m in ("lab", "tests", "aiosmtpd", "pytest") if importlib.util.find_spec(m)],
+}))
+"""
+# Run in the api container: a neighbour on the compose network without the passwords is refused by both.
+WRONG_PASSWORDS = """
+import asyncio, asyncpg, redis
+async def postgres():
+    try:
+        await asyncpg.connect(host="postgres", user="postgres", password="wrong", database="signup")
+    except asyncpg.InvalidPasswordError:
+        return "refused"
+    return "accepted"
+def without_password():
+    try:
+        redis.Redis(host="redis", socket_timeout=5).ping()
+    except redis.AuthenticationError:
+        return "refused"
+    return "accepted"
+print(asyncio.run(postgres()), without_password())
+"""
 
 
 class SmokeFailed(Exception):
@@ -72,6 +104,9 @@ class Stack:
             "API_PORT": str(self.api_port),
             "MAILPIT_UI_PORT": str(self.mail_port),
             "PUBLIC_BASE_URL": self.api,
+            # URL-safe, as .env.example asks: every service must follow these, not compose's defaults.
+            "POSTGRES_PASSWORD": secrets.token_urlsafe(18),
+            "REDIS_PASSWORD": secrets.token_urlsafe(18),
         }
 
     def run(self, *args: str, timeout: float = 900) -> str:
@@ -150,6 +185,16 @@ def smoke(stack: Stack) -> None:
             within_s=180,
             what="healthy api",
         )
+    with step("the runtime image: root's code, read-only to the app user; no lab nor test tools"):
+        found = json.loads(stack.run("exec", "-T", "api", "python", "-c", IMAGE_CHECK))
+        if found["uid"] == 0 or found["owners"] != [0] or found["writable"] or found["present"]:
+            raise SmokeFailed(f"the runtime image is not as it should be: {found}")
+    with step("PostgreSQL and Redis refuse a client without their passwords"):
+        if (answers := stack.run("exec", "-T", "api", "python", "-c", WRONG_PASSWORDS).split()) != [
+            "refused",
+            "refused",
+        ]:
+            raise SmokeFailed(f"PostgreSQL, Redis without the password: {answers}")
     with step("sign up over HTTP (full name in Cyrillic, an internationalised domain)"):
         body = {"username": "anna", "full_name": "Анна Каренина", "email": email, "password": "correct horse"}
         http("POST", f"{stack.api}/v1/create_user", body, **{"X-Request-ID": request_id})

@@ -29,6 +29,8 @@ users = sa.Table(
         server_default=sa.text("'0001-01-01 00:00:00+00'"),
     ),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # The language of the user's emails, chosen at signup (shared/languages.py).
+    sa.Column("language", sa.String(35), nullable=False, server_default="en"),
     # Only a verified account holds its address; any number of unverified ones may claim it (DESIGN §4).
     sa.Index(
         "users_email_lower_key",

@@ -52,11 +52,16 @@ class SendVerifyEmail(Message, frozen=True):
     username: str
 
 
-class SendSignupNotice(Message, frozen=True):
-    """Tell this user that someone tried to open an account with their address (nothing else is stored)."""
+class SendSignupNotice(Message, frozen=True, omit_defaults=True):
+    """Tell this user that someone tried to open an account with their address (nothing else is stored).
+
+    ``language`` is the one chosen for the signup that met the address, the one thing it leaves behind;
+    left out of the payload when it is English, which is what a payload without it means.
+    """
 
     actor: ClassVar[str] = "send_signup_notice"
     queue: ClassVar[str] = "critical"
     handler: ClassVar[str] = "services.worker.handlers:send_signup_notice"
 
     username: str
+    language: str = "en"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from email.utils import parseaddr
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -20,6 +22,7 @@ from msgspec import Meta
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
+SmtpTls = Literal["auto", "require", "implicit", "off"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,13 +37,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     smtp_port: Port = 1025
     smtp_username: str = ""
     smtp_password: str = ""
-    smtp_starttls: bool = False
+    smtp_tls: SmtpTls = "auto"
+    """How the worker protects the SMTP connection: ``auto`` upgrades with STARTTLS whenever the server offers
+    it (and then never logs in without it); ``require`` refuses a server that does not offer STARTTLS;
+    ``implicit`` speaks TLS from the first byte (port 465, "SMTPS"); ``off`` never uses TLS. Every TLS
+    connection verifies the server's certificate and name."""
+    smtp_ca_file: str = ""
+    """A PEM file of the CA(s) that sign the SMTP server's certificate (a private relay): when set, only
+    these are trusted for SMTP, not the system's. Empty: the system's CA store."""
     smtp_timeout_ms: PositiveInt = 10_000
     """How long the worker waits on the SMTP server before it gives up and retries."""
     smtp_smtputf8: bool = False
     """The SMTP server takes SMTPUTF8: only then does the API accept an address whose local part is not
     ASCII (пользователь@example.com). Domains need no such support: the worker sends to their ASCII form."""
     mail_from: str = "Signup <no-reply@signup.local>"
+    """The emails' sender; only its address is used: the display name is ``PRODUCT_NAME``."""
+    product_name: str = "Signup"
+    """The service's name as people know it: in every email's subject, body and ``From`` display name."""
     public_base_url: str = "http://localhost:8080"
     """Base of the verification link in the email."""
 
@@ -176,6 +189,8 @@ def read_environment(struct: type[msgspec.Struct], environ: Mapping[str, str]) -
             values[field.name] = msgspec.convert(raw, field.type, strict=False)
         except msgspec.ValidationError as exc:
             message = str(exc).split(" - at ")[0]
+            if get_origin(field.type) is Literal:
+                message = f"expected one of {'|'.join(get_args(field.type))}"
             raise SettingsError(f"{field.name.upper()}={raw!r} is invalid: {message}") from None
     return values
 
@@ -185,12 +200,20 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 
     Raises ``SettingsError`` naming the first variable whose value is invalid.
     """
-    values = read_environment(Settings, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    if "SMTP_STARTTLS" in env:
+        # A true value that went unread would quietly turn a required STARTTLS into an opportunistic one.
+        raise SettingsError(
+            "SMTP_STARTTLS is not a setting: SMTP_TLS=auto|require|implicit|off says how the worker uses TLS"
+        )
+    values = read_environment(Settings, env)
     values.update(overrides)
     settings = Settings(**values)
     _check_urls(settings)
     _check_keys(settings)
     _check_proxies(settings)
+    _check_smtp_ca_file(settings)
+    _check_mail(settings)
     console_operators(settings)
     return settings
 
@@ -238,11 +261,37 @@ def _check_proxies(settings: Settings) -> None:
         ) from None
 
 
+def _check_smtp_ca_file(settings: Settings) -> None:
+    if not settings.smtp_ca_file:
+        return
+    if settings.smtp_tls == "off":
+        raise SettingsError("SMTP_CA_FILE is set but SMTP_TLS=off: the worker would never use it")
+    try:
+        smtp_tls_context(settings)
+    except OSError as exc:  # ssl.SSLError is one
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise SettingsError(f"SMTP_CA_FILE={settings.smtp_ca_file!r} is invalid: {reason}") from None
+
+
+def smtp_tls_context(settings: Settings) -> ssl.SSLContext:
+    """The context every TLS connection to the SMTP server verifies its certificate and name with: only
+    ``SMTP_CA_FILE``'s CAs when it is set, else the system's. Raises ``OSError`` or ``ssl.SSLError`` for a
+    file that cannot be read as PEM certificates."""
+    return ssl.create_default_context(cafile=settings.smtp_ca_file or None)
+
+
 def _check_keys(settings: Settings) -> None:
     for name in _KEYS:
         value = getattr(settings, name)
         if value and len(value) < MIN_KEY_CHARS:
             raise SettingsError(f"{name.upper()} is invalid: a key needs {MIN_KEY_CHARS} characters at least")
+
+
+def _check_mail(settings: Settings) -> None:
+    if not settings.product_name.strip() or any(char in settings.product_name for char in "\r\n"):
+        raise SettingsError(f"PRODUCT_NAME={settings.product_name!r} is invalid: expected a one-line name")
+    if "@" not in parseaddr(settings.mail_from)[1]:
+        raise SettingsError(f"MAIL_FROM={settings.mail_from!r} is invalid: expected an email address")
 
 
 def _check_urls(settings: Settings) -> None:

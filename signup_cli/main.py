@@ -109,7 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"signup: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    return resolve(COMMANDS[args.command][0])(settings, args)
+    try:
+        command = resolve(COMMANDS[args.command][0])
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "a module").partition(".")[0]
+        # The runtime image carries the services only: lab/ and the development tools stay in the checkout.
+        print(
+            f"signup {args.command}: needs {missing}, which is not installed here "
+            f"(lab, bench, soak, mailsink and dev run from a checkout: uv run signup {args.command})",
+            file=sys.stderr,
+        )
+        return 2
+    return command(settings, args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The one module test modules import helpers from (besides the browser driver, tests/e2e/cdp.py).
+"""The one module test modules import helpers from (besides tools: e2e/cdp.py, certificates.py).
 
 The tests run on the same harness as ``signup lab``, ``bench`` and ``soak`` (lab/harness/): one launcher of
 processes (``Process``, ``signup_process``), one private redis-server class, one SMTP sink, one pair of

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -100,15 +100,28 @@ async def verified_users(database_url: str) -> set[str]:
     return {row["username"] for row in rows}
 
 
-async def mail_records(database_url: str) -> tuple[dict[str, str], dict[str, tuple[str, datetime]]]:
+class CountedResend(NamedTuple):
+    """A resend that passed the limits: a row of ``verify_email_resends`` and its outbox event's trace id."""
+
+    username: str
+    requested_at: datetime
+    request_id: str | None
+    """The outbox event's ``trace_id``: the asking request's ``X-Request-ID`` when tracing is off."""
+
+
+async def mail_records(database_url: str) -> tuple[dict[str, str], dict[str, CountedResend]]:
     """What should have been emailed: every outbox event (event id → username; the relay's purge keeps a
-    week of them), and every resend that passed the limits (event id → (username, requested_at))."""
+    week of them), and every resend that passed the limits (event id → its ``CountedResend``)."""
     events, resends = await _fetch(
         database_url,
         "SELECT event_id::text, payload->>'username' AS username FROM outbox",
-        "SELECT event_id::text, username, requested_at FROM verify_email_resends",
+        "SELECT r.event_id::text, r.username, r.requested_at, o.trace_id"
+        " FROM verify_email_resends r LEFT JOIN outbox o USING (event_id)",
     )
     return (
         {row["event_id"]: row["username"] for row in events},
-        {row["event_id"]: (row["username"], row["requested_at"]) for row in resends},
+        {
+            row["event_id"]: CountedResend(row["username"], row["requested_at"], row["trace_id"])
+            for row in resends
+        },
     )

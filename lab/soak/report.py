@@ -70,6 +70,10 @@ def _table(verdict: Verdict, *, plan: SoakPlan) -> str:
             f"{verdict.resends_had_to_pass} / {len(verdict.resends_refused_wrongly)}",
         ),
         ("resend limits broken (too soon, too many)", str(len(verdict.resend_limit_broken))),
+        (
+            "resends answered 202 and never decided / decided unlike the database",
+            f"{len(verdict.resends_undecided)} / {len(verdict.resends_misreported)}",
+        ),
         ("outbox events (signups and counted resends)", str(verdict.events)),
         ("emails received (redeliveries of one message included)", str(verdict.deliveries)),
         ("lost (outbox event, no email)", str(len(verdict.lost))),
@@ -143,12 +147,13 @@ When the load ends, every service is running again; the soak waits until each ou
   once; an email with a `Message-ID` none of its user's events has is a duplicate, and so is a second
   signup event; an email to an address no committed user has is a phantom;
 - **the resend requests** against **the counted resends**: none sooner than the interval after the user's
-  signup or previous resend and none beyond the daily limit; on the soak's clock, no resend counted on
-  behalf of a request answered within the interval after its user's `created_at`, and one counted on behalf
-  of each request that had to pass (sent more than the interval after every earlier answer for its user,
-  under the daily limit, address unverified). The API answers before it does the work, so a resend counts
-  on behalf of the request sent last before it, up to the user's next request. What the API did with each
-  request (sent, rate-limited, verified) is only in its log, which the report counts;
+  signup or previous resend and none beyond the daily limit. Each request carries an `X-Request-ID`, which
+  the API logs with its decision and stores as the outbox event's `trace_id`, so a counted resend belongs
+  to exactly one request. The API answers before it decides (and tries again while PostgreSQL is down), so
+  every `202` must have a logged decision, and the decision must agree with the database; on the soak's
+  clock, no resend counted for a request decided within the interval after its user's `created_at`, and
+  one counted for each request that had to pass (sent at least the interval after its user's last email
+  counted before the decision, under the daily limit, address unverified);
 - **the HTTP answers**: apart from `200` (`202` for a resend), only `503` with `Retry-After` is allowed,
   and only while PostgreSQL is down (until {grace} after it is back). A signup answered `503` may still
   have committed (the crash can hit between the commit and the answer); it is judged by the table, like

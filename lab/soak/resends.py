@@ -14,6 +14,7 @@ import asyncio
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
@@ -42,20 +43,24 @@ class Request:
     sent_at: float
     answered_at: float
     """Wall-clock times (``time.time()``), comparable with PostgreSQL's ``now()`` on the same machine."""
+    request_id: str
+    """Sent as ``X-Request-ID``: the API logs its decision under it and stores it as the outbox event's
+    ``trace_id``, so the verdict knows which request a counted resend came from."""
     retry_after: str | None = None
 
 
 async def _send(client: httpx.AsyncClient, username: str, kind: Kind, url: str, email: str) -> Request:
-    sent_at, retry_after = time.time(), None
+    sent_at, retry_after, request_id = time.time(), None, uuid.uuid4().hex
+    headers = {"X-Request-ID": request_id}
     try:
         if kind == "verify":
-            response = await client.get(url)
+            response = await client.get(url, headers=headers)
         else:
-            response = await client.post("/v1/resend_verify_email", json={"email": email})
+            response = await client.post("/v1/resend_verify_email", json={"email": email}, headers=headers)
         status, retry_after = response.status_code, response.headers.get("retry-after")
     except httpx.HTTPError:
         status = 0
-    return Request(username, kind, status, sent_at, time.time(), retry_after)
+    return Request(username, kind, status, sent_at, time.time(), request_id, retry_after)
 
 
 async def _first_link(sink: SmtpSink, email: str, *, timeout_s: float) -> str | None:

@@ -35,7 +35,7 @@ from lab.harness.postgres import PrivatePostgres
 from lab.harness.stack import Stack
 from lab.soak.plan import SoakPlan
 from lab.soak.resends import Request, resend_script
-from lab.soak.verdict import Verdict, count_resend_outcomes, judge_api, judge_logs, judge_mail, judge_resends
+from lab.soak.verdict import Verdict, judge_api, judge_logs, judge_mail, judge_resends, resend_decisions
 from services.worker.emails import message_id_header
 from shared.logging import get_logger
 
@@ -214,21 +214,21 @@ class Soak:
         events, resends = await mail_records(self.stack.database_url)
         judge_mail(verdict, users=users, events=events, resends=resends, mail=self.stack.sink.snapshot())
         judge_api(verdict, self.signups, self.resends, outage=self.outage)
-        judge_resends(
-            verdict,
-            requests=self.resends,
-            signups=self.signups,
-            users=users,
-            resends=resends,
-            verified=await verified_users(self.stack.database_url),
-            min_interval_s=self.plan.resend_min_interval_s,
-            max_per_day=self.plan.resend_max_per_day,
-        )
+        verified = await verified_users(self.stack.database_url)
         for name, service in self.stack.services.items():
             await asyncio.to_thread(service.stop)
             verdict.crashes += [f"{name} exited with {code}" for code in service.crashes]
         logs = {name: service.log_lines() for name, service in self.stack.services.items()}
-        count_resend_outcomes(verdict, logs["api"])
+        judge_resends(
+            verdict,
+            requests=self.resends,
+            decisions=resend_decisions(verdict, logs["api"]),
+            users=users,
+            resends=resends,
+            verified=verified,
+            min_interval_s=self.plan.resend_min_interval_s,
+            max_per_day=self.plan.resend_max_per_day,
+        )
         judge_logs(verdict, logs, emails={email.lower() for email, _ in users.values()})
         return verdict
 

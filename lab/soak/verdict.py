@@ -14,8 +14,9 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import NamedTuple
 
+from lab.harness.database import CountedResend
 from lab.harness.load import Signup
 from lab.harness.measure import latency_of
 from lab.harness.smtp import Delivery
@@ -45,13 +46,17 @@ class Verdict:
     resend_emails: int = 0
     """Resend events whose email arrived."""
     resends_had_to_pass: int = 0
-    """Requests sent more than the interval after every earlier answer for their user, under the daily
-    limit, to an unverified address: each must have counted a resend while it ran."""
+    """Later requests to an unverified address, under the daily limit and sent at least the interval after
+    their user's last email: each must have counted a resend."""
     resends_refused_wrongly: list[str] = field(default_factory=list)
     resends_had_to_refuse: int = 0
-    """Requests answered less than the interval after their user's ``created_at``: none may count one."""
+    """Requests decided less than the interval after their user's ``created_at``: none may count one."""
     resends_passed_wrongly: list[str] = field(default_factory=list)
     resend_limit_broken: list[str] = field(default_factory=list)
+    resends_undecided: list[str] = field(default_factory=list)
+    """Requests answered ``202`` for which the API logged no decision: lost after their answer."""
+    resends_misreported: list[str] = field(default_factory=list)
+    """Requests whose logged outcome disagrees with whether a resend was counted for them."""
     lost: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     phantoms: list[str] = field(default_factory=list)
@@ -79,6 +84,8 @@ class Verdict:
             "resends the limits had to let through and did not": self.resends_refused_wrongly,
             "resends the interval had to refuse and did not": self.resends_passed_wrongly,
             "resend limits broken": self.resend_limit_broken,
+            "resends answered 202 and never decided": self.resends_undecided,
+            "resends logged as one outcome and counted as another": self.resends_misreported,
             "API errors other than 503 + Retry-After during the PostgreSQL restart": self.bad_api_errors,
             "unhandled errors in logs": self.log_problems,
             "services that exited by themselves": self.crashes,
@@ -91,7 +98,7 @@ def judge_mail(
     *,
     users: dict[str, tuple[str, datetime]],
     events: dict[str, str],
-    resends: dict[str, tuple[str, datetime]],
+    resends: dict[str, CountedResend],
     mail: list[Delivery],
 ) -> None:
     """Fill lost/duplicates/phantoms/delays from ``users`` (username → (email, created_at)), ``events``
@@ -122,7 +129,7 @@ def judge_mail(
     verdict.lost = sorted(f"{name}: {mid}" for mid, name in owner.items() if mid not in first)
     verdict.lost += sorted(set(users) - set(signups_of))
     verdict.lost += sorted(
-        f"{name}: a counted resend without its event" for e, (name, _) in resends.items() if e not in events
+        f"{name}: a counted resend without its event" for e, (name, *_) in resends.items() if e not in events
     )
     signup_mail = [
         first[message_id_header(event_id)] - users[name][1].timestamp()
@@ -165,9 +172,9 @@ def judge_resends(
     verdict: Verdict,
     *,
     requests: list[Request],
-    signups: list[Signup],
+    decisions: dict[str, Decision],
     users: dict[str, tuple[str, datetime]],
-    resends: dict[str, tuple[str, datetime]],
+    resends: dict[str, CountedResend],
     verified: set[str],
     min_interval_s: float,
     max_per_day: int,
@@ -175,18 +182,20 @@ def judge_resends(
     """The limits, both ways, from the counted resends and, separately, from the soak's clock.
 
     In the database: no counted resend sooner than ``min_interval_s`` after the user's signup or previous
-    resend, nor more than ``max_per_day``. On the soak's clock (PostgreSQL's ``now()`` is the same clock):
-    a request answered less than the interval after its user's ``created_at`` had to be refused, so no
-    resend may be counted on its behalf; a ``later`` request
-    sent more than the interval after every earlier answer for its user, while fewer than ``max_per_day``
-    resends were counted and the address unverified, had to pass, so one must be counted on its behalf.
-    The API answers a resend before it does the work (so that the answer's timing says nothing), so a
-    resend counted on a request's behalf is one counted after the request was sent and before its user's
-    next request was.
+    resend, nor more than ``max_per_day``. Per request: the API answers a resend before it decides (and
+    tries again while PostgreSQL is down), so each ``202`` must have a logged decision (``decisions``, by
+    the ``X-Request-ID`` the soak sent), and a counted resend is the request's whose id its outbox event
+    carries. The decision's ``now()`` lies between the request's sending and its log line (PostgreSQL's
+    clock is the soak's). A request decided less than the interval after its user's ``created_at`` had to
+    be refused; a ``later`` request to an unverified address sent at least the interval after its user's
+    last email counted before the decision's log line, with fewer than ``max_per_day`` counted, had to pass.
     """
     times: dict[str, list[float]] = defaultdict(list)
-    for username, at in resends.values():
+    counted_for: dict[str, float] = {}
+    for username, at, request_id in resends.values():
         times[username].append(at.timestamp())
+        if request_id is not None:
+            counted_for[request_id] = at.timestamp()
     for username, counted in times.items():
         counted.sort()
         if len(counted) > max_per_day:
@@ -197,37 +206,34 @@ def judge_resends(
             verdict.resend_limit_broken.append(
                 f"{username}: a resend {min(gaps):.2f} s after the previous email"
             )
-    answered: dict[str, list[float]] = defaultdict(list)
-    for signup in signups:
-        answered[signup.username].append(signup.committed_at)
-    ordered = sorted(requests, key=lambda r: r.sent_at)
-    next_sent: dict[int, float] = {}
-    last_of: dict[str, Any] = {}
-    for request in ordered:
-        if request.username in last_of:
-            next_sent[id(last_of[request.username])] = request.sent_at
-        last_of[request.username] = request
-    for request in ordered:
-        earlier = list(answered[request.username])
-        answered[request.username].append(request.answered_at)
+    for request in requests:
         if request.status != 202:
             continue
-        counted = times.get(request.username, [])
-        until = next_sent.get(id(request), float("inf"))
-        during = any(request.sent_at <= at < until for at in counted)
-        if request.answered_at < users[request.username][1].timestamp() + min_interval_s:
+        name = f"{request.username} at {request.sent_at:.1f}"
+        decision = decisions.get(request.request_id)
+        if decision is None:
+            verdict.resends_undecided.append(name)
+            continue
+        passed = request.request_id in counted_for
+        if passed != (decision.outcome == "sent"):
+            verdict.resends_misreported.append(f"{name}: logged {decision.outcome}, counted: {passed}")
+        created = users[request.username][1].timestamp()
+        if decision.logged_at < created + min_interval_s:
             verdict.resends_had_to_refuse += 1
-            if during:
-                verdict.resends_passed_wrongly.append(f"{request.username} at {request.sent_at:.1f}")
-        elif (
+            if passed:
+                verdict.resends_passed_wrongly.append(name)
+            continue
+        own = counted_for.get(request.request_id)
+        before = [at for at in times.get(request.username, []) if at < decision.logged_at and at != own]
+        if (
             request.kind == "later"
             and request.username not in verified
-            and sum(at < request.sent_at for at in counted) < max_per_day
-            and all(at + min_interval_s <= request.sent_at for at in earlier)
+            and len(before) < max_per_day
+            and max([created, *before]) + min_interval_s <= request.sent_at
         ):
             verdict.resends_had_to_pass += 1
-            if not during:
-                verdict.resends_refused_wrongly.append(f"{request.username} at {request.sent_at:.1f}")
+            if not passed:
+                verdict.resends_refused_wrongly.append(name)
 
 
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
@@ -254,15 +260,28 @@ def judge_logs(verdict: Verdict, logs: dict[str, list[str]], *, emails: set[str]
                 verdict.handled_errors[service] += 1
 
 
-def count_resend_outcomes(verdict: Verdict, api_log: list[str]) -> None:
-    """What the API logged it did with each resend request (the answer is the same whatever it did)."""
+class Decision(NamedTuple):
+    """What the API logged it did with one resend request, and when (``time.time()``'s clock)."""
+
+    outcome: str
+    logged_at: float
+
+
+def resend_decisions(verdict: Verdict, api_log: list[str]) -> dict[str, Decision]:
+    """Each resend request's decision by its request id, counted by outcome (the answer is the same
+    whatever it did)."""
+    decisions: dict[str, Decision] = {}
     for line in api_log:
         try:
             record = json.loads(line)
         except ValueError:
             continue
         if isinstance(record, dict) and record.get("event") == "verification email resend requested":
-            verdict.resend_outcomes[str(record.get("outcome"))] += 1
+            outcome = str(record.get("outcome"))
+            verdict.resend_outcomes[outcome] += 1
+            logged_at = datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp()
+            decisions[str(record.get("request_id"))] = Decision(outcome, logged_at)
+    return decisions
 
 
 def _log_problem(line: str) -> tuple[str | None, str | None]:

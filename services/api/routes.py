@@ -34,6 +34,7 @@ from services.api.schemas import (
     parse_verify_form,
 )
 from services.api.signup import Taken, sign_up, verify_email
+from shared.languages import choose_language
 
 SIGNUPS = Counter("signup_api_signups_total", "Signups that committed")
 
@@ -106,6 +107,9 @@ async def create_user(
                 trace_id=request.scope["state"].get("request_id"),
                 ticket=state.admission.ticket(
                     client_gone=gone, place=request.scope["state"].get(PLACE_STATE)
+                ),
+                language=choose_language(
+                    explicit=signup.language, accept_language=request.headers.get("accept-language")
                 ),
                 idempotency=key,
                 idempotency_ttl=ttl,

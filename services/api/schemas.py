@@ -14,6 +14,8 @@ import msgspec
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from msgspec import Meta
 
+from shared.languages import LANGUAGE_TAG
+
 T = TypeVar("T", bound=msgspec.Struct)
 
 Username = Annotated[
@@ -70,19 +72,31 @@ Email = Annotated[
         extra_json_schema={"format": "email", "pattern": _NO_SPECIAL_USE_DOMAIN},
     ),
 ]
+Language = Annotated[
+    str,
+    Meta(
+        max_length=35,
+        pattern=LANGUAGE_TAG,
+        description=(
+            "optional: the language of the account's emails (a BCP 47 tag such as de or pt-BR); without it, "
+            "or without templates for it, the request's Accept-Language decides, then English"
+        ),
+    ),
+]
 # Any characters but control characters (Unicode category Cc), which the parser rejects in every field.
 Password = Annotated[
     str, Meta(min_length=8, max_length=100, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$", description="8 to 100 chars")
 ]
 
 
-class CreateUserRequest(msgspec.Struct, forbid_unknown_fields=True):
+class CreateUserRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """``POST /v1/create_user``. Unknown fields are rejected (400), so a typo never passes silently."""
 
     username: Username
     full_name: FullName
     email: Email
     password: Password
+    language: Language | None = None
 
 
 class ResendVerifyEmailRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -177,7 +191,8 @@ def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) ->
     values: dict[str, Any] = {}
     for field in _fields(struct):
         if field.name not in raw:
-            errors.append(FieldError(field=field.name, message="required"))
+            if field.required:
+                errors.append(FieldError(field=field.name, message="required"))
             continue
         try:
             # The published schema's rules, on the text as sent: JSON Schema counts the code points a client
@@ -192,7 +207,7 @@ def parse_body(struct: type[T], raw: dict[str, Any], *, allow_smtputf8: bool) ->
             continue
         # Python's `$` also matches before a final newline, so the patterns alone would let "alice\n"
         # through; no field has a use for control characters, and they are how headers get injected.
-        if any(unicodedata.category(char) == "Cc" for char in value):
+        if isinstance(value, str) and any(unicodedata.category(char) == "Cc" for char in value):
             errors.append(FieldError(field=field.name, message="must not contain control characters"))
             continue
         # One spelling per text: "José" typed as e + U+0301 (NFD, as some keyboards send it) is the same

@@ -21,6 +21,7 @@ from services.api.passwords import hash_password
 from services.api.schemas import CreateUserRequest, CreateUserResponse, User
 from shared.database import EMAIL_TAKEN_CONSTRAINT, IDEMPOTENCY_KEY_TAKEN_CONSTRAINT, users, verify_emails
 from shared.keys import code_digest
+from shared.languages import DEFAULT_LANGUAGE
 from shared.logging import get_logger
 from shared.messages import Message, SendSignupNotice, SendVerifyEmail
 
@@ -53,6 +54,7 @@ async def sign_up(
     dispatcher: Dispatcher,
     before_commit: BeforeCommit | None = None,
     trace_id: str | None,
+    language: str = DEFAULT_LANGUAGE,
     ticket: Ticket | None = None,
     idempotency: IdempotencyKey | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
@@ -60,6 +62,8 @@ async def sign_up(
 ) -> User:
     """Create the user and dispatch its verification email in ONE transaction.
 
+    ``language`` (``shared.languages.choose_language``) is stored with the user for every email to them,
+    and is the language of the notice to a taken address's owner.
     With ``idempotency`` the answer is stored under that key in the same transaction. With ``ticket`` the hash
     waits for an admission slot, and the ticket is checked after the hash and right before the commit.
     A taken email writes nothing but a ``SendSignupNotice`` to the address's owner and returns the user as
@@ -84,6 +88,7 @@ async def sign_up(
                 dispatcher=dispatcher,
                 before_commit=before_commit,
                 trace_id=trace_id,
+                language=language,
                 ticket=ticket,
                 idempotency=idempotency,
                 idempotency_ttl=idempotency_ttl,
@@ -135,6 +140,7 @@ async def _write(
     dispatcher: Dispatcher,
     before_commit: BeforeCommit | None,
     trace_id: str | None,
+    language: str,
     ticket: Ticket | None,
     idempotency: IdempotencyKey | None,
     idempotency_ttl: timedelta,
@@ -155,6 +161,7 @@ async def _write(
                         hashed_password=hashed,
                         full_name=request.full_name,
                         email=request.email,
+                        language=language,
                     )
                     .returning(users.c.password_changed_at, users.c.created_at)
                 )
@@ -164,7 +171,7 @@ async def _write(
         elif claims.username_taken:
             raise Taken("username")  # usernames are public handles: saying so tells nothing about an address
         else:
-            message = SendSignupNotice(username=claims.owner)
+            message = SendSignupNotice(username=claims.owner, language=language)
             password_changed_at, created_at = NEVER_CHANGED, claims.now
         user = User(
             username=request.username,

@@ -1,19 +1,30 @@
-"""Emails rendered from templates: ``templates/<kind>/`` holds ``subject.txt``, ``body.txt``, ``body.html``.
+"""Emails rendered from templates: ``templates/<kind>/<language>/`` holds ``subject.txt``, ``body.txt`` and
+``body.html``; ``templates/_layout.html`` and ``_parts.html`` are the HTML frame all of them share.
 
-Each email is ``multipart/alternative`` (plain text, then HTML). The HTML template is autoescaped, so a
-full name like ``<b>Eve</b>`` is text, not markup; the plain-text one is not (nothing there is markup).
+Each email is ``multipart/alternative`` (plain text, then HTML) in the user's language, or in English when
+its kind has no folder for that language. The HTML templates are autoescaped, so a full name like
+``<b>Eve</b>`` is text, not markup; the plain-text ones are not (nothing there is markup). Durations are
+written in the language's words by Babel (CLDR's plural rules: "15 Minuten", "15 دقيقة").
 """
 
 from __future__ import annotations
 
 import functools
+import unicodedata
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.headerregistry import Address
 from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
 from typing import Any
 
 import jinja2
+from babel import Locale
+from babel.dates import format_timedelta
 from email_validator import EmailNotValidError, validate_email
 
 from services.worker.errors import PermanentError
+from shared.languages import DEFAULT_LANGUAGE
 from shared.settings import Settings
 
 
@@ -46,35 +57,108 @@ def deliverable(address: str) -> str:
     return f"{checked.local_part}@{checked.ascii_domain}"
 
 
-def render_email(kind: str, *, settings: Settings, to: str, message_id: str, **values: Any) -> EmailMessage:
-    """The email of ``kind`` to ``to``, its templates filled with ``values``.
+def recipient(address: str, *, smtputf8: bool) -> str:
+    """The ``To`` of an email to ``address``: as the person wrote it at signup (stored NFC) where the SMTP
+    server takes SMTPUTF8, else ``deliverable(address)``. Raises ``PermanentError`` as ``deliverable``."""
+    ascii_form = deliverable(address)  # checks the address either way
+    return address if smtputf8 else ascii_form
 
-    The recipient is ``deliverable(to)``. ``EmailMessage`` refuses CR/LF in header values, so no header can
+
+def sender(settings: Settings) -> Address:
+    """The ``From``: ``PRODUCT_NAME`` as the display name (RFC 2047-encoded on the wire when not ASCII,
+    quoted when it holds a comma or the like), ``MAIL_FROM``'s address."""
+    return Address(display_name=settings.product_name, addr_spec=parseaddr(settings.mail_from)[1])
+
+
+def template_language(kind: str, language: str) -> str:
+    """``language`` if ``kind`` has templates in it, else ``DEFAULT_LANGUAGE``."""
+    if f"{kind}/{language}/body.html" in _template_names():
+        return language
+    return DEFAULT_LANGUAGE
+
+
+@functools.cache
+def _template_names() -> frozenset[str]:
+    return frozenset(_templates().list_templates())
+
+
+@functools.cache
+def _locale(language: str) -> Locale:
+    return Locale.parse(language, sep="-")
+
+
+def render_email(
+    kind: str, *, settings: Settings, to: str, message_id: str, language: str, **values: Any
+) -> EmailMessage:
+    """The email of ``kind`` to ``to`` in ``language`` (English without templates for it), its templates
+    filled with ``values`` (text NFC-normalised) and with ``product_name``, ``site``, ``lang``, ``dir``,
+    ``start`` and ``duration`` (a ``timedelta`` in the language's words).
+
+    The recipient is ``recipient(to)``. ``EmailMessage`` refuses CR/LF in header values, so no header can
     be injected; such an address raises ``PermanentError`` (the API never stores one, and no retry can mend
     it). A missing template or value raises ``jinja2.TemplateError``.
     """
+    language = template_language(kind, language)
+    context = _context(language, settings=settings, values=values)
     templates = _templates()
     message = EmailMessage()
-    message["From"] = settings.mail_from
+    message["From"] = sender(settings)
     try:
-        message["To"] = deliverable(to)
+        message["To"] = recipient(to, smtputf8=settings.smtp_smtputf8)
     except ValueError:
         raise PermanentError("the stored address cannot be an email header") from None
-    message["Subject"] = templates.get_template(f"{kind}/subject.txt").render(**values).strip()
+    message["Subject"] = templates.get_template(f"{kind}/{language}/subject.txt").render(context).strip()
+    message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = message_id_header(message_id)
-    message.set_content(templates.get_template(f"{kind}/body.txt").render(**values))
-    message.add_alternative(templates.get_template(f"{kind}/body.html").render(**values), subtype="html")
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
+    message.set_content(templates.get_template(f"{kind}/{language}/body.txt").render(context))
+    message.add_alternative(
+        templates.get_template(f"{kind}/{language}/body.html").render(context), subtype="html"
+    )
+    message["Content-Language"] = language  # after the parts: setting the content clears Content-* headers
     return message
+
+
+def _context(language: str, *, settings: Settings, values: dict[str, Any]) -> dict[str, Any]:
+    """What every template of ``language`` is filled with: ``values`` (text NFC, as the API stores it: an
+    older row's NFD name shows the same) and what the frame needs."""
+    rtl = _locale(language).character_order == "right-to-left"
+    return {
+        name: unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+        for name, value in values.items()
+    } | {
+        "product_name": settings.product_name,
+        "site": settings.public_base_url,
+        "lang": language,
+        "dir": "rtl" if rtl else "ltr",
+        "start": "right" if rtl else "left",
+        "duration": _durations(language),
+    }
+
+
+@functools.cache
+def _durations(language: str) -> Callable[[timedelta], str]:
+    locale = _locale(language)
+
+    def duration(value: timedelta) -> str:
+        # Babel rounds to the largest unit that holds at least 85 % of it: 15 minutes, 1 hour, 1 day.
+        return format_timedelta(value, locale=locale, format="long")
+
+    return duration
 
 
 def warm_up() -> None:
     """Compile every template and build one throwaway email: otherwise a fresh process's first email pays for
-    jinja's compile and the ``email`` package's first use."""
+    jinja's compile, Babel's locale data and the ``email`` package's first use."""
     templates = _templates()
     for name in templates.list_templates():
         templates.get_template(name)
+    for name in _template_names():
+        if name.count("/") == 2:
+            _durations(name.split("/")[1])(timedelta(minutes=15))
     message = EmailMessage()
     message["To"] = deliverable("warm-up@example.com")
+    message["Date"] = format_datetime(datetime.now(UTC))
     message.set_content("-")
     message.add_alternative("<p>-</p>", subtype="html")
     message.as_bytes()

@@ -34,7 +34,7 @@ log = get_logger()
 # The handler's statements, built once: building a SQLAlchemy construct costs more than its round trip, and
 # a statement built per message is compiled from the cache by its key only after that key is computed.
 _USER = (
-    sa.select(users.c.username, users.c.email, users.c.full_name, users.c.is_email_verified)
+    sa.select(users.c.username, users.c.email, users.c.full_name, users.c.is_email_verified, users.c.language)
     .where(users.c.username == sa.bindparam("username"))
     .cte("u")
 )
@@ -59,7 +59,8 @@ LOAD_USER_AND_ENSURE_ROW = sa.select(_USER, sa.select(_CREATED.c.id).scalar_subq
 created for the event (the message id, the idempotency key) as ``email_id``: NULL if it existed already.
 One round trip::
 
-    WITH u AS (SELECT username, email, full_name, is_email_verified FROM users WHERE username = :username),
+    WITH u AS (SELECT username, email, full_name, is_email_verified, language FROM users
+               WHERE username = :username),
          created AS (INSERT INTO verify_emails (username, email, code_sha256, event_id, expired_at)
                      SELECT username, email, :digest, :event, :expires FROM u
                      WHERE NOT is_email_verified
@@ -153,10 +154,12 @@ async def send_verify_email(
                 settings=settings,
                 to=row.email,
                 message_id=message_id,
+                language=user.language,  # the user's, read now: a resend is written in it too
                 full_name=user.full_name,
                 username=command.username,
                 link=link,
-                minutes=settings.verify_email_ttl_minutes,
+                valid_for=ttl,
+                account_kept_for=timedelta(hours=settings.unverified_account_ttl_hours),
             )
             try:
                 await context.mailer.send(email)
@@ -223,8 +226,8 @@ async def send_signup_notice(
             settings=context.settings,
             to=user.email,
             message_id=message_id,
+            language=command.language,  # the signup's that met the address, which stored nothing else
             username=command.username,
-            base_url=context.settings.public_base_url,
         )
         await context.mailer.send(email)
     context.metrics.emails_sent.labels(kind="signup_notice").inc()

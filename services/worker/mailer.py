@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from email.message import EmailMessage
 from typing import Protocol
 
@@ -9,7 +10,7 @@ import aiosmtplib
 from opentelemetry.trace import SpanKind
 
 from services.worker.errors import PermanentError, SmtpDeferred, SmtpRejected, TransientError
-from shared.settings import Settings
+from shared.settings import Settings, smtp_tls_context
 from shared.telemetry import tracer
 
 
@@ -20,7 +21,8 @@ class Mailer(Protocol):
 
 
 class SmtpMailer:
-    """Sends over SMTP with ``aiosmtplib``: STARTTLS, login and timeout from the settings.
+    """Sends over SMTP with ``aiosmtplib``: TLS (``SMTP_TLS``, ``SMTP_CA_FILE``), login and timeout from the
+    settings.
 
     A connection is kept open after a send and reused by the next (one per concurrent send, on the worker's
     event loop), which saves a connect, EHLO and login per email. A connection that failed in any way is
@@ -30,6 +32,7 @@ class SmtpMailer:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._idle: list[aiosmtplib.SMTP] = []
+        self._tls_context = smtp_tls_context(settings)  # built once: loading CAs is not free
 
     async def send(self, message: EmailMessage) -> None:
         s = self._settings
@@ -58,25 +61,18 @@ class SmtpMailer:
                 # aiosmtplib checks the server's EHLO before sending: this server will never take this
                 # address, however often we retry (it used to be retried for hours).
                 raise PermanentError(
-                    "the SMTP server does not support SMTPUTF8, which this address's local part needs"
+                    "the SMTP server does not support SMTPUTF8, which this address needs"
                 ) from None
-            raise TransientError("SMTP server lacks an extension the settings need (STARTTLS?)") from None
+            raise TransientError("SMTP server lacks an extension the settings need") from None
         except (aiosmtplib.SMTPException, OSError) as exc:
+            if _certificate_refused(exc):
+                raise TransientError("SMTP server's certificate did not verify (SMTP_CA_FILE?)") from None
             # Connection refused, timeout, disconnect, TLS or login trouble: the server, not the message.
             raise TransientError(f"SMTP unavailable: {type(exc).__name__}") from None
 
     async def warm_up(self) -> None:
-        """Open a connection, greeted (EHLO), for the first send to reuse. Raises aiosmtplib's errors or
-        ``OSError``."""
-        client = self._client()
-        try:
-            await client.connect()  # with STARTTLS and login when the settings ask for them
-            if client.is_ehlo_or_helo_needed:
-                await client.ehlo()
-        except BaseException:
-            client.close()
-            raise
-        self._idle.append(client)
+        """Open a connection as ``_open`` does, for the first send to reuse; raises what ``_open`` raises."""
+        self._idle.append(await self._open())
 
     async def _send(self, message: EmailMessage) -> None:
         while self._idle:
@@ -92,25 +88,58 @@ class SmtpMailer:
                 raise
             self._idle.append(client)
             return
-        client = self._client()
+        client = await self._open()
         try:
-            await client.connect()
             await client.send_message(message)
         except BaseException:
             client.close()
             raise
         self._idle.append(client)
 
-    def _client(self) -> aiosmtplib.SMTP:
+    async def _open(self) -> aiosmtplib.SMTP:
+        """A connection greeted (EHLO), secured as ``SMTP_TLS`` says, logged in if there are credentials.
+        Raises ``TransientError`` when TLS is needed and missing, else aiosmtplib's errors or ``OSError``."""
         s = self._settings
-        return aiosmtplib.SMTP(
+        client = aiosmtplib.SMTP(
             hostname=s.smtp_host,
             port=s.smtp_port,
-            username=s.smtp_username or None,
-            password=s.smtp_password or None,
-            start_tls=s.smtp_starttls,
+            use_tls=s.smtp_tls == "implicit",
+            start_tls=False,  # decided by _secure, so that the login waits for it
+            tls_context=self._tls_context,
             timeout=s.smtp_timeout_ms / 1000,
         )
+        try:
+            await client.connect()
+            secure = await self._secure(client)
+            if s.smtp_username:
+                if not secure and s.smtp_tls != "off":
+                    # A server that offers no STARTTLS (or an attacker who strips it) never gets the password.
+                    raise TransientError("SMTP login needs TLS, which the server does not offer")
+                await client.login(s.smtp_username, s.smtp_password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _secure(self, client: aiosmtplib.SMTP) -> bool:
+        """Greet the server and upgrade with STARTTLS where ``SMTP_TLS`` and the server allow; whether the
+        connection is now TLS. Raises ``TransientError`` for ``require`` and a server without STARTTLS."""
+        tls = self._settings.smtp_tls
+        await client.ehlo()
+        if tls == "implicit":
+            return True
+        if tls != "off" and client.supports_extension("starttls"):
+            await client.starttls()  # verifies the certificate and name; a failure fails the send
+            await client.ehlo()  # what the server said before TLS no longer counts (RFC 3207)
+            return True
+        if tls == "require":
+            raise TransientError("SMTP server offers no STARTTLS and SMTP_TLS=require: nothing sent")
+        return False
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    # STARTTLS raises ssl's error itself; an implicit-TLS connect wraps it in SMTPConnectError.
+    return any(isinstance(e, ssl.SSLCertVerificationError) for e in (exc, exc.__cause__))
 
 
 def _needs_smtputf8(message: EmailMessage) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from email.message import EmailMessage
 
 from services.worker.emails import render_email
@@ -19,7 +20,9 @@ def email(settings: Settings, n: int) -> EmailMessage:
         full_name="User",
         username="user",
         link="http://x/",
-        minutes=15,
+        language="en",
+        valid_for=timedelta(minutes=15),
+        account_kept_for=timedelta(days=1),
     )
 
 

@@ -269,7 +269,9 @@ def test_the_message_builder_refuses_a_line_break_in_the_recipient(settings, brk
             full_name="Alice",
             username="alice",
             link="http://x/y",
-            minutes=15,
+            language="en",
+            valid_for=timedelta(minutes=15),
+            account_kept_for=timedelta(days=1),
         )
     except PermanentError:
         return  # refused outright, and dead-lettered at once by the worker
@@ -289,7 +291,17 @@ async def test_a_hostile_full_name_in_the_database_stays_in_the_body(client, db,
     parsed = message_from_bytes(mailer.sent[0].as_bytes())
     assert parsed.get_all("Bcc") is None and parsed.get_all("To") == ["alice@example.com"]
     assert sorted(parsed.keys()) == sorted(
-        ["From", "To", "Subject", "Message-ID", "MIME-Version", "Content-Type"]
+        [
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "Auto-Submitted",
+            "Content-Language",
+            "MIME-Version",
+            "Content-Type",
+        ]
     )
     html = mailer.sent[0].get_body(("html",))
     assert html is not None and "<b>" not in html.get_content()

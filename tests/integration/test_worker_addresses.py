@@ -1,7 +1,8 @@
 """Addresses as people write them, sent by the real worker to real SMTP servers with and without SMTPUTF8.
 
-An internationalised domain always goes out in its ASCII (IDNA) form; only a local part that is not ASCII
-needs SMTPUTF8, and a server without it is a permanent failure: one attempt, dead-lettered, reason logged.
+An internationalised domain goes out in its ASCII (IDNA) form unless ``SMTP_SMTPUTF8`` says the server
+takes the address as written; a local part that is not ASCII needs SMTPUTF8, and a server without it is a
+permanent failure: one attempt, dead-lettered, reason logged.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ async def test_an_address_goes_out_in_the_form_the_server_takes(
     assert mail.recipients == (envelope.lower(),)
     if envelope.isascii():  # the sink parses with compat32, which gives a UTF-8 header back as a Header
         assert mail.message["To"] == envelope
+
+
+async def test_with_smtputf8_set_the_address_goes_out_as_written_at_signup(
+    settings: Settings, db, sink: SmtpSink
+) -> None:
+    sink.clear()
+    await add_user(db, "josé@bücher.de")
+    with running_worker(msgspec.structs.replace(_to(settings, sink), smtp_smtputf8=True)) as broker:
+        broker.enqueue(verify_message())
+        (mail,) = await wait_for_mail(sink)
+    assert mail.recipients == ("josé@bücher.de",)
 
 
 @pytest.mark.parametrize("address", ["пользователь@example.com", "josé@bücher.de"])

@@ -21,17 +21,36 @@ def test_every_command_the_docs_and_the_justfile_show_is_declared() -> None:
     assert shown <= set(COMMANDS), f"shown but not declared: {shown - set(COMMANDS)}"
 
 
+def fresh_python(*lines: str) -> subprocess.CompletedProcess[str]:
+    """``lines`` run by a fresh interpreter: imports work on their own, not thanks to earlier tests."""
+    code = "\n".join(lines)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
 def test_every_declared_command_resolves_to_its_function() -> None:
-    # A fresh interpreter: each import must work on its own, not thanks to what earlier tests imported.
-    code = (
-        "from signup_cli.main import COMMANDS, resolve\n"
-        "for name, (target, _) in COMMANDS.items():\n"
-        "    assert callable(resolve(target)), name\n"
-        "    print(name)\n"
+    done = fresh_python(
+        "from signup_cli.main import COMMANDS, resolve",
+        "for name, (target, _) in COMMANDS.items():",
+        "    assert callable(resolve(target)), name",
+        "    print(name)",
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == list(COMMANDS)
+
+
+def test_a_development_command_without_its_tools_says_so_in_one_line() -> None:
+    # As in the runtime image, which has neither aiosmtpd (the mailsink's server) nor lab/.
+    done = fresh_python(
+        "import sys",
+        "sys.modules['aiosmtpd'] = None",
+        "from signup_cli.main import main",
+        "sys.exit(main(['mailsink']))",
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "signup mailsink: needs aiosmtpd, which is not installed here (lab, bench, soak, mailsink and dev "
+        "run from a checkout: uv run signup mailsink)"
+    ]
 
 
 def test_dlq_replay_needs_an_id_or_all() -> None:

@@ -31,7 +31,15 @@ NOT_SETTINGS = OTEL_VARIABLES | {
     "TEST_PG_ADMIN_URL",  # tests/conftest.py: where the test fixtures create their databases
     "CI",  # tests/support.py: a missing server fails instead of skipping
     "COLLECTOR_OTLP_ENABLED",  # Jaeger: accept OTLP (the default in recent images; explicit for older ones)
+    "REDISCLI_AUTH",  # Redis: the password the healthcheck's redis-cli sends
 }
+# Built by compose from the passwords below, not overridable as a whole (docker-compose v1 has no nested ${}).
+CONNECTIONS = {
+    "DATABASE_URL": "postgresql://postgres:${POSTGRES_PASSWORD:-dev-only-postgres}@postgres:5432/signup",
+    "REDIS_URL": "redis://:${REDIS_PASSWORD:-dev-only-redis}@redis:6379/0",
+}
+# Variables compose reads that no process does: .env.example documents them in a section of their own.
+COMPOSE_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD")
 IMAGES_WITHOUT_SIGNUP = {"postgres", "redis", "mailpit", "jaeger", "prometheus"}
 
 
@@ -84,6 +92,9 @@ def test_every_setting_has_a_default_overridable_from_env(services: dict[str, An
     environment = services["api"]["environment"]
     assert set(environment) == set(setting_names()) | OTEL_VARIABLES
     for variable, value in environment.items():
+        if variable in CONNECTIONS:
+            assert value == CONNECTIONS[variable], variable
+            continue
         assert re.fullmatch(rf"\$\{{{variable}:-.*\}}", str(value)), f"{variable}: {value}"
 
 
@@ -126,3 +137,31 @@ def test_prometheus_scrapes_every_service_with_the_rules_on_loopback_only(servic
 def test_the_console_is_published_on_loopback_only(services: dict[str, Any]) -> None:
     published = [str(port) for port in services["api"]["ports"] if "CONSOLE_PORT" in str(port)]
     assert published == ["127.0.0.1:${CONSOLE_PORT:-8081}:${CONSOLE_PORT:-8081}"]
+
+
+def test_only_the_api_is_published_beyond_loopback(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in map(str, service.get("ports", [])):
+            assert name == "api" or port.startswith("127.0.0.1:"), (
+                f"{name} publishes {port} on every interface"
+            )
+    assert "ports" not in services["postgres"] and "ports" not in services["redis"]
+
+
+def test_postgres_and_redis_take_their_passwords_from_env() -> None:
+    text = (repo_root() / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)["services"]
+    redis_password = "${REDIS_PASSWORD:-dev-only-redis}"
+    assert compose["redis"]["command"][-2:] == ["--requirepass", redis_password]
+    assert compose["redis"]["environment"]["REDISCLI_AUTH"] == redis_password
+    assert (
+        compose["postgres"]["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-dev-only-postgres}"
+    )
+    # Every use of a password names the same default, or a service would knock with the wrong one.
+    for name in COMPOSE_SECRETS:
+        assert len(set(re.findall(rf"\$\{{{name}(:-[^}}]*)?\}}", text))) == 1, name
+    assert "TEST_PG_ADMIN_URL" in compose["test"]["environment"]
+    assert (
+        "${POSTGRES_PASSWORD:-dev-only-postgres}@postgres"
+        in compose["test"]["environment"]["TEST_PG_ADMIN_URL"]
+    )

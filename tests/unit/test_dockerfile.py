@@ -1,4 +1,5 @@
-"""deploy/Dockerfile downloads only locked Python packages and Debian packages, and runs as non-root."""
+"""deploy/Dockerfile downloads only locked Python packages and Debian packages, runs as non-root, and its
+runtime image carries the services alone, owned by root."""
 
 from __future__ import annotations
 
@@ -84,3 +85,19 @@ def test_the_test_stage_has_the_dev_dependencies_and_just(instructions: list[str
     assert any("apt-get install" in line and "redis-server postgresql" in line for line in test)
     assert any(line == "RUN uv sync --frozen" for line in test)
     assert 'CMD ["just", "test"]' in test
+
+
+def test_the_runtime_code_is_root_s_and_carries_no_lab_nor_test_tools(instructions: list[str]) -> None:
+    # Checked in a built image too: deploy/smoke.py (just compose-smoke) tries to write and import them.
+    runtime, build = stages(instructions)["runtime"], stages(instructions)["build"]
+    assert [line for line in runtime if line.startswith("COPY")] == [
+        "COPY --from=build /app/.venv /app/.venv"
+    ]
+    copied = {source for line in build if line.startswith("COPY ") for source in line.split()[1:-1]}
+    assert not copied & {"lab", "tests", "."}, copied
+    pyproject = tomllib.loads((repo_root() / "pyproject.toml").read_text())
+    assert "lab" not in pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    runtime_dependencies = {
+        re.split(r"[\[<>=]", dependency)[0] for dependency in pyproject["project"]["dependencies"]
+    }
+    assert not runtime_dependencies & {"aiosmtpd", "pytest", "cryptography"}, runtime_dependencies

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from lab.strategies.knobs import knobs_set, load_knobs
 from shared.logging import mask_email
 from shared.settings import Settings, SettingsError, load_settings, setting_names
+from tests.certificates import authority
 from tests.support import repo_root
 
 
@@ -17,12 +19,10 @@ def test_defaults_need_no_environment() -> None:
 
 
 def test_values_are_converted_from_strings() -> None:
-    settings = load_settings(
-        {"WORKER_MAX_RETRIES": "3", "SMTP_STARTTLS": "true", "API_MAX_BODY_BYTES": "2048"}
-    )
-    assert (settings.worker_max_retries, settings.smtp_starttls, settings.api_max_body_bytes) == (
+    settings = load_settings({"WORKER_MAX_RETRIES": "3", "SMTP_TLS": "require", "API_MAX_BODY_BYTES": "2048"})
+    assert (settings.worker_max_retries, settings.smtp_tls, settings.api_max_body_bytes) == (
         3,
-        True,
+        "require",
         2048,
     )
 
@@ -34,7 +34,8 @@ def test_values_are_converted_from_strings() -> None:
         ("WORKER_MAX_RETRIES", "-1"),
         ("SMTP_PORT", "0"),
         ("API_PORT", "70000"),
-        ("SMTP_STARTTLS", "maybe"),
+        ("SMTP_TLS", "maybe"),
+        ("SMTP_CA_FILE", "/nonexistent/ca.pem"),
         ("DATABASE_URL", "mysql://localhost/signup"),
         ("REDIS_URL", "localhost:6379"),
         ("LOG_FORMAT", "xml"),
@@ -45,6 +46,30 @@ def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str) -> N
         load_settings({name: value})
     message = str(error.value)
     assert message.startswith(f"{name}=") and "\n" not in message
+
+
+def test_a_choice_names_what_it_accepts() -> None:
+    with pytest.raises(
+        SettingsError, match=r"^SMTP_TLS='yes' is invalid: expected one of auto\|require\|implicit\|off$"
+    ):
+        load_settings({"SMTP_TLS": "yes"})
+
+
+def test_smtp_starttls_is_refused_rather_than_ignored() -> None:
+    # Read as nothing, SMTP_STARTTLS=true would quietly turn a required STARTTLS into an opportunistic one.
+    with pytest.raises(SettingsError, match=r"^SMTP_STARTTLS is not a setting: SMTP_TLS="):
+        load_settings({"SMTP_STARTTLS": "true"})
+
+
+def test_the_smtp_ca_file_must_hold_certificates_and_tls_must_be_on(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(SettingsError, match=r"^SMTP_CA_FILE='.*ca.pem' is invalid: "):
+        load_settings({"SMTP_CA_FILE": str(not_pem)})
+    ca_file = str(authority(tmp_path, "private").ca_file)
+    with pytest.raises(SettingsError, match=r"^SMTP_CA_FILE is set but SMTP_TLS=off"):
+        load_settings({"SMTP_CA_FILE": ca_file, "SMTP_TLS": "off"})
+    assert load_settings({"SMTP_CA_FILE": ca_file}).smtp_ca_file == ca_file
 
 
 def test_repr_and_str_hide_the_smtp_password_and_the_url_passwords() -> None:
@@ -81,7 +106,8 @@ def test_an_invalid_url_is_reported_without_its_password() -> None:
 def test_env_example_lists_every_setting_and_nothing_else() -> None:
     text = (repo_root() / ".env.example").read_text()
     listed = re.findall(r"^([A-Z0-9_]+)=", text, flags=re.MULTILINE)
-    assert sorted(listed) == sorted(setting_names())
+    # The processes' settings, and the passwords docker-compose.yml builds their connections with.
+    assert sorted(listed) == sorted((*setting_names(), "POSTGRES_PASSWORD", "REDIS_PASSWORD"))
 
 
 def test_mask_email() -> None:

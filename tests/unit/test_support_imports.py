@@ -1,4 +1,5 @@
-"""Test modules import helpers from ``tests/support.py`` only (and the browser driver, ``tests/e2e/cdp.py``).
+"""Test modules import helpers from ``tests/support.py`` only, besides two tools: the browser driver
+(``tests/e2e/cdp.py``) and the certificate authority of the TLS tests (``tests/certificates.py``).
 
 A helper imported from another test module, or from a conftest, breaks unrelated tests when that module
 changes; one support module keeps them where a reader looks for them.
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-ALLOWED = {"tests.support", "tests.e2e.cdp"}
+ALLOWED = {"tests.support", "tests.e2e.cdp", "tests.certificates"}
 MODULES = sorted(path for path in TESTS.rglob("*.py") if path.name != "support.py")
 
 

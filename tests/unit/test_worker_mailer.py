@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -25,11 +26,11 @@ def test_email_has_a_deterministic_message_id_and_both_parts() -> None:
     message = verify_email(to="alice@example.com", full_name="Alice <b>", link=link, message_id="m-1")
     assert link == "http://x.test/v1/verify_email?email_id=7&secret_code=" + "c" * 43
     assert message["Message-ID"] == "<m-1@signup-outbox>"
-    assert message["Subject"] == "Verify your email address"
+    assert message["Subject"] == "Confirm your email address for Signup"
     assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
     text, html = message.get_body(("plain",)), message.get_body(("html",))
     assert text is not None and 'the name "Alice <b>"' in text.get_content() and link in text.get_content()
-    assert "valid for 15 minutes" in text.get_content()
+    assert "it works once, for 15 minutes" in text.get_content()
     assert html is not None and "Alice &lt;b&gt;" in html.get_content()
     assert f'href="{link.replace("&", "&amp;")}"' in html.get_content()
 
@@ -37,13 +38,23 @@ def test_email_has_a_deterministic_message_id_and_both_parts() -> None:
 def verify_email(**values: Any) -> EmailMessage:
     to, message_id = values.pop("to"), values.pop("message_id")
     return render_email(
-        "verify_email", settings=SETTINGS, to=to, message_id=message_id, minutes="15", username="u", **values
+        "verify_email",
+        settings=SETTINGS,
+        to=to,
+        message_id=message_id,
+        language="en",
+        valid_for=timedelta(minutes=15),
+        account_kept_for=timedelta(days=1),
+        username="u",
+        **values,
     )
 
 
 def test_a_value_the_template_needs_but_was_not_given_fails_loudly() -> None:
     with pytest.raises(jinja2.UndefinedError):
-        render_email("verify_email", settings=SETTINGS, to="a@x.org", message_id="m", full_name="A")
+        render_email(
+            "verify_email", settings=SETTINGS, to="a@x.org", message_id="m", language="en", full_name="A"
+        )
 
 
 @pytest.mark.parametrize("to", ["alice@example.com\r\nBcc: evil@example.com", "a@x.org\nX-Evil: 1"])
