@@ -18,6 +18,7 @@ import secrets
 import subprocess
 import sys
 import time
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -56,14 +57,16 @@ from lab.harness.stack import api_ready, services_environment, worker_polling
 from services.api.app import create_app
 from services.relay.relay import Relay, build_relay
 from services.worker.actors import Handler, WorkerContext
+from services.worker.emails import render_email
 from services.worker.handlers import send_verify_email
 from services.worker.wiring import build_broker
 from shared import messages
 from shared.broker import StreamsBroker
 from shared.database import asyncpg_dsn, users, verify_emails
 from shared.keys import code_digest
+from shared.languages import email_languages
 from shared.messages import SendVerifyEmail
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 __all__ = [
     "Delivery",
@@ -521,3 +524,43 @@ def link_of(message: Email) -> tuple[str, int]:
     match = EMAIL_LINK.search(body)
     assert match, body
     return match.group(1).decode(), int(match.group(2))
+
+
+# --- Emails rendered from the templates, in every shipped language --------------------------------------
+
+SETTINGS = load_settings({}, product_name="Zoë & Co., «Ünïcode»")
+LINK = "https://signup.example.org/v1/verify_email?email_id=7&secret_code=" + "c" * 43
+KINDS = ("verify_email", "signup_notice")
+LANGUAGES = sorted(email_languages())
+NAMES = {
+    "long": "Maximiliane-Wilhelmina Alexandrina von Hohenzollern-Sigmaringen Oberstleutnantstochter Ex",
+    "rtl": "زينب عبد الرحمن",
+    "nfd": unicodedata.normalize("NFD", "Zoë Ångström José"),
+    "markup": "Eve <script>alert(1)</script>",
+}
+
+
+def render(kind: str, language: str, *, full_name: str = "Alice Liddell", **overrides: Any) -> EmailMessage:
+    values: dict[str, Any] = {"username": "alice_liddell"}
+    if kind == "verify_email":
+        values |= {
+            "full_name": full_name,
+            "link": LINK,
+            "valid_for": timedelta(minutes=15),
+            "account_kept_for": timedelta(hours=24),
+        }
+    settings = overrides.pop("settings", SETTINGS)
+    return render_email(
+        kind,
+        settings=settings,
+        to=overrides.pop("to", "alice@example.com"),
+        message_id="m-1",
+        language=language,
+        **values | overrides,
+    )
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    text, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert text is not None and html is not None
+    return str(text.get_content()), str(html.get_content())
