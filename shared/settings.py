@@ -22,8 +22,6 @@ from msgspec import Meta
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
-Ratio = Annotated[float, Meta(ge=0.0, le=1.0)]
-DispatchStrategy = Literal["outbox", "fixed_delay", "immediate", "none"]
 SmtpTls = Literal["auto", "require", "implicit", "off"]
 
 
@@ -102,15 +100,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     process: at least 32 characters. Empty: a random key per process (a warning at start), so a retry that
     reaches another replica, or the API after a restart, is refused with 422 instead of replayed."""
 
-    dispatch_strategy: DispatchStrategy = "outbox"
-    """``outbox`` (the design); ``fixed_delay``, ``immediate`` (the course's); ``none`` (bench only)."""
-    task_process_in_ms: NonNegativeInt = 10_000
-    """The course's ``ProcessIn`` delay, used by ``fixed_delay``."""
-    fault_commit_delay_ms: NonNegativeInt = 0
-    """Sleep after dispatch, before the commit (the course's slow-commit demonstration)."""
-    fault_rollback_ratio: Ratio = 0.0
-    """Share of signups whose transaction is rolled back after dispatch."""
-
     relay_batch_size: PositiveInt = 500
     relay_poll_interval_ms: PositiveInt = 1000
     relay_lookahead_ms: NonNegativeInt = 10_000
@@ -132,8 +121,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_min_backoff_ms: NonNegativeInt = 1000
     worker_max_backoff_ms: NonNegativeInt = 300_000
     worker_threads: PositiveInt = 8
-    worker_skip_retry_missing_user: bool = False
-    """Reproduce the course's ``SkipRetry`` when the user is not (yet) visible."""
     worker_metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 9102
     worker_code_secret: str = ""
     """Key of the verification codes (``HMAC-SHA-256(key, message id)``, shared/keys.py), the same in every
@@ -201,6 +188,25 @@ def setting_names() -> tuple[str, ...]:
     return tuple(name.upper() for name in Settings.__struct_fields__)
 
 
+def read_environment(struct: type[msgspec.Struct], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of ``struct`` set in ``environ`` (each named as its field, upper-cased), converted to the
+    field's type; an empty value leaves a field that is not a string unset. Raises ``SettingsError`` naming
+    the first variable whose value is invalid."""
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(struct):
+        raw = environ.get(field.name.upper())
+        if raw is None or (raw == "" and field.type is not str):
+            continue
+        try:
+            values[field.name] = msgspec.convert(raw, field.type, strict=False)
+        except msgspec.ValidationError as exc:
+            message = str(exc).split(" - at ")[0]
+            if get_origin(field.type) is Literal:
+                message = f"expected one of {'|'.join(get_args(field.type))}"
+            raise SettingsError(f"{field.name.upper()}={raw!r} is invalid: {message}") from None
+    return values
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build the settings from ``environ`` (default ``os.environ``), then apply keyword ``overrides``.
 
@@ -212,18 +218,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError(
             "SMTP_STARTTLS is not a setting: SMTP_TLS=auto|require|implicit|off says how the worker uses TLS"
         )
-    values: dict[str, Any] = {}
-    for field in msgspec.structs.fields(Settings):
-        raw = env.get(field.name.upper())
-        if raw is None or (raw == "" and field.type is not str):
-            continue
-        try:
-            values[field.name] = msgspec.convert(raw, field.type, strict=False)
-        except msgspec.ValidationError as exc:
-            message = str(exc).split(" - at ")[0]
-            if get_origin(field.type) is Literal:
-                message = f"expected one of {'|'.join(get_args(field.type))}"
-            raise SettingsError(f"{field.name.upper()}={raw!r} is invalid: {message}") from None
+    values = read_environment(Settings, env)
     values.update(overrides)
     settings = Settings(**values)
     _check_urls(settings)

@@ -22,10 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("services.worker.main:run", "send verification emails (Dramatiq worker)"),
     "mailsink": ("services.worker.mailsink:run", "a development SMTP server that prints and stores mail"),
     "dev": ("signup_cli.dev:run", "migrate, then api + relay + worker + mailsink in the foreground"),
-    "lab": ("lab.compare.cli:run", "compare the course's strategies with the outbox under faults"),
+    "lab": ("lab.compare.cli:run", "the outbox against other ways of sending the email, under faults"),
     "bench": ("lab.bench.cli:run", "latency, API cost, relay drain, claim cost, worker throughput, peer"),
     "soak": ("lab.soak.cli:run", "signups under faults (kills, restarts, SMTP 451s), then a verdict"),
-    "dlq": ("services.worker.dlq:run", "list, replay or discard dead-lettered messages"),
+    "dlq": ("signup_cli.dlq:run", "list, replay or discard dead-lettered messages"),
     "trace": ("signup_cli.trace:run", "a signup's timeline from the database"),
 }
 

@@ -119,7 +119,7 @@ async def load_timeline(connection: AsyncConnection, username: str) -> tuple[lis
     facts = [f"verified: {'yes' if user.is_email_verified else 'no'}"]
     facts += [f"verify email {email.id}: {status}" for email, status in code_states(emails)]
     if not events:
-        facts.append("no outbox row (another dispatch strategy, or purged after OUTBOX_RETENTION_HOURS)")
+        facts.append("no outbox row (purged after OUTBOX_RETENTION_HOURS, or never written)")
     return sorted(steps, key=lambda step: step[0]), facts
 
 

@@ -9,7 +9,6 @@ Without a server they skip on a laptop and fail when ``CI`` is set.
 from __future__ import annotations
 
 import concurrent.futures.thread
-import io
 import os
 import sys
 import threading
@@ -27,22 +26,10 @@ from shared.database import create_engine
 from shared.logging import configure_logging
 from shared.migrate import migrate
 from shared.settings import Settings, load_settings
-from tests.support import RedisServer, SmtpSink, missing_service
+from tests.support import PG_ADMIN_URL, LogTee, RedisServer, SmtpSink, missing_service
 
 # The server's maintenance database, where each session (and some tests) create databases of their own.
 # docker-compose.yml's test service sets it; the lab and the bench derive theirs from DATABASE_URL.
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-class LogTee(io.TextIOBase):
-    """Everything the processes in this test session log, kept for the tests that read it."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.lines.extend(line for line in text.splitlines() if line)
-        return len(text)
 
 
 _LEFTOVER_THREADS: list[threading.Thread] = []

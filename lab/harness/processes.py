@@ -1,7 +1,9 @@
-"""Subprocesses an experiment starts, kills and restarts (the ``signup`` services, redis-server), and ports.
+"""The one launcher of the project's processes, and ports.
 
-Each runs in its own process group (``start_new_session``), so that a signal reaches every process it forked
-(a Dramatiq worker has children) and nothing outlives the experiment.
+``Process`` starts, stops, kills and restarts a command (the ``signup`` services, redis-server) for the lab,
+the bench, the soak and the tests alike; ``signup_process`` builds the one for a ``signup`` subcommand. Each
+runs in its own process group (``start_new_session``), so that a signal reaches every process it forked and
+nothing outlives the experiment or the test.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class Process:
         """Size of the log file at the latest start: what this run wrote begins there."""
         self.crashes: list[int] = []
         """Exit codes of runs that ended before we stopped or killed them."""
+        self.returncode: int | None = None
+        """Exit code of the latest run, once it has ended and been waited for."""
 
     @property
     def running(self) -> bool:
@@ -111,18 +115,27 @@ class Process:
         """SIGKILL the whole group: no shutdown hook runs, nothing is acknowledged or rolled back."""
         self._signal(signal.SIGKILL)
 
-    def stop(self, *, timeout: float = 15) -> None:
-        """SIGTERM the main process only and wait; SIGKILL the group after ``timeout`` seconds.
+    def stop(self, *, timeout: float = 15) -> int | None:
+        """SIGTERM the main process only and wait; SIGKILL the group after ``timeout`` seconds. Returns the
+        exit code (None if it was not running).
 
-        Only the main process: it stops its own children (Dramatiq's main process relays the signal to its
-        workers; a second SIGTERM sent to the whole group can leave a worker process hanging).
+        Only the main process: it stops its own children (a second SIGTERM sent to the whole group could
+        reach a child in the middle of its own shutdown).
         """
-        self._signal(signal.SIGTERM, timeout=timeout, group=False)
+        return self._signal(signal.SIGTERM, timeout=timeout, group=False)
 
-    def _signal(self, signum: int, *, timeout: float = 10, group: bool = True) -> None:
+    def wait(self, timeout: float) -> int:
+        """Wait for the running process to exit by itself and return its exit code; raises
+        ``subprocess.TimeoutExpired`` after ``timeout`` seconds, leaving it running."""
+        if self._process is None:
+            raise RuntimeError(f"{self.name} is not running")
+        self.returncode = self._process.wait(timeout=timeout)
+        return self.returncode
+
+    def _signal(self, signum: int, *, timeout: float = 10, group: bool = True) -> int | None:
         process, self._process = self._process, None
         if process is None:
-            return
+            return None
         if process.poll() is not None:
             self.crashes.append(process.returncode)
         try:
@@ -139,18 +152,26 @@ class Process:
         # A child that ignored the group's SIGTERM (or was forked late) must not outlive the run.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
+        self.returncode = process.returncode
+        return self.returncode
+
+    def output(self) -> str:
+        """Everything logged, across restarts."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def log_lines(self) -> list[str]:
         """Every line logged, across restarts."""
-        if not self.log_path.exists():
-            return []
-        return self.log_path.read_text(errors="replace").splitlines()
+        return self.output().splitlines()
 
     def logged_since_start(self) -> bool:
         return self.log_path.exists() and self.log_path.stat().st_size > self.log_offset
 
 
-def signup_process(command: str, *, env: dict[str, str], log_dir: Path) -> Process:
-    """``signup <command>`` run with this interpreter, so it uses the same installed code."""
-    argv = [sys.executable, "-m", "signup_cli.main", command]
-    return Process(command, argv, log_path=log_dir / f"{command}.log", env=env)
+def signup_process(
+    command: str, *args: str, env: dict[str, str], log_dir: Path, lab: bool = False, log_name: str = ""
+) -> Process:
+    """``signup <command> <args>`` run with this interpreter, so it uses the same installed code, logging to
+    ``log_dir/<log_name or command>.log``; with ``lab``, ``python -m lab.strategies <command>`` (the API or
+    the worker with the lab's knobs)."""
+    argv = [sys.executable, "-m", "lab.strategies" if lab else "signup_cli.main", command, *args]
+    return Process(command, argv, log_path=log_dir / f"{log_name or command}.log", env=env)

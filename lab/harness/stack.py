@@ -3,7 +3,9 @@
 ``Stack`` creates a fresh database (migrated, dropped at the end), a private ``redis-server`` it can stop
 and start, an in-process SMTP sink (``lab.harness.smtp``), and runs ``signup api``, ``signup relay`` and
 ``signup worker`` as real subprocesses configured through the environment, each logging JSON to its own
-file. Readiness is polled, never slept for. ``generate_load`` (``lab.harness.load``) sends the signups::
+file; with a course strategy or an injected fault (``lab.strategies``) the API and the worker start through
+``python -m lab.strategies`` instead. Readiness is polled, never slept for. ``generate_load``
+(``lab.harness.load``) sends the signups::
 
     env = {"TASK_PROCESS_IN_MS": "1000"}
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -34,9 +36,12 @@ from lab.harness.processes import Process, free_port, signup_process
 from lab.harness.queues import heartbeats_since
 from lab.harness.redis_server import RedisServer
 from lab.harness.smtp import SmtpSink
+from lab.strategies.knobs import KNOB_NAMES, knobs_set
 from shared.settings import Settings, setting_names
 
 SERVICES = ("api", "relay", "worker")
+LAB_SERVICES = ("api", "worker")
+"""The processes the knobs of ``lab.strategies`` reach."""
 RELAY_SILENT_START_S = 3.0
 
 
@@ -56,12 +61,60 @@ NO_CLIENT_LIMITS = {
 PRODUCTION_ADMISSION = {name: str(getattr(Settings(), name.lower())) for name in PATIENT_ADMISSION}
 
 
+def services_environment(
+    *, database_url: str, redis_url: str, smtp: tuple[str, int], api_port: int, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The environment of ``signup api``, ``relay`` and ``worker`` on these servers: this process's own
+    without any setting or knob in it (nothing leaks into the run), JSON logs at info, the patient admission
+    and no client limits above, and ``extra`` over all of it."""
+    names = {*setting_names(), *KNOB_NAMES}
+    base = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("dramatiq_")}
+    api_url = f"http://127.0.0.1:{api_port}"
+    return {
+        **base,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SMTP_HOST": smtp[0],
+        "SMTP_PORT": str(smtp[1]),
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(api_port),
+        "PUBLIC_BASE_URL": api_url,
+        "RELAY_METRICS_PORT": "0",
+        "WORKER_METRICS_PORT": "0",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "info",
+        # An idle Dramatiq consumer sleeps up to this between polls (DESIGN §5): keep latency honest.
+        "dramatiq_worker_timeout": "50",
+        **PATIENT_ADMISSION,
+        **NO_CLIENT_LIMITS,
+        **extra,
+    }
+
+
+async def api_ready(api_url: str) -> bool:
+    """Whether the API at ``api_url`` answers ``/readyz`` with 200."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(f"{api_url}/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def worker_polling(redis_url: str, *, since: float) -> bool:
+    """Whether a worker's consumers have polled Redis since ``since`` (wall clock): every Dramatiq broker
+    command records a heartbeat, and before the load only consumers issue any."""
+    try:
+        return bool(await asyncio.to_thread(heartbeats_since, redis_url, since))
+    except redis.RedisError:
+        return False
+
+
 class Stack:
     """One experiment's servers and processes. Use as ``async with``; ``close()`` leaves nothing behind.
 
     ``pg_admin_url`` is the PostgreSQL server's maintenance database, where the stack creates (and at the
-    end drops) a database of its own. ``env`` adds or overrides settings (``TASK_PROCESS_IN_MS``,
-    ``FAULT_*``, ``WORKER_*`` …) for every service; ``services`` chooses which ``signup`` processes run (the
+    end drops) a database of its own. ``env`` adds or overrides settings and the knobs of ``lab.strategies``
+    (``TASK_PROCESS_IN_MS``, ``FAULT_*`` …) for every service; ``services`` chooses which processes run (the
     course's strategies need no relay).
     """
 
@@ -84,34 +137,17 @@ class Stack:
         self.sink = SmtpSink(fail_ratio=smtp_fail_ratio)
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
-        self.env = self._environment(strategy, env or {})
+        self.env = services_environment(
+            database_url=self.database_url,
+            redis_url=self.redis.url,
+            smtp=(self.sink.host, self.sink.port),
+            api_port=self.api_port,
+            extra={"DISPATCH_STRATEGY": strategy, **(env or {})},
+        )
+        knobs = knobs_set(self.env)
         self.services: dict[str, Process] = {
-            name: signup_process(name, env=self.env, log_dir=work_dir) for name in services
-        }
-
-    def _environment(self, strategy: str, extra: Mapping[str, str]) -> dict[str, str]:
-        # Start from the caller's environment without any setting in it, so nothing leaks into the run.
-        names = set(setting_names())
-        base = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("dramatiq_")}
-        return {
-            **base,
-            "DATABASE_URL": self.database_url,
-            "REDIS_URL": self.redis.url,
-            "SMTP_HOST": self.sink.host,
-            "SMTP_PORT": str(self.sink.port),
-            "API_HOST": "127.0.0.1",
-            "API_PORT": str(self.api_port),
-            "PUBLIC_BASE_URL": self.api_url,
-            "RELAY_METRICS_PORT": "0",
-            "WORKER_METRICS_PORT": "0",
-            "DISPATCH_STRATEGY": strategy,
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "info",
-            # An idle Dramatiq consumer sleeps up to this between polls (DESIGN §5): keep latency honest.
-            "dramatiq_worker_timeout": "50",
-            **PATIENT_ADMISSION,
-            **NO_CLIENT_LIMITS,
-            **extra,
+            name: signup_process(name, env=self.env, log_dir=work_dir, lab=knobs and name in LAB_SERVICES)
+            for name in services
         }
 
     async def __aenter__(self) -> Stack:
@@ -165,26 +201,12 @@ class Stack:
             tail = "\n".join(service.log_lines()[-20:])
             raise RuntimeError(f"signup {service.name} exited while starting; log tail:\n{tail}")
         if service.name == "api":
-            return await self._api_ready()
+            return await api_ready(self.api_url)
         if service.name == "worker":
-            return await self._worker_polling(since=service.started_at)
+            return await worker_polling(self.redis.url, since=service.started_at)
         # The relay has no endpoint of its own (RELAY_METRICS_PORT=0): ready once it has logged something,
         # or has stayed up for a few seconds (a relay may start silently).
         return service.logged_since_start() or time.time() - service.started_at > RELAY_SILENT_START_S
-
-    async def _api_ready(self) -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                return (await client.get(f"{self.api_url}/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    async def _worker_polling(self, *, since: float) -> bool:
-        # Every Dramatiq broker command records a heartbeat; before the load only consumers issue any.
-        try:
-            return bool(await asyncio.to_thread(heartbeats_since, self.redis.url, since))
-        except redis.RedisError:
-            return False
 
     async def close(self) -> None:
         """Stop every service (SIGTERM, then SIGKILL), the sink and Redis, and drop the database.

@@ -1,4 +1,4 @@
-"""The API's one factory: ``create_app(settings)`` builds everything; nothing connects at import time."""
+"""The API's factory: ``create_app(settings)`` builds everything; nothing connects at import time."""
 
 from __future__ import annotations
 
@@ -13,16 +13,17 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.opentelemetry import OpenTelemetryConfig
 from litestar.plugins.prometheus import PrometheusConfig
+from litestar.types import ExceptionHandlersMap
 from redis.asyncio import Redis
 
 from services.api import routes
 from services.api.admission import SHED_LOG, build_admission
 from services.api.client_limits import ClientLimiter, ClientLimits
-from services.api.dispatch import build_dispatcher
+from services.api.dispatch import Dispatcher, OutboxDispatcher
 from services.api.error_handlers import EXCEPTION_HANDLERS
-from services.api.faults import Faults
 from services.api.idempotency import KeyPurge
 from services.api.resend import ResendQueue
+from services.api.signup import BeforeCommit
 from services.api.slow_clients import read_deadline
 from services.api.tracing import UNTRACED_PATHS, redact_query_string, tracing_middleware
 from shared.database import create_engine, create_sessionmaker
@@ -34,14 +35,25 @@ from shared.telemetry import tracing_enabled
 RESEND_DRAIN_S = 3.0
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the Litestar application for ``settings``. Connections open lazily and close on shutdown."""
+def create_app(
+    settings: Settings,
+    *,
+    dispatcher: Dispatcher | None = None,
+    before_commit: BeforeCommit | None = None,
+    exception_handlers: ExceptionHandlersMap | None = None,
+) -> Litestar:
+    """Build the Litestar application for ``settings``. Connections open lazily and close on shutdown.
+
+    ``dispatcher`` (default ``OutboxDispatcher``) hands each signup's message on inside its transaction,
+    ``before_commit`` is awaited right before each signup commits, and ``exception_handlers`` map more
+    exceptions to answers: the seams the lab starts the API through.
+    """
     engine = create_engine(settings.database_url)
     sessions = create_sessionmaker(engine)
     # Verification and /readyz have a pool of their own: a flood of signups or resends, which may hold every
     # connection of the shared pool, cannot make a person's click or the orchestrator's probe wait for one.
     reserved_engine = create_engine(settings.database_url, pool_size=settings.api_reserved_pool_size)
-    dispatcher = build_dispatcher(settings)
+    dispatcher = dispatcher or OutboxDispatcher()
     redis = Redis.from_url(settings.redis_url) if dispatcher.needs_redis else None
     ttl = timedelta(hours=settings.api_idempotency_ttl_hours)
     purge = KeyPurge(sessions, ttl=ttl)
@@ -67,9 +79,7 @@ def create_app(settings: Settings) -> Litestar:
             "resends": resends,
             "idempotency_secret": idempotency_secret,
             "clients": clients,
-            "faults": Faults(
-                commit_delay_ms=settings.fault_commit_delay_ms, rollback_ratio=settings.fault_rollback_ratio
-            ),
+            "before_commit": before_commit,
         }
     )
 
@@ -101,7 +111,7 @@ def create_app(settings: Settings) -> Litestar:
             tracing_middleware,
             PrometheusConfig(app_name="signup_api", group_path=True).middleware,
         ],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, **(exception_handlers or {})},
         on_startup=[purge.start],
         on_shutdown=[close],
         request_max_body_size=settings.api_max_body_bytes,

@@ -1,34 +1,17 @@
 """How the API hands a message on to the worker (DESIGN §5).
 
-A use case calls ``Dispatcher.dispatch`` inside its transaction, before the commit. What the dispatcher does
-there is the whole difference between the strategies:
-
-- ``outbox``: insert an outbox row in the same transaction; the relay publishes it after the commit.
-- ``fixed_delay`` / ``immediate``: the course's way, enqueue to Redis right now, before the commit.
-- ``none``: nothing (a benchmark baseline for the API's own cost).
+A use case calls ``Dispatcher.dispatch`` inside its transaction, before the commit. ``OutboxDispatcher``
+inserts an outbox row in that same transaction; the relay publishes it after the commit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-import dramatiq
-import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.broker import create_broker
-from shared.database import POOL_SIZE
 from shared.messages import Message
 from shared.outbox import add_outbox_event
-from shared.settings import Settings
-
-# One per connection the API's database pool can hand out (pool plus overflow): an enqueue happens inside an
-# open transaction, so no more can be waiting at once.
-ENQUEUE_THREADS = 2 * POOL_SIZE
 
 
 class Dispatcher(Protocol):
@@ -52,65 +35,3 @@ class OutboxDispatcher:
 
     async def close(self) -> None:
         return None
-
-
-class NoDispatcher:
-    """Sends nothing. Only for ``signup bench``'s baseline of what a signup costs without dispatch."""
-
-    needs_redis = False
-
-    async def dispatch(self, session: AsyncSession, message: Message, *, trace_id: str | None) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-class EnqueueBeforeCommitDispatcher:
-    """The course's way: enqueue the Dramatiq message to Redis now, inside the transaction, before the commit.
-
-    This is what the lab measures against the outbox. The message leaves before the user is committed, so a
-    worker may look for a user that is not visible yet (``delay_ms`` is the course's ``ProcessIn`` that hides
-    most of that race), and a transaction that rolls back afterwards leaves a message for a user that never
-    existed. An enqueue failure (Redis down) propagates and rolls the signup back.
-    """
-
-    needs_redis = True
-
-    def __init__(self, settings: Settings, *, delay_ms: int | None) -> None:
-        # The broker connects lazily, on the first enqueue.
-        self._broker = create_broker(settings)
-        self._delay_ms = delay_ms
-        # RedisBroker is synchronous. Its calls get threads of their own: in asyncio's default executor they
-        # would queue behind the argon2 hashes while their transaction holds a pooled connection, and under
-        # load the pool would run dry (503s that measure the executor, not the course's strategy).
-        self._executor = ThreadPoolExecutor(max_workers=ENQUEUE_THREADS, thread_name_prefix="enqueue")
-
-    async def dispatch(self, session: AsyncSession, message: Message, *, trace_id: str | None) -> None:
-        enqueued: dramatiq.Message[None] = dramatiq.Message(
-            queue_name=message.queue,
-            actor_name=message.actor,
-            args=(msgspec.to_builtins(message),),
-            kwargs={},
-            options={"trace_id": trace_id},
-            message_id=str(uuid.uuid4()),
-        )
-        enqueue = functools.partial(self._broker.enqueue, enqueued, delay=self._delay_ms)
-        await asyncio.get_running_loop().run_in_executor(self._executor, enqueue)
-
-    async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._broker.close)
-        self._executor.shutdown()
-
-
-def build_dispatcher(settings: Settings) -> Dispatcher:
-    """The dispatcher ``DISPATCH_STRATEGY`` names."""
-    match settings.dispatch_strategy:
-        case "outbox":
-            return OutboxDispatcher()
-        case "fixed_delay":
-            return EnqueueBeforeCommitDispatcher(settings, delay_ms=settings.task_process_in_ms)
-        case "immediate":
-            return EnqueueBeforeCommitDispatcher(settings, delay_ms=None)
-        case "none":
-            return NoDispatcher()

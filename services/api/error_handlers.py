@@ -16,7 +16,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.api.admission import SHED_MESSAGE, Shed
 from services.api.client_limits import ClientLimited
-from services.api.faults import InjectedRollback
 from services.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from services.api.idempotency import KeyReused
 from services.api.pages import EXPIRED, INVALID, SUPERSEDED, page, wants_html
@@ -112,12 +111,6 @@ def unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
     return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
 
 
-def injected_rollback(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.info("signup rolled back by fault injection")
-    body = ErrorBody(error="signup rolled back (FAULT_ROLLBACK_RATIO)")
-    return _json(request, 503, body, **{"Retry-After": RETRY_AFTER_S})
-
-
 def shed(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, Shed)  # counted and logged (rate-limited) where it was raised
     body = ErrorBody(error=SHED_MESSAGE)
@@ -183,7 +176,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     VerifyEmailNotFound: not_found,
     VerifyEmailExpired: expired,
     VerifyEmailSuperseded: superseded,
-    InjectedRollback: injected_rollback,
     Shed: shed,
     KeyReused: key_reused,
     ResendBusy: resend_busy,

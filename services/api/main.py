@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+from litestar import Litestar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.admin.serve import start_console
@@ -23,7 +25,12 @@ from shared.telemetry import configure_tracing
 STOP_GRACE_S = 5
 
 
-def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
+def run(
+    settings: Settings,
+    args: argparse.Namespace | None = None,
+    *,
+    build_app: Callable[[Settings], Litestar] = create_app,
+) -> int:
     keep_hash_memory()  # first: before any thread of ours or uvicorn's allocates
     configure_logging(service="api", log_format=settings.log_format, log_level=settings.log_level)
     configure_tracing(service="api")
@@ -33,16 +40,16 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     serve_metrics(port=settings.api_metrics_port)
     console = start_console(settings, grace_s=STOP_GRACE_S)  # the operator console's own port, if set
     try:
-        _serve(settings)
+        _serve(settings, build_app)
     finally:
         if console is not None:
             console.stop()
     return 0
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, build_app: Callable[[Settings], Litestar]) -> None:
     uvicorn.run(
-        create_app(settings),
+        build_app(settings),
         host=settings.api_host,
         port=settings.api_port,
         loop="uvloop",

@@ -119,7 +119,7 @@ async def _sign_up(
                 state.sessions,
                 request=signup,
                 dispatcher=state.dispatcher,
-                faults=state.faults,
+                before_commit=state.before_commit,
                 trace_id=request.scope["state"].get("request_id"),
                 ticket=state.admission.ticket(client_gone=gone, place=place),
                 language=choose_language(
@@ -240,7 +240,7 @@ async def healthz() -> dict[str, str]:
 
 @get(
     "/readyz",
-    summary="Ready: the database (and Redis, where the strategy needs it) answer",
+    summary="Ready: the database (and Redis, where the dispatcher needs it) answer",
     responses={
         503: ResponseSpec(data_container=dict[str, str], description="a check failed; each names its state")
     },

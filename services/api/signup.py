@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.api.admission import Ticket
 from services.api.dispatch import Dispatcher
-from services.api.faults import Faults
 from services.api.idempotency import IdempotencyKey, KeyReused, store_answer
 from services.api.passwords import hash_password
 from services.api.schemas import CreateUserRequest, CreateUserResponse, User
@@ -31,6 +31,9 @@ _UNIQUE_VIOLATION = "23505"
 # Compared against when the id is unknown, so that an unknown id costs the same comparison as a known one.
 _NO_CODE_DIGEST = code_digest(secrets.token_urlsafe(32))
 
+
+BeforeCommit = Callable[[], Awaitable[None]]
+"""Awaited inside the signup's transaction, right before its commit; what it raises rolls the signup back."""
 
 # users.password_changed_at's default: what a new user's answer carries.
 NEVER_CHANGED = datetime(1, 1, 1, tzinfo=UTC)
@@ -49,7 +52,7 @@ async def sign_up(
     *,
     request: CreateUserRequest,
     dispatcher: Dispatcher,
-    faults: Faults,
+    before_commit: BeforeCommit | None = None,
     trace_id: str | None,
     language: str = DEFAULT_LANGUAGE,
     ticket: Ticket | None = None,
@@ -66,7 +69,8 @@ async def sign_up(
     A taken email writes nothing but a ``SendSignupNotice`` to the address's owner and returns the user as
     it would have been. Raises ``Taken`` when the username is in use, ``KeyReused`` when another request
     committed under the same key, ``Shed`` when refused a slot or when the ticket's deadline passed or its
-    client left, ``InjectedRollback`` when a fault was injected; database errors propagate.
+    client left, and whatever ``before_commit`` (awaited right before the commit) raises; database errors
+    propagate.
     Nothing is written unless everything is.
     """
     async with ticket.hashing() if ticket is not None else contextlib.nullcontext():
@@ -82,7 +86,7 @@ async def sign_up(
                 request=request,
                 hashed=hashed,
                 dispatcher=dispatcher,
-                faults=faults,
+                before_commit=before_commit,
                 trace_id=trace_id,
                 language=language,
                 ticket=ticket,
@@ -134,7 +138,7 @@ async def _write(
     request: CreateUserRequest,
     hashed: str,
     dispatcher: Dispatcher,
-    faults: Faults,
+    before_commit: BeforeCommit | None,
     trace_id: str | None,
     language: str,
     ticket: Ticket | None,
@@ -180,7 +184,8 @@ async def _write(
             answer = msgspec.json.encode(CreateUserResponse(user=user))
             await store_answer(session, idempotency, answer, ttl=idempotency_ttl)
         await dispatcher.dispatch(session, message, trace_id=trace_id)
-        await faults.before_commit()
+        if before_commit is not None:
+            await before_commit()
         if ticket is not None:
             ticket.check()
     if claims.owner is None:

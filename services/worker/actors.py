@@ -2,15 +2,15 @@
 
 The actor parses the message's one argument into its ``Message`` class, calls the class's handler with the
 worker process's shared context, the message id (the outbox event id, the idempotency key) and the
-message's one database connection, records the event as handled on that connection (``handled``), and maps
-a database outage to a retry. A payload that is not the class's
-struct is a ``BadPayload``: dead-lettered at once, since no retry can mend it.
+message's one database connection, records the event as handled on that connection (``handled_mark``), and
+maps a database outage to a retry. A payload that is not the class's struct is a ``BadPayload``:
+dead-lettered at once, since no retry can mend it.
 """
 
 from __future__ import annotations
 
 import pkgutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.worker.errors import PermanentError, TransientError
-from services.worker.handled import mark_handled
+from services.worker.handled_mark import mark_handled
 from services.worker.mailer import Mailer
 from services.worker.metrics import WorkerMetrics
 from shared.database import database_unavailable
@@ -84,19 +84,28 @@ async def _handle(handler: Handler, payload: Message, *, context: WorkerContext,
             log.info("stale database connection discarded; handling the message again")
 
 
-def declare_actors(broker: Broker, context: WorkerContext) -> list[dramatiq.Actor[..., Any]]:
+def declare_actors(
+    broker: Broker, context: WorkerContext, *, handlers: Mapping[type[Message], Handler] | None = None
+) -> list[dramatiq.Actor[..., Any]]:
     """Declare one actor on ``broker`` for every registered message; its queues are then the broker's.
 
+    A message class in ``handlers`` is handled by the function given there instead of the one it names.
     Raises ``ImportError`` or ``AttributeError`` when a message names a handler that does not exist.
     """
-    return [declare_actor(broker, message_class, context) for message_class in registered()]
+    handlers = handlers or {}
+    return [
+        declare_actor(broker, message_class, context, handler=handlers.get(message_class))
+        for message_class in registered()
+    ]
 
 
 def declare_actor(
-    broker: Broker, message_class: type[Message], context: WorkerContext
+    broker: Broker, message_class: type[Message], context: WorkerContext, *, handler: Handler | None = None
 ) -> dramatiq.Actor[..., Any]:
-    """The actor for ``message_class``: permanent errors skip the retries (``throws``)."""
-    handler: Handler = pkgutil.resolve_name(message_class.handler)
+    """The actor for ``message_class`` (run by ``handler``, default the one the class names): permanent
+    errors skip the retries (``throws``)."""
+    if handler is None:
+        handler = pkgutil.resolve_name(message_class.handler)
 
     async def actor(*args: Any, **kwargs: Any) -> None:
         payload = decode(message_class, args, kwargs)

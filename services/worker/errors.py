@@ -19,7 +19,7 @@ class PermanentError(Exception):
 
 
 class UserNotVisible(TransientError):
-    """The message names a user the database does not show (yet): the course's race, retried here."""
+    """The message names a user the database does not show (yet): retried until its signup is visible."""
 
 
 class SmtpDeferred(TransientError):

@@ -102,8 +102,8 @@ async def send_verify_email(
     The signup's email and every resend are this same command: each message id gets its own row, code and
     expiry, and once it is sent the API refuses the user's earlier links (``410``, superseded).
 
-    Raises ``UserNotVisible`` when the user is missing (unless ``WORKER_SKIP_RETRY_MISSING_USER``, which
-    drops the message as the course's ``SkipRetry`` does), and whatever the mailer or the database raise.
+    Raises ``UserNotVisible`` when the user is missing (not committed yet: the message is retried), and
+    whatever the mailer or the database raise.
     """
     settings = context.settings
     event_id = uuid.UUID(message_id)
@@ -126,9 +126,6 @@ async def send_verify_email(
         )
         user = found.one_or_none()
         if user is None:
-            if settings.worker_skip_retry_missing_user:
-                log.warning("user not found; dropping the message (SkipRetry)", username=command.username)
-                return
             raise UserNotVisible("user not yet visible")
         if user.is_email_verified:
             # A resend asked for while unverified, and the address got verified before it left.

@@ -23,9 +23,11 @@ from dramatiq import Worker
 from dramatiq.common import join_all
 from dramatiq.errors import BrokerConnectionError
 
-from services.worker.app import build_worker
+from services.worker.actors import Handler
+from services.worker.wiring import build_broker
 from shared.broker import StreamsBroker
 from shared.logging import configure_logging, get_logger
+from shared.messages import Message
 from shared.settings import Settings
 from shared.telemetry import configure_tracing
 
@@ -46,13 +48,18 @@ _STOP_SLACK_S = 2.0
 _STOPPED = 0  # put on the signal queue when Worker.stop has returned; never a signal number
 
 
-def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
-    """Consume until the first SIGTERM/SIGINT, stop as described above and return 0."""
+def run(
+    settings: Settings,
+    args: argparse.Namespace | None = None,
+    *,
+    handlers: Mapping[type[Message], Handler] | None = None,
+) -> int:
+    """Consume until the first SIGTERM/SIGINT, stop as described above and return 0. ``handlers``: see
+    ``build_broker``."""
     configure_logging(service="worker", log_format=settings.log_format, log_level=settings.log_level)
     configure_tracing(service="worker")
-    # Dramatiq's AsyncIO middleware creates the loop every actor runs on with asyncio.new_event_loop().
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    broker, worker = build(settings, os.environ)
+    use_uvloop()
+    broker, worker = build_worker(settings, os.environ, handlers=handlers)
     events: queue.SimpleQueue[int] = queue.SimpleQueue()
     for signum in (signal.SIGTERM, signal.SIGINT):
         # SimpleQueue.put may be called from a signal handler; the main thread does the work.
@@ -70,11 +77,22 @@ def run(settings: Settings, args: argparse.Namespace | None = None) -> int:
     return 0
 
 
-def build(settings: Settings, environ: Mapping[str, str]) -> tuple[StreamsBroker, Worker]:
+def use_uvloop() -> None:
+    """Make the loop every actor runs on a uvloop: Dramatiq's AsyncIO middleware creates it with
+    ``asyncio.new_event_loop()``, which follows the event loop policy."""
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def build_worker(
+    settings: Settings,
+    environ: Mapping[str, str],
+    *,
+    handlers: Mapping[type[Message], Handler] | None = None,
+) -> tuple[StreamsBroker, Worker]:
     """The broker (polling every ``poll_timeout(environ)`` ms where it polls), and a Dramatiq ``Worker`` on
     the queues of its declared actors (their delay queues follow), its threads waking and its idle
     consumers reading every ``THREAD_WAKE_MS``. Nothing connects yet."""
-    broker, _ = build_worker(settings, poll_ms=poll_timeout(environ))
+    broker, _ = build_broker(settings, poll_ms=poll_timeout(environ), handlers=handlers)
     worker = Worker(
         broker,
         queues=broker.get_declared_queues(),

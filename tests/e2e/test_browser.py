@@ -26,8 +26,7 @@ from services.api.pages import SECURITY_HEADERS
 from shared.database import users, verify_emails
 from shared.settings import Settings
 from tests.e2e.cdp import HEADLESS, Browser, marker_env, stop_marked
-from tests.e2e.test_e2e_signup import Services, link_of, ready
-from tests.support import Delivery, SmtpSink, repo_root, wait_for
+from tests.support import Delivery, Services, SmtpSink, link_of, ready, repo_root, wait_for
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

@@ -27,8 +27,7 @@ from shared.broker import create_broker
 from shared.database import outbox
 from shared.settings import Settings
 from tests.e2e.cdp import Browser
-from tests.e2e.test_e2e_signup import Services, ready
-from tests.support import Delivery, SmtpSink, free_port, repo_root, wait_for
+from tests.support import Delivery, Services, SmtpSink, free_port, ready, repo_root, wait_for
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

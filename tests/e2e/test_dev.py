@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from lab.harness.database import drop_database, with_database
-from tests.conftest import PG_ADMIN_URL
 from tests.support import (
+    PG_ADMIN_URL,
     RedisServer,
     free_port,
     processes_marked,

@@ -17,8 +17,7 @@ import pytest
 
 from shared.settings import load_settings
 from tests.e2e.cdp import Browser
-from tests.support import repo_root
-from tests.unit.test_email_templates import KINDS, LANGUAGES, NAMES, parts, render
+from tests.support import KINDS, LANGUAGES, NAMES, parts, render, repo_root
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(

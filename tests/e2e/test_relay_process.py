@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import pytest
 
-from tests.integration.relay_helpers import connect, fetch, insert_rows, unpublished
-from tests.support import SignupProcess, queued_messages, start_signup, wait_for
+from tests.support import (
+    Process,
+    connect,
+    fetch,
+    insert_rows,
+    queued_messages,
+    start_signup,
+    unpublished,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("db")
 
 
-def relay_process(settings, tmp_path, **env: str) -> SignupProcess:
+def relay_process(settings, tmp_path, **env: str) -> Process:
     base = {
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
@@ -47,8 +54,7 @@ async def test_relay_killed_between_enqueue_and_commit_republishes_the_same_mess
     try:
         # Stuck mid-batch, with messages in Redis and the rows still unpublished, when it is killed.
         await wait_for(first_batch_in_redis, timeout=20, what="the first batch in Redis")
-        first.process.send_signal(signal.SIGKILL)
-        first.process.wait(timeout=10)
+        first.kill()
         await connection.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name LIKE 'signup-relay%' AND datname = current_database()"

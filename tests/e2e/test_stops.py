@@ -22,16 +22,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.broker import StreamsBroker
 from shared.database import verify_emails
 from shared.settings import Settings
-from tests.integration.test_worker import add_user, verify_message
 from tests.support import (
-    SignupProcess,
+    Process,
     SmtpSink,
+    add_user,
     free_port,
     held_by_workers,
     processes_marked,
     queued_messages,
     running_in_groups,
     start_signup,
+    verify_message,
     wait_for,
     wait_until,
 )
@@ -93,12 +94,13 @@ class Service:
             "LOG_LEVEL": "info",
             MARKER: self.marker,
         }
-        self.signup: SignupProcess = start_signup(name, env=env, log_dir=log_dir, new_session=True)
-        self.pid = self.signup.process.pid
+        self.signup: Process = start_signup(name, env=env, log_dir=log_dir)
+        assert self.signup.pid is not None
+        self.pid = self.signup.pid
 
     def wait_ready(self) -> None:
         def ready() -> bool:
-            assert self.signup.process.poll() is None, f"{self.name} exited:\n{self.signup.output()[-2000:]}"
+            assert self.signup.running, f"{self.name} exited:\n{self.signup.output()[-2000:]}"
             return READY[self.name] in self.signup.output()
 
         wait_until(ready, timeout=30, interval=0.1, what=f"signup {self.name} to start")
@@ -113,7 +115,7 @@ class Service:
         """The exit code and how long it took; fails the test (and kills the group) past ``timeout``."""
         start = time.monotonic()
         try:
-            code = self.signup.process.wait(timeout=timeout)
+            code = self.signup.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"signup {self.name} still running {timeout}s after the signal:\n{self.tail()}")
@@ -123,9 +125,7 @@ class Service:
         return sorted(set(running_in_groups({self.pid})) | set(processes_marked(MARKER + "=" + self.marker)))
 
     def kill(self) -> None:
-        if self.signup.process.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
-        self.signup.process.wait(timeout=10)
+        self.signup.kill()
 
     def tail(self) -> str:
         return self.signup.output()[-3000:]

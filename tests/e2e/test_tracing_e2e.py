@@ -10,9 +10,7 @@ import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.e2e.test_e2e_signup import Services, ready
-from tests.integration.test_api_signup import signup_body
-from tests.support import SmtpSink, wait_for
+from tests.support import Services, SmtpSink, ready, signup_body, wait_for
 
 
 @pytest.fixture

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
+import msgspec
 import pytest
-import uvicorn
 from litestar.testing import AsyncTestClient
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan
@@ -19,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.api.app import create_app
 from shared.settings import Settings
 from shared.telemetry import configure_tracing
-from tests.support import free_port, wait_for
+from tests.support import serving
 
 
 @pytest.fixture
@@ -49,16 +47,6 @@ def module_exporter() -> ModuleExporter:
     return into
 
 
-async def resends_done(client: AsyncTestClient) -> None:  # type: ignore[type-arg]
-    """Wait until the resend requests ``client``'s app answered have run (they run after their answer, on
-    the app's own event loop: the test client's)."""
-
-    async def idle() -> bool:
-        return bool(client.app.state.resends.pending == 0)
-
-    await wait_for(idle, timeout=10, what="the queued resends to run")
-
-
 @pytest.fixture(scope="module")
 def exporter(module_exporter: ModuleExporter) -> Iterator[InMemorySpanExporter]:
     """Spans into memory, with asyncpg's, for this module's tests only; dropped (and SQL uninstrumented)
@@ -79,29 +67,12 @@ def spans(exporter: InMemorySpanExporter, db: AsyncEngine) -> InMemorySpanExport
     return exporter
 
 
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app under uvicorn on a free port, in this event loop, and a client for it.
-
-    Litestar's test client runs one request at a time; this serves requests concurrently, as production does,
-    and a client can really go away.
-    """
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False)
+@pytest.fixture
+def worker_settings(settings: Settings) -> Settings:
+    """The test settings with short retry backoffs and two worker threads."""
+    return msgspec.structs.replace(
+        settings, worker_min_backoff_ms=100, worker_max_backoff_ms=2000, worker_threads=2
     )
-    task = asyncio.create_task(server.serve())
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-
-            async def up() -> bool:
-                return server.started
-
-            await wait_for(up, timeout=10, what="uvicorn to start")
-            yield http
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=15)
 
 
 @pytest.fixture

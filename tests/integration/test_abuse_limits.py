@@ -10,9 +10,7 @@ import msgspec
 import pytest
 
 from services.worker.emails import render_email
-from tests.integration.conftest import serving
-from tests.integration.test_api_signup import signup_body
-from tests.integration.test_security import RecordingMailer, worker_sends
+from tests.support import RecordingMailer, serving, signup_body, worker_sends
 
 
 @pytest.mark.parametrize("route", ["create_user", "resend_verify_email"])

@@ -19,13 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api import app as app_module
 from services.api.admission import Admission
+from services.api.app import create_app
 from shared.database import idempotency_keys, outbox, users
 from shared.settings import Settings
-from tests.integration.conftest import serving
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_api_signup import count, signup_body
-from tests.integration.test_worker import running_worker
-from tests.support import SmtpSink, wait_for
+from tests.support import SmtpSink, count, running_relay, running_worker, serving, signup_body, wait_for
 
 
 async def test_a_flood_beyond_the_limit_is_shed_fast_and_every_accepted_signup_gets_its_email(
@@ -160,9 +157,11 @@ async def test_a_database_reader_cannot_test_a_password_guess_against_the_finger
 
 
 async def test_a_client_that_leaves_before_the_commit_leaves_no_user(db, settings, log_tee) -> None:
-    slow_commit = msgspec.structs.replace(settings, fault_commit_delay_ms=1000)
+    async def slow_commit() -> None:
+        await asyncio.sleep(1)
+
     start = len(log_tee.lines)
-    async with serving(slow_commit) as http:
+    async with serving(settings, create_app(settings, before_commit=slow_commit)) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.post("/v1/create_user", json=signup_body(), timeout=0.3)
 

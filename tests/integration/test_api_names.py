@@ -16,7 +16,7 @@ from services.api.app import create_app
 from shared.database import outbox, users
 from shared.messages import SendSignupNotice, SendVerifyEmail
 from shared.settings import Settings
-from tests.integration.test_api_signup import signup_body
+from tests.support import signup_body
 
 NAMES = [
     # (full name as sent, stored as, or None when refused)

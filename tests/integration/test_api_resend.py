@@ -18,9 +18,7 @@ from services.api.resend import resend_verify_email
 from shared.database import create_engine, create_sessionmaker, outbox, users, verify_email_resends
 from shared.messages import SendVerifyEmail
 from shared.settings import Settings
-from tests.integration.conftest import resends_done
-from tests.integration.test_api_signup import signup_body
-from tests.support import wait_for
+from tests.support import resends_done, signup_body, wait_for
 
 ADDRESS = "alice@example.com"
 

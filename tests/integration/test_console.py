@@ -20,7 +20,7 @@ from shared.broker import StreamsBroker, create_broker
 from shared.database import outbox, users
 from shared.settings import Settings
 from signup_cli.trace import timeline
-from tests.integration.test_worker import signup_cli
+from tests.support import signup_cli
 
 PASSWORD = "correct horse battery staple"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')

@@ -12,9 +12,7 @@ from services.worker.actors import WorkerContext
 from services.worker.handlers import send_signup_notice, send_verify_email
 from shared.database import outbox, users
 from shared.messages import SendSignupNotice, SendVerifyEmail
-from tests.integration.conftest import resends_done
-from tests.integration.test_api_signup import signup_body
-from tests.integration.test_security import RecordingMailer
+from tests.support import RecordingMailer, resends_done, signup_body
 
 
 async def language_of(db, username: str) -> str:

@@ -20,11 +20,16 @@ from services.api.resend import RESENDS
 from shared.database import outbox, sent_notices, users, verify_email_resends
 from shared.messages import SendSignupNotice, SendVerifyEmail
 from shared.settings import Settings
-from tests.integration.conftest import serving
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_api_signup import count, signup_body
-from tests.integration.test_worker import running_worker
-from tests.support import Delivery, SmtpSink, wait_for
+from tests.support import (
+    Delivery,
+    SmtpSink,
+    count,
+    running_relay,
+    running_worker,
+    serving,
+    signup_body,
+    wait_for,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -17,9 +17,7 @@ from shared.database import create_sessionmaker
 from shared.messages import Message, SendVerifyEmail, registered
 from shared.outbox import add_outbox_event
 from shared.settings import Settings
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_worker import running_worker
-from tests.support import wait_for
+from tests.support import running_relay, running_worker, wait_for
 
 handled_pings: list[tuple[str, str, str]] = []
 

@@ -12,7 +12,7 @@ import asyncpg
 
 from lab.harness.database import drop_database, with_database
 from shared.keys import code_digest
-from tests.conftest import PG_ADMIN_URL
+from tests.support import PG_ADMIN_URL
 
 
 def run_migrate(url: str, *extra: str) -> subprocess.Popen[str]:

@@ -19,12 +19,16 @@ from shared.database import outbox, users, verify_emails
 from shared.keys import code_digest
 from shared.messages import SendSignupNotice, SendVerifyEmail
 from shared.settings import Settings
-from tests.integration.conftest import resends_done
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_api_signup import signup_body
-from tests.integration.test_resend_flow import link_in
-from tests.integration.test_worker import running_worker
-from tests.support import Delivery, SmtpSink, wait_for
+from tests.support import (
+    Delivery,
+    SmtpSink,
+    link_in,
+    resends_done,
+    running_relay,
+    running_worker,
+    signup_body,
+    wait_for,
+)
 
 VICTIM = "victoria@example.com"
 MALLORY = signup_body(username="mallory", email=VICTIM, password="mallorys password")

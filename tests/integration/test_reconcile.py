@@ -22,13 +22,20 @@ from dramatiq import Broker, Middleware, Worker
 from dramatiq.broker import MessageProxy
 
 from services.relay.relay import Relay
-from services.worker.app import build_worker
+from services.worker.wiring import build_broker
 from shared.settings import Settings
 from signup_cli.trace import timeline
-from tests.conftest import LogTee
-from tests.integration.relay_helpers import fetch, running_relay
-from tests.integration.test_worker import add_user, logged, signup_cli
-from tests.support import RedisServer, SmtpSink, wait_for
+from tests.support import (
+    LogTee,
+    RedisServer,
+    SmtpSink,
+    add_user,
+    fetch,
+    logged,
+    running_relay,
+    signup_cli,
+    wait_for,
+)
 
 GRACE_MS = 300
 INTERVAL_MS = 100
@@ -46,7 +53,7 @@ class Deliveries(Middleware):
 
 @contextmanager
 def running_worker(settings: Settings) -> Iterator[Deliveries]:
-    broker, _ = build_worker(settings)
+    broker, _ = build_broker(settings)
     deliveries = Deliveries()
     broker.add_middleware(deliveries)
     worker = Worker(broker, worker_timeout=50, worker_threads=2)

@@ -20,7 +20,7 @@ from services.relay.publisher import enqueue_batch
 from services.relay.relay import ReconcilePass, Relay, build_relay
 from shared.broker import StreamsBroker, create_broker
 from shared.settings import Settings
-from tests.integration.relay_helpers import fetch
+from tests.support import fetch
 
 HANDLED, UNHANDLED, BATCH = 5000, 50, 20
 LOST = 44  # the 45th unhandled row, in the third page

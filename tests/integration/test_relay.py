@@ -10,17 +10,18 @@ import pytest
 
 from services.relay import store
 from services.relay.relay import build_relay
-from tests.integration.relay_helpers import (
+from tests.support import (
     add_rows,
     all_published,
     connect,
     fetch,
     insert_rows,
+    queued_messages,
     running_relay,
     running_relays,
     unpublished,
+    wait_for,
 )
-from tests.support import queued_messages, wait_for
 
 pytestmark = pytest.mark.usefixtures("db")
 

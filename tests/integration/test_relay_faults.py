@@ -8,8 +8,15 @@ import time
 
 import pytest
 
-from tests.integration.relay_helpers import add_rows, all_published, fetch, running_relay, unpublished
-from tests.support import queued_messages, wait_for
+from tests.support import (
+    add_rows,
+    all_published,
+    fetch,
+    queued_messages,
+    running_relay,
+    unpublished,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("db")
 

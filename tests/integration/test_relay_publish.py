@@ -12,8 +12,7 @@ from dramatiq.middleware import Middleware
 from services.relay.publisher import enqueue_batch, to_message
 from services.relay.store import OutboxRow
 from shared.broker import create_broker
-from tests.integration.relay_helpers import add_rows, running_relay, unpublished
-from tests.support import free_port, queued_messages, wait_for
+from tests.support import add_rows, free_port, queued_messages, running_relay, unpublished, wait_for
 
 pytestmark = pytest.mark.usefixtures("db")
 

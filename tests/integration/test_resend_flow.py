@@ -6,8 +6,6 @@ answers 410 saying a newer email was sent.
 
 from __future__ import annotations
 
-import re
-from email.message import Message
 from typing import Any
 
 import msgspec
@@ -18,22 +16,7 @@ from services.api.app import create_app
 from shared.database import users, verify_emails
 from shared.settings import Settings
 from signup_cli.trace import timeline
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_api_signup import signup_body
-from tests.integration.test_worker import running_worker
-from tests.support import Delivery, SmtpSink, wait_for
-
-LINK = re.compile(r"/v1/verify_email\?email_id=(\d+)&secret_code=([A-Za-z0-9_-]+)")
-
-
-def link_in(mail: Delivery) -> dict[str, str]:
-    text = mail.message.get_payload(0)
-    assert isinstance(text, Message)
-    body = text.get_payload(decode=True)
-    assert isinstance(body, bytes)
-    found = LINK.search(body.decode())
-    assert found, "no link in the email"
-    return {"email_id": found.group(1), "secret_code": found.group(2)}
+from tests.support import Delivery, SmtpSink, link_in, running_relay, running_worker, signup_body, wait_for
 
 
 async def test_a_resend_after_expiry_brings_a_working_link_and_retires_the_old(

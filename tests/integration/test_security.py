@@ -13,7 +13,6 @@ import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
-from email.message import EmailMessage
 
 import pytest
 import sqlalchemy as sa
@@ -21,19 +20,21 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.actors import WorkerContext
 from services.worker.emails import render_email
 from services.worker.errors import PermanentError
-from services.worker.handlers import send_verify_email
 from shared.database import outbox, users, verify_emails
 from shared.keys import code_digest, server_key, verification_code
-from shared.messages import SendVerifyEmail
-from tests.integration.conftest import resends_done
-from tests.integration.relay_helpers import running_relay
-from tests.integration.test_api_signup import count, signup_body
-from tests.integration.test_resend_flow import link_in
-from tests.integration.test_tracing import finished
-from tests.integration.test_worker import running_worker
+from tests.support import (
+    RecordingMailer,
+    count,
+    finished,
+    link_in,
+    resends_done,
+    running_relay,
+    running_worker,
+    signup_body,
+    worker_sends,
+)
 
 
 async def add_user(client, *, username: str = "alice", email: str = "alice@example.com") -> None:
@@ -192,32 +193,6 @@ async def test_the_code_is_compared_in_constant_time(client, db, monkeypatch) ->
 
 
 # --- the worker's side of the link --------------------------------------------------------------------
-
-
-class RecordingMailer:
-    def __init__(self) -> None:
-        self.sent: list[EmailMessage] = []
-
-    async def send(self, message: EmailMessage) -> None:
-        self.sent.append(message)
-
-
-async def worker_sends(
-    db: AsyncEngine, settings, username: str = "alice", *, mailer: RecordingMailer | None = None
-) -> RecordingMailer:
-    """Run the worker's use case for one new message to ``username``, with a recording mailer (``mailer``:
-    one the caller keeps, which then may send nothing)."""
-    given = mailer
-    mailer = mailer or RecordingMailer()
-    async with db.connect() as connection:
-        await send_verify_email(
-            SendVerifyEmail(username=username),
-            context=WorkerContext(settings=settings, mailer=mailer, engine=db),
-            message_id=str(uuid.uuid4()),
-            connection=connection,
-        )
-    assert given is not None or len(mailer.sent) == 1
-    return mailer
 
 
 async def test_each_message_gets_a_256_bit_code_keyed_by_the_worker_secret(
@@ -428,26 +403,49 @@ async def test_a_chunked_body_over_the_limit_is_413_without_content_length(clien
     assert await count(db, users) == 0
 
 
+# Each body, and the answer it gets: 413 when it is over API_MAX_BODY_BYTES (16 KiB), else 400 naming what
+# is wrong with it (the body as a whole, or the field).
 HOSTILE_BODIES = {
-    "nested arrays in a field": b'{"username": ' + b"[" * 7000 + b"]" * 7000 + b"}",
-    "nested objects": b'{"a":' * 3000 + b"1" + b"}" * 3000,
-    "huge number": b'{"password": ' + b"9" * 15000 + b"}",
-    "huge exponent": b'{"password": 1e999999999}',
-    "a thousand unknown fields": json.dumps({f"f{i}": i for i in range(1000)}).encode(),
-    "field far over its limit": json.dumps({**signup_body(), "password": "p" * 15000}).encode(),
-    "lone surrogate": b'{"password": "\\ud800aaaaaaaa"}',
-    "NUL in a key": b'{"user\\u0000name": "alice"}',
-    "duplicate keys": b'{"username": "alice", "username": "Bad Name!"}',
+    "nested arrays in a field": (
+        b'{"username": ' + b"[" * 7000 + b"]" * 7000 + b"}",
+        400,
+        ("body", "JSON nested too deeply"),
+    ),
+    "nested objects": (b'{"a":' * 3000 + b"1" + b"}" * 3000, 413, None),
+    "huge number": (b'{"password": ' + b"9" * 15000 + b"}", 400, ("body", "malformed JSON")),
+    "huge exponent": (b'{"password": 1e999999999}', 400, ("body", "malformed JSON")),
+    "a thousand unknown fields": (
+        json.dumps({f"f{i}": i for i in range(1000)}).encode(),
+        400,
+        ("f0", "unknown field"),
+    ),
+    "field far over its limit": (
+        json.dumps({**signup_body(), "password": "p" * 15000}).encode(),
+        400,
+        ("password", "Expected `str` of length <= 100"),
+    ),
+    "lone surrogate": (b'{"password": "\\ud800aaaaaaaa"}', 400, ("body", "malformed JSON")),
+    "NUL in a key": (b'{"user\\u0000name": "alice"}', 400, ("user\x00name", "unknown field")),
+    "duplicate keys": (
+        b'{"username": "alice", "username": "Bad Name!"}',
+        400,
+        ("username", "may contain only lowercase letters, digits and _"),
+    ),
 }
 
 
-@pytest.mark.parametrize("body", HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys())
-async def test_hostile_bodies_are_refused_without_a_5xx(client, db, body: bytes) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "first_field"), HOSTILE_BODIES.values(), ids=HOSTILE_BODIES.keys()
+)
+async def test_hostile_bodies_get_a_4xx_that_names_the_fault(
+    client, db, body: bytes, status: int, first_field: tuple[str, str] | None
+) -> None:
     response = await client.post(
         "/v1/create_user", content=body, headers={"content-type": "application/json"}
     )
-    assert response.status_code in (400, 413), response.text
-    assert response.json()["error"] and "Traceback" not in response.text
+    assert response.status_code == status, response.text
+    named = [(field["field"], field["message"]) for field in response.json().get("fields", [])]
+    assert named[:1] == ([first_field] if first_field else [])
     assert await count(db, users) == 0
 
 

@@ -15,9 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.settings import Settings
-from tests.integration.test_api_signup import signup_body
-from tests.integration.test_api_verify import add_link
-from tests.support import free_port, start_signup, wait_for
+from tests.support import add_link, free_port, signup_body, start_signup, wait_for
 
 TRICKLE_EVERY_S = 0.1
 
@@ -45,7 +43,7 @@ async def api(settings: Settings, tmp_path: Path, **env: str) -> AsyncIterator[t
         async with httpx.AsyncClient(timeout=5) as http:
 
             async def up() -> bool:
-                assert process.process.poll() is None, process.output()[-2000:]
+                assert process.running, process.output()[-2000:]
                 try:
                     return (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
                 except httpx.TransportError:

@@ -13,11 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.database import users
-from tests.integration.conftest import resends_done
-from tests.integration.test_api_signup import signup_body
-from tests.integration.test_api_verify import add_link
-from tests.integration.test_tracing import finished
-from tests.integration.test_verify_page import BROWSER, open_link
+from tests.support import BROWSER, add_link, finished, open_link, resends_done, signup_body
 
 ADDRESS = "alice@example.com"
 PASSWORD = "correct horse"

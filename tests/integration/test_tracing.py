@@ -2,42 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared.settings import Settings
-from tests.conftest import LogTee
-from tests.integration.relay_helpers import add_rows, fetch, running_relay
-from tests.integration.test_api_signup import signup_body
-from tests.integration.test_worker import add_user, logged, running_worker
-from tests.support import SmtpSink, wait_for
-
-Spans = Sequence[ReadableSpan]
+from tests.support import (
+    LogTee,
+    SmtpSink,
+    add_rows,
+    add_user,
+    fetch,
+    finished,
+    logged,
+    named,
+    running_relay,
+    running_worker,
+    signup_body,
+)
 
 
 @pytest.fixture
 def traced_settings(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, worker_min_backoff_ms=100, worker_max_backoff_ms=500)
-
-
-def named(spans: Spans, name: str) -> list[ReadableSpan]:
-    return [span for span in spans if span.name == name]
-
-
-async def finished(exporter: InMemorySpanExporter, name: str, count: int = 1) -> Spans:
-    """Every finished span, once ``count`` spans called ``name`` have finished."""
-
-    async def probe() -> Spans:
-        spans = exporter.get_finished_spans()
-        return spans if len(named(spans, name)) >= count else ()
-
-    return await wait_for(probe, timeout=15, what=f"{count} finished {name!r} span(s)")
 
 
 def attrs(span: ReadableSpan) -> dict[str, Any]:

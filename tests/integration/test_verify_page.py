@@ -13,28 +13,7 @@ import sqlalchemy as sa
 
 from shared.database import outbox, users, verify_emails
 from shared.keys import code_digest
-from tests.integration.conftest import resends_done
-from tests.integration.test_api_verify import add_link, is_verified
-
-BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
-
-
-FORM = re.compile(r'<form method="post" action="confirm_email">(.*?)</form>', re.S)
-FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
-
-
-async def open_link(client: Any, email_id: int, code: str) -> Any:
-    """Open the link in a browser and press the one button the page shows: the page that answers."""
-    opened = await client.get(
-        "/v1/verify_email", params={"email_id": email_id, "secret_code": code}, headers=BROWSER
-    )
-    assert opened.status_code == 200 and "<h1>Confirm your email address</h1>" in opened.text
-    form = FORM.search(opened.text)
-    assert form, "no confirmation form"
-    fields = dict(FIELD.findall(form.group(1)))
-    return await client.post(
-        "/v1/confirm_email", data=fields, headers={**BROWSER, "Sec-Fetch-Site": "same-origin"}
-    )
+from tests.support import BROWSER, add_link, is_verified, open_link, resends_done
 
 
 async def test_opening_the_link_verifies_nothing_until_the_button(client, db, sensitive) -> None:

@@ -2,77 +2,31 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from email.message import Message as EmailMessageBase
 from typing import Any, TypeVar
 
-import msgspec
-import pytest
 import sqlalchemy as sa
-from dramatiq import Message, Worker
+from dramatiq import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.app import build_worker, warm_up
-from shared.broker import StreamsBroker
-from shared.database import users, verify_emails
+from services.worker.wiring import build_broker, warm_up
+from shared.database import verify_emails
 from shared.keys import code_digest
-from shared.settings import Settings
 from signup_cli.trace import load_timeline
-from tests.conftest import LogTee
-from tests.support import Delivery, SmtpSink, repo_root, wait_for
+from tests.support import (
+    SmtpSink,
+    add_user,
+    logged,
+    received,
+    running_worker,
+    signup_cli,
+    verify_message,
+    wait_for,
+    wait_logged,
+)
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def worker_settings(settings: Settings) -> Settings:
-    return msgspec.structs.replace(
-        settings, worker_min_backoff_ms=100, worker_max_backoff_ms=2000, worker_threads=2
-    )
-
-
-@contextmanager
-def running_worker(settings: Settings) -> Iterator[StreamsBroker]:
-    """The real worker (broker, middleware, actor) in this process, polling every 50 ms."""
-    broker, _ = build_worker(settings)
-    worker = Worker(broker, worker_timeout=50, worker_threads=settings.worker_threads)
-    worker.start()
-    try:
-        yield broker
-    finally:
-        worker.stop()
-        broker.close()
-
-
-async def add_user(engine: AsyncEngine, username: str = "alice") -> str:
-    email = f"{username}@example.com"
-    async with engine.begin() as connection:
-        await connection.execute(
-            users.insert().values(
-                username=username, hashed_password="x", full_name="Alice Liddell", email=email
-            )
-        )
-    return email
-
-
-def verify_message(
-    username: str = "alice", *, message_id: str | None = None, args: tuple[Any, ...] = ()
-) -> Message[Any]:
-    return Message(
-        queue_name="critical",
-        actor_name="send_verify_email",
-        args=args or ({"username": username},),
-        kwargs={},
-        options={"trace_id": "trace-w1"},
-        message_id=message_id or str(uuid.uuid4()),
-    )
 
 
 async def sent_rows(engine: AsyncEngine) -> list[Any]:
@@ -80,24 +34,8 @@ async def sent_rows(engine: AsyncEngine) -> list[Any]:
         return list((await connection.execute(sa.select(verify_emails))).all())
 
 
-def logged(log_tee: LogTee, event: str, *, since: int = 0) -> list[dict[str, Any]]:
-    """The JSON log lines with this ``event`` from line ``since`` on (tests share one log)."""
-    return [entry for line in log_tee.lines[since:] if (entry := json.loads(line)).get("event") == event]
-
-
-async def wait_logged(log_tee: LogTee, event: str, *, since: int) -> list[dict[str, Any]]:
-    async def probe() -> list[dict[str, Any]]:
-        return logged(log_tee, event, since=since)
-
-    return await wait_for(probe, timeout=10, what=f"log event {event!r}")
-
-
 async def _async(value: T) -> T:
     return value
-
-
-async def _received(sink: SmtpSink) -> list[Delivery]:
-    return list(sink.received)
 
 
 async def test_one_email_with_a_working_link_and_a_deterministic_message_id(
@@ -108,7 +46,7 @@ async def test_one_email_with_a_working_link_and_a_deterministic_message_id(
     message = verify_message()
     with running_worker(worker_settings) as broker:
         broker.enqueue(message)
-        mails = await wait_for(lambda: _received(sink), timeout=10, what="the email")
+        mails = await wait_for(lambda: received(sink), timeout=10, what="the email")
     (row,) = await sent_rows(db)
     mail = mails[0]
     assert mail.recipients == (email,) and mail.message_id == f"<{message.message_id}@signup-outbox>"
@@ -138,7 +76,7 @@ async def test_a_worker_opens_its_database_and_smtp_connections_before_its_first
     # queries) and an SMTP connect and EHLO on its way to the inbox: after a deploy, and in every process of
     # several. The worker opens both when it boots, and the first message uses them.
     await add_user(db)
-    broker, context = build_worker(worker_settings)
+    broker, context = build_broker(worker_settings)
     worker = Worker(broker, worker_timeout=50, worker_threads=worker_settings.worker_threads)
     worker.start()
     try:
@@ -149,7 +87,7 @@ async def test_a_worker_opens_its_database_and_smtp_connections_before_its_first
             what="a pooled database connection and an SMTP session before any message",
         )
         broker.enqueue(verify_message())
-        await wait_for(lambda: _received(sink), timeout=10, what="the email")
+        await wait_for(lambda: received(sink), timeout=10, what="the email")
         assert sink.sessions == 1
         assert pool.checkedin() + pool.checkedout() == 1  # type: ignore[attr-defined]
     finally:
@@ -163,7 +101,7 @@ async def test_the_warm_up_prepares_a_messages_statements_on_the_pooled_connecti
     # A fresh process's first message also paid for SQLAlchemy compiling, and asyncpg preparing, each of
     # its statements on the connection (a few ms). The warm-up runs them for no row and rolls back.
     await add_user(db)
-    _broker, context = build_worker(worker_settings)
+    _broker, context = build_broker(worker_settings)
     try:
         await warm_up(context)
         async with context.engine.connect() as connection:
@@ -188,7 +126,7 @@ async def test_the_same_message_twice_sends_one_email(worker_settings, db, sink,
         # Both copies wait in the queue before the worker's two threads start: they race for real.
         broker.enqueue(message)
         broker.enqueue(message)
-        await wait_for(lambda: _received(sink), timeout=10, what="the email")
+        await wait_for(lambda: received(sink), timeout=10, what="the email")
         await wait_logged(log_tee, "duplicate delivery; email already sent", since=start)
     assert len(sink.received) == 1 and len(await sent_rows(db)) == 1
 
@@ -203,7 +141,7 @@ async def test_a_connection_that_died_in_the_pool_costs_no_failed_attempt(
     await add_user(db, "bob")
     with running_worker(worker_settings) as broker:
         broker.enqueue(verify_message("alice"))
-        await wait_for(lambda: _received(sink), timeout=10, what="the first email")
+        await wait_for(lambda: received(sink), timeout=10, what="the first email")
         async with db.connect() as connection:
             killed = await connection.scalar(
                 sa.text(
@@ -226,7 +164,7 @@ async def test_smtp_451_is_retried_with_growing_backoff(worker_settings, db, sin
     sink.script.extend(["451 4.3.0 try again later"] * 3)
     with running_worker(worker_settings) as broker:
         broker.enqueue(verify_message())
-        await wait_for(lambda: _received(sink), timeout=20, what="the email after three 451s")
+        await wait_for(lambda: received(sink), timeout=20, what="the email after three 451s")
     assert len(sink.attempts) == 4 and len(sink.received) == 1
     gaps = [later - earlier for earlier, later in zip(sink.attempts, sink.attempts[1:], strict=False)]
     # Backoff i is at least WORKER_MIN_BACKOFF_MS * 2**i (jitter only adds).
@@ -243,7 +181,7 @@ async def test_the_timeline_shows_each_attempt_and_its_smtp_answer_in_order(
     message = verify_message()
     with running_worker(worker_settings) as broker:
         broker.enqueue(message)
-        await wait_for(lambda: _received(sink), timeout=20, what="the email after a 451")
+        await wait_for(lambda: received(sink), timeout=20, what="the email after a 451")
     async with db.connect() as connection:
         found = await wait_for(
             lambda: _sent_timeline(connection), timeout=10, what="the sent attempt on the timeline"
@@ -271,18 +209,8 @@ async def test_a_user_not_yet_visible_is_retried_until_it_is(worker_settings, db
         broker.enqueue(verify_message("late"))
         await wait_logged(log_tee, "attempt failed", since=start)
         await add_user(db, "late")
-        await wait_for(lambda: _received(sink), timeout=10, what="the email once the user is visible")
+        await wait_for(lambda: received(sink), timeout=10, what="the email once the user is visible")
     assert "UserNotVisible" in logged(log_tee, "attempt failed", since=start)[0]["error"]
-
-
-async def test_skip_retry_drops_a_missing_users_message(worker_settings, db, sink, log_tee) -> None:
-    start = len(log_tee.lines)
-    skip = msgspec.structs.replace(worker_settings, worker_skip_retry_missing_user=True)
-    with running_worker(skip) as broker:
-        broker.enqueue(verify_message("ghost"))
-        await wait_logged(log_tee, "user not found; dropping the message (SkipRetry)", since=start)
-        assert broker.dead_letters() == []
-    assert sink.attempts == []
 
 
 async def test_bad_payload_is_dead_lettered_without_retry(worker_settings, db, sink) -> None:
@@ -291,24 +219,6 @@ async def test_bad_payload_is_dead_lettered_without_retry(worker_settings, db, s
         letters = await wait_for(lambda: _async(broker.dead_letters()), timeout=10, what="a dead letter")
     assert letters[0].error.startswith("BadPayload") and "retries" not in letters[0].message.options
     assert sink.attempts == []
-
-
-def signup_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "LOG_FORMAT": "json",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "signup_cli.main", *args],
-        env=env,
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 async def test_smtp_550_goes_to_the_dead_letters_and_replays_once(worker_settings, db, sink) -> None:
@@ -326,7 +236,7 @@ async def test_smtp_550_goes_to_the_dead_letters_and_replays_once(worker_setting
 
         replayed = signup_cli(worker_settings, "dlq", "replay", message.message_id)
         assert replayed.returncode == 0, replayed.stderr
-        mails = await wait_for(lambda: _received(sink), timeout=10, what="the replayed email")
+        mails = await wait_for(lambda: received(sink), timeout=10, what="the replayed email")
         assert broker.dead_letters() == []
     assert len(mails) == 1 and mails[0].message_id == f"<{message.message_id}@signup-outbox>"
     assert "no dead-lettered messages" in signup_cli(worker_settings, "dlq", "list").stdout

@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.database import users
 from shared.settings import Settings
-from tests.integration.test_worker import _received, running_worker, verify_message, wait_logged
-from tests.support import Delivery, SmtpSink, wait_for
+from tests.support import Delivery, SmtpSink, received, running_worker, verify_message, wait_for, wait_logged
 
 
 @pytest.fixture(scope="module")
@@ -95,4 +94,4 @@ def _to(settings: Settings, server: SmtpSink) -> Settings:
 
 
 async def wait_for_mail(server: SmtpSink) -> list[Delivery]:
-    return await wait_for(lambda: _received(server), timeout=10, what="the email")
+    return await wait_for(lambda: received(server), timeout=10, what="the email")

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +14,7 @@ import sqlalchemy as sa
 from shared.broker import CLAIM_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS, create_broker
 from shared.database import verify_emails
 from shared.settings import Settings
-from tests.integration.test_worker import add_user, verify_message
-from tests.support import SmtpSink, repo_root, wait_for
+from tests.support import Process, SmtpSink, add_user, start_signup, verify_message, wait_for
 
 
 class StallingSink(SmtpSink):
@@ -40,9 +36,9 @@ def stalling_sink() -> Iterator[StallingSink]:
     sink.stop()
 
 
-def start_worker(settings: Settings, sink: SmtpSink) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, sink: SmtpSink, log_dir: Path) -> Process:
+    """``signup worker`` in a process group of its own, which ``Process.kill`` kills as a whole."""
     env = {
-        **os.environ,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "SMTP_HOST": sink.host,
@@ -51,38 +47,12 @@ def start_worker(settings: Settings, sink: SmtpSink) -> subprocess.Popen[bytes]:
         "WORKER_THREADS": "2",
         "LOG_FORMAT": "json",
     }
-    # Its own process group, which the test kills as a whole.
-    return subprocess.Popen(
-        [sys.executable, "-m", "signup_cli.main", "worker"],
-        env=env,
-        cwd=repo_root(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    return start_signup("worker", env=env, log_dir=log_dir)
 
 
-def kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the worker and anything it started, as a machine failure would."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    process.wait(timeout=30)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then wait for the exit (the group is killed after 30 s, so nothing outlives the test)."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    finally:
-        kill_group(process)
-
-
-async def test_a_killed_worker_s_message_is_delivered_once(settings, db, stalling_sink) -> None:
+async def test_a_killed_worker_s_message_is_delivered_once(settings, db, stalling_sink, tmp_path) -> None:
     await add_user(db)
-    first = start_worker(settings, stalling_sink)
+    first = start_worker(settings, stalling_sink, tmp_path)
     second = None
     try:
         broker = create_broker(settings)
@@ -93,9 +63,9 @@ async def test_a_killed_worker_s_message_is_delivered_once(settings, db, stallin
             return bool(stalling_sink.attempts)
 
         await wait_for(stalled, timeout=30, what="the first worker to reach DATA")
-        kill_group(first)
+        first.kill()  # SIGKILL to the worker and anything it started, as a machine failure would
         killed_at = time.monotonic()
-        second = start_worker(settings, stalling_sink)
+        second = start_worker(settings, stalling_sink, tmp_path)
 
         async def sent() -> list[Any]:
             async with db.connect() as connection:
@@ -108,6 +78,6 @@ async def test_a_killed_worker_s_message_is_delivered_once(settings, db, stallin
         assert time.monotonic() - killed_at < (HEARTBEAT_TIMEOUT_MS + CLAIM_INTERVAL_MS + 1000) / 1000 + 15
         assert len(rows) == 1 and len(stalling_sink.received) == 1
     finally:
-        kill_group(first)
+        first.kill()
         if second is not None:
-            stop(second)
+            second.stop(timeout=30)

@@ -11,53 +11,13 @@ import email.policy
 import re
 import unicodedata
 from datetime import timedelta
-from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
-from typing import Any
 
 import pytest
 
-from services.worker.emails import render_email
-from shared.languages import email_languages
 from shared.settings import load_settings
-
-SETTINGS = load_settings({}, product_name="Zoë & Co., «Ünïcode»")
-LINK = "https://signup.example.org/v1/verify_email?email_id=7&secret_code=" + "c" * 43
-KINDS = ("verify_email", "signup_notice")
-LANGUAGES = sorted(email_languages())
-NAMES = {
-    "long": "Maximiliane-Wilhelmina Alexandrina von Hohenzollern-Sigmaringen Oberstleutnantstochter Ex",
-    "rtl": "زينب عبد الرحمن",
-    "nfd": unicodedata.normalize("NFD", "Zoë Ångström José"),
-    "markup": "Eve <script>alert(1)</script>",
-}
-
-
-def render(kind: str, language: str, *, full_name: str = "Alice Liddell", **overrides: Any) -> EmailMessage:
-    values: dict[str, Any] = {"username": "alice_liddell"}
-    if kind == "verify_email":
-        values |= {
-            "full_name": full_name,
-            "link": LINK,
-            "valid_for": timedelta(minutes=15),
-            "account_kept_for": timedelta(hours=24),
-        }
-    settings = overrides.pop("settings", SETTINGS)
-    return render_email(
-        kind,
-        settings=settings,
-        to=overrides.pop("to", "alice@example.com"),
-        message_id="m-1",
-        language=language,
-        **values | overrides,
-    )
-
-
-def parts(message: EmailMessage) -> tuple[str, str]:
-    text, html = message.get_body(("plain",)), message.get_body(("html",))
-    assert text is not None and html is not None
-    return str(text.get_content()), str(html.get_content())
+from tests.support import KINDS, LANGUAGES, LINK, NAMES, SETTINGS, parts, render
 
 
 class Elements(HTMLParser):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.strategies.knobs import knobs_set, load_knobs
 from shared.logging import mask_email
 from shared.settings import Settings, SettingsError, load_settings, setting_names
 from tests.certificates import authority
@@ -14,17 +15,15 @@ from tests.support import repo_root
 def test_defaults_need_no_environment() -> None:
     settings = load_settings({})
     assert settings == Settings()
-    assert settings.dispatch_strategy == "outbox" and settings.worker_max_retries == 10
+    assert settings.worker_max_retries == 10
 
 
 def test_values_are_converted_from_strings() -> None:
-    settings = load_settings(
-        {"WORKER_MAX_RETRIES": "3", "SMTP_TLS": "require", "FAULT_ROLLBACK_RATIO": "0.2"}
-    )
-    assert (settings.worker_max_retries, settings.smtp_tls, settings.fault_rollback_ratio) == (
+    settings = load_settings({"WORKER_MAX_RETRIES": "3", "SMTP_TLS": "require", "API_MAX_BODY_BYTES": "2048"})
+    assert (settings.worker_max_retries, settings.smtp_tls, settings.api_max_body_bytes) == (
         3,
         "require",
-        0.2,
+        2048,
     )
 
 
@@ -33,8 +32,7 @@ def test_values_are_converted_from_strings() -> None:
     [
         ("WORKER_MAX_RETRIES", "ten"),
         ("WORKER_MAX_RETRIES", "-1"),
-        ("FAULT_ROLLBACK_RATIO", "1.5"),
-        ("DISPATCH_STRATEGY", "eventually"),
+        ("SMTP_PORT", "0"),
         ("API_PORT", "70000"),
         ("SMTP_TLS", "maybe"),
         ("SMTP_CA_FILE", "/nonexistent/ca.pem"),
@@ -115,3 +113,11 @@ def test_env_example_lists_every_setting_and_nothing_else() -> None:
 def test_mask_email() -> None:
     assert mask_email("alice@example.com") == "a***@example.com"
     assert mask_email("nonsense") == "***"
+
+
+def test_the_labs_knobs_are_no_settings_of_the_product() -> None:
+    lab_only = {"DISPATCH_STRATEGY": "eventually", "FAULT_ROLLBACK_RATIO": "1.5"}
+    assert load_settings(lab_only) == Settings()
+    with pytest.raises(SettingsError, match="DISPATCH_STRATEGY='eventually' is invalid"):
+        load_knobs(lab_only)
+    assert not knobs_set({}) and knobs_set({"WORKER_SKIP_RETRY_MISSING_USER": "true"})

@@ -1,10 +1,10 @@
-"""How ``signup worker`` builds its Dramatiq ``Worker`` (``services.worker.main.build``); nothing connects."""
+"""How ``signup worker`` builds its Dramatiq ``Worker`` (``main.build_worker``); nothing connects."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.worker.main import DEFAULT_POLL_TIMEOUT_MS, THREAD_WAKE_MS, build
+from services.worker.main import DEFAULT_POLL_TIMEOUT_MS, THREAD_WAKE_MS, build_worker
 from shared.settings import load_settings
 
 
@@ -15,8 +15,8 @@ def test_the_consumers_poll_at_dramatiq_worker_timeout_and_the_threads_wake_ever
     environ: dict[str, str], poll_ms: int
 ) -> None:
     """The two intervals Dramatiq takes from one ``worker_timeout`` are set apart here (DESIGN §5); the seam
-    through which Dramatiq hands it to the consumers is tested in tests/integration/test_wakeup.py."""
-    broker, worker = build(load_settings({}), environ)
+    through which Dramatiq hands it to the consumers is tested in tests/integration/test_broker.py."""
+    broker, worker = build_worker(load_settings({}), environ)
     try:
         assert broker.poll_ms == poll_ms
         assert worker.worker_timeout == THREAD_WAKE_MS > poll_ms

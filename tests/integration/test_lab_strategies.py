@@ -1,7 +1,7 @@
-"""The course's strategies against the real PostgreSQL and Redis: enqueue inside the transaction, pre-commit.
+"""The lab's strategies and faults (``lab.strategies``) against the real PostgreSQL, Redis and worker.
 
-What they put in Redis (and what the outbox does not) is the substance of the lab's comparison: a message
-for every signup, even one that rolls back, and no signup at all while Redis is down.
+What the course's strategies put in Redis (and what the outbox does not) is the substance of the lab's
+comparison: a message for every signup, even one that rolls back, and no signup at all while Redis is down.
 """
 
 from __future__ import annotations
@@ -9,17 +9,19 @@ from __future__ import annotations
 import time
 import uuid
 
-import msgspec
 import pytest
 import redis.asyncio
 import sqlalchemy as sa
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.app import create_app
+from lab.strategies.faults import SKIP_RETRY_HANDLERS
+from lab.strategies.knobs import Knobs
+from lab.strategies.serve import api_factory
 from shared.database import outbox, users
 from shared.settings import Settings
-from tests.support import RedisServer, held_messages
+from tests.support import RedisServer, held_messages, running_worker, verify_message, wait_logged
 
 BODY = {
     "username": "alice",
@@ -39,8 +41,13 @@ def queued(redis_url: str) -> dict[str, list[dict[str, object]]]:
     return {queue: [m.asdict() for m in found] for queue, found in held_messages(redis_url).items()}
 
 
-async def post_signup(settings: Settings, **changes: object) -> tuple[int, dict[str, str]]:
-    app = create_app(msgspec.structs.replace(settings, **changes))
+def lab_app(settings: Settings, **knobs: object) -> Litestar:
+    """The API as ``python -m lab.strategies api`` builds it with these knobs."""
+    return api_factory(Knobs(**knobs))(settings)  # type: ignore[arg-type]
+
+
+async def post_signup(settings: Settings, **knobs: object) -> tuple[int, dict[str, str]]:
+    app = lab_app(settings, **knobs)
     async with AsyncTestClient(app) as client:
         response = await client.post("/v1/create_user", json=BODY, headers={"X-Request-ID": "trace-lab"})
     return response.status_code, dict(response.headers)
@@ -72,7 +79,7 @@ async def test_redis_down_fails_the_signup_with_503_and_writes_no_user(
 ) -> None:
     redis_server.stop()
     try:
-        app = create_app(msgspec.structs.replace(settings, dispatch_strategy=strategy))
+        app = lab_app(settings, dispatch_strategy=strategy)
         async with AsyncTestClient(app) as client:
             signup = await client.post("/v1/create_user", json=BODY)
             ready = await client.get("/readyz")
@@ -85,9 +92,7 @@ async def test_redis_down_fails_the_signup_with_503_and_writes_no_user(
 
 
 async def test_readyz_checks_redis_under_a_course_strategy(settings, db) -> None:
-    async with AsyncTestClient(
-        create_app(msgspec.structs.replace(settings, dispatch_strategy="immediate"))
-    ) as c:
+    async with AsyncTestClient(lab_app(settings, dispatch_strategy="immediate")) as c:
         assert (await c.get("/readyz")).json() == {"database": "ok", "redis": "ok"}
 
 
@@ -110,3 +115,12 @@ async def test_rolled_back_signup_leaves_nothing_under_outbox(settings, db) -> N
         assert await client.keys("signup:*") == []
     finally:
         await client.aclose()
+
+
+async def test_skip_retry_drops_a_missing_users_message(worker_settings, db, sink, log_tee) -> None:
+    start = len(log_tee.lines)
+    with running_worker(worker_settings, handlers=SKIP_RETRY_HANDLERS) as broker:
+        broker.enqueue(verify_message("ghost"))
+        await wait_logged(log_tee, "user not found; dropping the message (SkipRetry)", since=start)
+        assert broker.dead_letters() == []
+    assert sink.attempts == []

@@ -1,27 +1,31 @@
-"""The worker's one factory, ``build_worker(settings)``, which ``signup worker`` (main.py) runs.
+"""How the worker's broker is wired: ``build_broker(settings)`` and the warm-up of a fresh process.
 
-It builds the broker, its middleware and one actor per registered message (``actors.py``); nothing happens
-at import time. Actors are bound to their broker explicitly, so Dramatiq's global broker is never set.
+``signup worker`` (main.py) runs ``build_broker``: the broker, its middleware and one actor per registered
+message (``actors.py``), and the context the messages share; main.py puts a Dramatiq ``Worker`` on it.
+Nothing happens at import time. Actors are bound to their broker explicitly, so Dramatiq's global broker is
+never set.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Mapping
 
 from dramatiq import Broker, Middleware, Worker
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Retries
 
-from services.worker import emails, handled, handlers
-from services.worker.actors import WorkerContext, declare_actors
-from services.worker.handled import DeadLetterHandled
+from services.worker import emails, handled_mark, handlers
+from services.worker.actors import Handler, WorkerContext, declare_actors
+from services.worker.handled_mark import DeadLetterHandled
 from services.worker.mailer import Mailer, SmtpMailer
 from services.worker.middleware import FailureObserver, MessageContext, MessageSpans
 from shared.broker import POLL_MS, StreamsBroker, create_broker
 from shared.database import create_engine
 from shared.keys import server_key
 from shared.logging import get_logger
+from shared.messages import Message
 from shared.settings import Settings
 from shared.telemetry import tracing_enabled
 
@@ -67,7 +71,7 @@ async def warm_up(context: WorkerContext) -> None:
     try:
         async with context.engine.connect() as connection, connection.begin() as transaction:
             await handlers.prepare_statements(connection)
-            await handled.prepare_statement(connection)
+            await handled_mark.prepare_statement(connection)
             await transaction.rollback()
     except Exception as exc:
         log.warning("worker.warm_up_failed", part="database", error=type(exc).__name__)
@@ -78,11 +82,15 @@ async def warm_up(context: WorkerContext) -> None:
             log.warning("worker.warm_up_failed", part="smtp", error=type(exc).__name__)
 
 
-def build_worker(
-    settings: Settings, *, mailer: Mailer | None = None, poll_ms: int = POLL_MS
+def build_broker(
+    settings: Settings,
+    *,
+    mailer: Mailer | None = None,
+    poll_ms: int = POLL_MS,
+    handlers: Mapping[type[Message], Handler] | None = None,
 ) -> tuple[StreamsBroker, WorkerContext]:
     """The worker's broker (``poll_ms``: see ``StreamsBroker``) with its middleware and actors, and the
-    context its messages share."""
+    context its messages share. ``handlers`` replaces the handler of the message classes it names."""
     server_key(settings.worker_code_secret, setting="WORKER_CODE_SECRET")  # an unset key warns at start
     context = WorkerContext(
         settings=settings,
@@ -103,5 +111,5 @@ def build_worker(
     if tracing_enabled():
         # Before Retries, so that its after-hook sees whether Retries dead-lettered the message.
         broker.add_middleware(MessageSpans(), before=Retries)
-    declare_actors(broker, context)
+    declare_actors(broker, context, handlers=handlers)
     return broker, context

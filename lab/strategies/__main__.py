@@ -1,0 +1,5 @@
+import sys
+
+from lab.strategies.serve import main
+
+sys.exit(main())
