@@ -124,11 +124,12 @@ def running_in_groups(groups: set[int]) -> list[int]:
     return [pid for pid, _, pgid, state in _proc_stats() if pgid in groups and state != "Z"]
 
 
-def start_signup(*args: str, env: Mapping[str, str], log_dir: Path) -> Process:
+def start_signup(*args: str, env: Mapping[str, str], log_dir: Path, lab: bool = False) -> Process:
     """Start ``signup ARGS`` through the one launcher (``lab.harness.processes``), with ``env`` over the
-    current environment, in a process group of its own, logging to a file of its own in ``log_dir``."""
+    current environment, in a process group of its own, logging to a file of its own in ``log_dir``; with
+    ``lab``, through ``lab.strategies``, which reads the lab's knobs (an injected fault) from ``env``."""
     name = f"signup-{args[0]}-{time.monotonic_ns()}"
-    process = signup_process(*args, env={**os.environ, **env}, log_dir=log_dir, log_name=name)
+    process = signup_process(*args, env={**os.environ, **env}, log_dir=log_dir, log_name=name, lab=lab)
     process.start()
     return process
 

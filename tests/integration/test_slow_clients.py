@@ -21,8 +21,11 @@ TRICKLE_EVERY_S = 0.1
 
 
 @contextlib.asynccontextmanager
-async def api(settings: Settings, tmp_path: Path, **env: str) -> AsyncIterator[tuple[str, int]]:
-    """``signup api`` on the test database with ``env`` on top; yields its (host, port) once it answers."""
+async def api(
+    settings: Settings, tmp_path: Path, lab: bool = False, **env: str
+) -> AsyncIterator[tuple[str, int]]:
+    """``signup api`` on the test database with ``env`` on top (through ``lab.strategies`` with ``lab``, for
+    an injected fault); yields its (host, port) once it answers."""
     port = free_port()
     process = start_signup(
         "api",
@@ -38,6 +41,7 @@ async def api(settings: Settings, tmp_path: Path, **env: str) -> AsyncIterator[t
             **env,
         },
         log_dir=tmp_path,
+        lab=lab,
     )
     try:
         async with httpx.AsyncClient(timeout=5) as http:
@@ -147,7 +151,8 @@ async def test_a_signup_flood_holding_every_shared_connection_does_not_starve_ve
     settings: Settings, db: AsyncEngine, tmp_path: Path
 ) -> None:
     email_id, code = await add_link(db)
-    # Each signup holds its shared-pool connection in its transaction for a minute (the fault's delay).
+    # Each signup holds its shared-pool connection in its transaction for a minute (the lab's injected slow
+    # commit: the product has no such setting).
     slow_signups = {
         "FAULT_COMMIT_DELAY_MS": "60000",
         "API_SIGNUP_MAX_WAITING": "100",
@@ -155,7 +160,7 @@ async def test_a_signup_flood_holding_every_shared_connection_does_not_starve_ve
         "API_SIGNUP_DEADLINE_MS": "120000",
     }
     async with (
-        api(settings, tmp_path, **slow_signups) as (host, port),
+        api(settings, tmp_path, lab=True, **slow_signups) as (host, port),
         httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=90) as http,
     ):
         flood = [
