@@ -542,6 +542,8 @@ NAMES = {
 
 
 def render(kind: str, language: str, *, full_name: str = "Alice Liddell", **overrides: Any) -> EmailMessage:
+    """The email of ``kind`` in ``language`` with sample values; ``overrides`` replace any of them and
+    ``settings``, ``to`` and ``message_id``."""
     values: dict[str, Any] = {"username": "alice_liddell"}
     if kind == "verify_email":
         values |= {
@@ -555,7 +557,7 @@ def render(kind: str, language: str, *, full_name: str = "Alice Liddell", **over
         kind,
         settings=settings,
         to=overrides.pop("to", "alice@example.com"),
-        message_id="m-1",
+        message_id=overrides.pop("message_id", "m-1"),
         language=language,
         **values | overrides,
     )

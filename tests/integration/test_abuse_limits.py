@@ -4,13 +4,11 @@ and a full name that cannot pass for the sender's own words (DESIGN §8)."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 
 import msgspec
 import pytest
 
-from services.worker.emails import render_email
-from tests.support import RecordingMailer, serving, signup_body, worker_sends
+from tests.support import RecordingMailer, render, serving, signup_body, worker_sends
 
 
 @pytest.mark.parametrize("route", ["create_user", "resend_verify_email"])
@@ -64,18 +62,7 @@ async def test_one_mailbox_gets_at_most_the_daily_cap_whatever_the_spelling(clie
 
 async def test_the_full_name_is_quoted_as_the_name_given_not_used_as_a_greeting(settings) -> None:
     name = "Your bank. Call 555-0100 now"
-    email = render_email(
-        "verify_email",
-        settings=settings,
-        to="alice@example.com",
-        message_id="m1",
-        full_name=name,
-        username="alice",
-        link="http://x/v1/verify_email?email_id=1&secret_code=c",
-        language="en",
-        valid_for=timedelta(minutes=15),
-        account_kept_for=timedelta(days=1),
-    )
+    email = render("verify_email", "en", settings=settings, full_name=name)
     for part in ("plain", "html"):
         body = email.get_body((part,))
         assert body is not None

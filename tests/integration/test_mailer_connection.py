@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from email.message import EmailMessage
 
-from services.worker.emails import render_email
 from services.worker.mailer import SmtpMailer
 from shared.settings import Settings
-from tests.support import SmtpSink
+from tests.support import SmtpSink, render
 
 
 def email(settings: Settings, n: int) -> EmailMessage:
-    return render_email(
-        "verify_email",
-        settings=settings,
-        to=f"user{n}@example.com",
-        message_id=f"m{n}",
-        full_name="User",
-        username="user",
-        link="http://x/",
-        language="en",
-        valid_for=timedelta(minutes=15),
-        account_kept_for=timedelta(days=1),
-    )
+    return render("verify_email", "en", settings=settings, to=f"user{n}@example.com", message_id=f"m{n}")
 
 
 async def test_two_sends_share_one_connection(settings: Settings, sink: SmtpSink) -> None:

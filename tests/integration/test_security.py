@@ -20,7 +20,6 @@ from argon2 import PasswordHasher
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.worker.emails import render_email
 from services.worker.errors import PermanentError
 from shared.database import outbox, users, verify_emails
 from shared.keys import code_digest, server_key, verification_code
@@ -29,6 +28,7 @@ from tests.support import (
     count,
     finished,
     link_in,
+    render,
     resends_done,
     running_relay,
     running_worker,
@@ -261,18 +261,7 @@ async def test_line_breaks_and_control_characters_are_refused(client, db, field,
 def test_the_message_builder_refuses_a_line_break_in_the_recipient(settings, brk) -> None:
     hostile = f"alice@example.com{brk}Bcc: evil@example.com"
     try:
-        message = render_email(
-            "verify_email",
-            settings=settings,
-            to=hostile,
-            message_id=str(uuid.uuid4()),
-            full_name="Alice",
-            username="alice",
-            link="http://x/y",
-            language="en",
-            valid_for=timedelta(minutes=15),
-            account_kept_for=timedelta(days=1),
-        )
+        message = render("verify_email", "en", settings=settings, to=hostile)
     except PermanentError:
         return  # refused outright, and dead-lettered at once by the worker
     # Accepted only if it cannot become a header of its own once on the wire.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +12,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from services.worker.emails import render_email
 from services.worker.errors import TransientError
 from services.worker.mailer import SmtpMailer
 from shared.settings import Settings, load_settings
 from tests.certificates import Authority, authority
-from tests.support import free_port
+from tests.support import free_port, render
 
 PASSWORD = "smtp-password-never-in-an-error"
 
@@ -87,18 +85,7 @@ def settings_for(server: Server, **overrides: Any) -> Settings:
 
 async def send(settings: Settings) -> None:
     mailer = SmtpMailer(settings)
-    message = render_email(
-        "verify_email",
-        settings=settings,
-        to="alice@example.com",
-        message_id="m1",
-        language="en",
-        full_name="Alice",
-        username="alice",
-        link="http://x/",
-        valid_for=timedelta(minutes=15),
-        account_kept_for=timedelta(days=1),
-    )
+    message = render("verify_email", "en", settings=settings)
     try:
         await mailer.send(message)
     finally:
