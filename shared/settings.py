@@ -1,8 +1,10 @@
 """Settings for every process, read once from the environment (DESIGN §7).
 
-Each field is named as its environment variable, lower-cased. ``load_settings()`` validates all of them at
-start and raises ``SettingsError`` with one line naming the variable and what it expected, so that a typo in
-a deployment stops the process before it opens a single connection.
+Each field is named as its environment variable, lower-cased. ``load_settings(process=...)`` validates the
+settings that process reads at start and raises ``SettingsError`` with one line naming the variable and what
+it expected, so that a typo in a deployment stops the process before it opens a single connection. A bad
+value of a setting the process does not read (``READS``) stops only the processes that read it: this one
+warns (``SettingsWarning``) and starts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import ipaddress
 import os
 import re
 import ssl
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from email.utils import parseaddr
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
@@ -188,10 +191,16 @@ def setting_names() -> tuple[str, ...]:
     return tuple(name.upper() for name in Settings.__struct_fields__)
 
 
-def read_environment(struct: type[msgspec.Struct], environ: Mapping[str, str]) -> dict[str, Any]:
+def read_environment(
+    struct: type[msgspec.Struct],
+    environ: Mapping[str, str],
+    *,
+    on_invalid: Callable[[str, SettingsError], None] | None = None,
+) -> dict[str, Any]:
     """The fields of ``struct`` set in ``environ`` (each named as its field, upper-cased), converted to the
-    field's type; an empty value leaves a field that is not a string unset. Raises ``SettingsError`` naming
-    the first variable whose value is invalid."""
+    field's type; an empty value leaves a field that is not a string unset. A value that cannot be converted
+    raises ``SettingsError`` naming its variable, or, given ``on_invalid``, is passed to it with the field's
+    name (which may raise) and left unset."""
     values: dict[str, Any] = {}
     for field in msgspec.structs.fields(struct):
         raw = environ.get(field.name.upper())
@@ -203,14 +212,65 @@ def read_environment(struct: type[msgspec.Struct], environ: Mapping[str, str]) -
             message = str(exc).split(" - at ")[0]
             if get_origin(field.type) is Literal:
                 message = f"expected one of {'|'.join(get_args(field.type))}"
-            raise SettingsError(f"{field.name.upper()}={raw!r} is invalid: {message}") from None
+            error = SettingsError(f"{field.name.upper()}={raw!r} is invalid: {message}")
+            if on_invalid is None:
+                raise error from None
+            on_invalid(field.name, error)
     return values
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+# The settings each service process reads besides the ones every process does (``COMMON``), each named by
+# its field or by a prefix ending in "_". tests/unit/test_settings.py checks them against the code.
+COMMON = ("database_url", "redis_url", "log_")
+READS: dict[str, tuple[str, ...]] = {
+    "api": ("api_", "console_", "resend_", "unverified_account_ttl_hours", "smtp_smtputf8"),
+    "relay": (
+        "relay_",
+        "reconcile_",
+        "outbox_retention_hours",
+        "dead_letter_retention_hours",
+        # The broker's Retries middleware (shared/broker.py), built alike wherever a broker is.
+        "worker_max_retries",
+        "worker_min_backoff_ms",
+        "worker_max_backoff_ms",
+    ),
+    "worker": (
+        "worker_",
+        "smtp_",
+        "mail_from",
+        "product_name",
+        "public_base_url",
+        "verify_email_ttl_minutes",
+        "unverified_account_ttl_hours",
+        "mailbox_max_emails_per_day",
+        "outbox_retention_hours",
+    ),
+    "migrate": (),
+}
+
+
+def read_by(process: str | None) -> Callable[[str], bool]:
+    """Whether ``process`` (a key of ``READS``; None: every process, as a tool that runs them all) reads the
+    setting of a field name."""
+    if process is None:
+        return lambda field: True
+    names = (*COMMON, *READS[process])
+    return lambda field: any(field == n or (n.endswith("_") and field.startswith(n)) for n in names)
+
+
+class SettingsWarning(UserWarning):
+    """A setting this process does not read has a value that cannot be used: the processes that read it stop
+    at start; this one carries on with its default."""
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, process: str | None = None, **overrides: Any
+) -> Settings:
     """Build the settings from ``environ`` (default ``os.environ``), then apply keyword ``overrides``.
 
-    Raises ``SettingsError`` naming the first variable whose value is invalid.
+    Raises ``SettingsError`` naming the first variable whose value is invalid among those ``process`` reads
+    (``READS``; None: all of them). An invalid value of any other setting is left at its default, with a
+    ``SettingsWarning`` naming it.
     """
     env = os.environ if environ is None else environ
     if "SMTP_STARTTLS" in env:
@@ -218,15 +278,22 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError(
             "SMTP_STARTTLS is not a setting: SMTP_TLS=auto|require|implicit|off says how the worker uses TLS"
         )
-    values = read_environment(Settings, env)
+    reads = read_by(process)
+
+    def unread_or_raise(field: str, error: SettingsError) -> None:
+        if reads(field):
+            raise error
+        warnings.warn(f"{error}; signup {process} does not read it", SettingsWarning, stacklevel=3)
+
+    values = read_environment(Settings, env, on_invalid=unread_or_raise)
     values.update(overrides)
     settings = Settings(**values)
-    _check_urls(settings)
-    _check_keys(settings)
-    _check_proxies(settings)
-    _check_smtp_ca_file(settings)
-    _check_mail(settings)
-    console_operators(settings)
+    for field, check in _CHECKS.items():
+        try:
+            check(settings)
+        except SettingsError as exc:
+            unread_or_raise(field, exc)
+            settings = msgspec.structs.replace(settings, **{field: getattr(Settings(), field)})
     return settings
 
 
@@ -264,6 +331,13 @@ def trusted_networks(setting: str) -> tuple[Network, ...]:
     )
 
 
+def smtp_tls_context(settings: Settings) -> ssl.SSLContext:
+    """The context every TLS connection to the SMTP server verifies its certificate and name with: only
+    ``SMTP_CA_FILE``'s CAs when it is set, else the system's. Raises ``OSError`` or ``ssl.SSLError`` for a
+    file that cannot be read as PEM certificates."""
+    return ssl.create_default_context(cafile=settings.smtp_ca_file or None)
+
+
 def _check_proxies(settings: Settings) -> None:
     try:
         trusted_networks(settings.api_trusted_proxies)
@@ -285,32 +359,50 @@ def _check_smtp_ca_file(settings: Settings) -> None:
         raise SettingsError(f"SMTP_CA_FILE={settings.smtp_ca_file!r} is invalid: {reason}") from None
 
 
-def smtp_tls_context(settings: Settings) -> ssl.SSLContext:
-    """The context every TLS connection to the SMTP server verifies its certificate and name with: only
-    ``SMTP_CA_FILE``'s CAs when it is set, else the system's. Raises ``OSError`` or ``ssl.SSLError`` for a
-    file that cannot be read as PEM certificates."""
-    return ssl.create_default_context(cafile=settings.smtp_ca_file or None)
-
-
-def _check_keys(settings: Settings) -> None:
-    for name in _KEYS:
+def _check_key(name: str) -> Callable[[Settings], None]:
+    def check(settings: Settings) -> None:
         value = getattr(settings, name)
         if value and len(value) < MIN_KEY_CHARS:
             raise SettingsError(f"{name.upper()} is invalid: a key needs {MIN_KEY_CHARS} characters at least")
 
+    return check
 
-def _check_mail(settings: Settings) -> None:
+
+def _check_product_name(settings: Settings) -> None:
     if not settings.product_name.strip() or any(char in settings.product_name for char in "\r\n"):
         raise SettingsError(f"PRODUCT_NAME={settings.product_name!r} is invalid: expected a one-line name")
+
+
+def _check_mail_from(settings: Settings) -> None:
     if "@" not in parseaddr(settings.mail_from)[1]:
         raise SettingsError(f"MAIL_FROM={settings.mail_from!r} is invalid: expected an email address")
 
 
-def _check_urls(settings: Settings) -> None:
+def _check_database_url(settings: Settings) -> None:
     if not settings.database_url.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
         shown = hide_password(settings.database_url)
         raise SettingsError(f"DATABASE_URL={shown!r} is invalid: expected postgresql://…")
+
+
+def _check_redis_url(settings: Settings) -> None:
     if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError(f"REDIS_URL={hide_password(settings.redis_url)!r} is invalid: expected redis://…")
+
+
+def _check_public_base_url(settings: Settings) -> None:
     if not settings.public_base_url.startswith(("http://", "https://")):
         raise SettingsError(f"PUBLIC_BASE_URL={settings.public_base_url!r} is invalid: expected http(s)://…")
+
+
+# The checks beyond a value's type, each run by the processes that read its setting, in this order.
+_CHECKS: dict[str, Callable[[Settings], object]] = {
+    "database_url": _check_database_url,
+    "redis_url": _check_redis_url,
+    "public_base_url": _check_public_base_url,
+    **{name: _check_key(name) for name in _KEYS},
+    "api_trusted_proxies": _check_proxies,
+    "smtp_ca_file": _check_smtp_ca_file,
+    "product_name": _check_product_name,
+    "mail_from": _check_mail_from,
+    "console_operators": console_operators,
+}

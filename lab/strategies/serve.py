@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m lab.strategies api|worker", file=sys.stderr)
         return 2
     try:
-        settings, knobs = load_settings(), load_knobs()
+        settings, knobs = load_settings(process=args[0]), load_knobs()
     except SettingsError as exc:
         print(f"lab.strategies: invalid configuration: {exc}", file=sys.stderr)
         return 2

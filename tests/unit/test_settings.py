@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -7,7 +8,15 @@ import pytest
 
 from lab.strategies.knobs import knobs_set, load_knobs
 from shared.logging import mask_email
-from shared.settings import Settings, SettingsError, load_settings, setting_names
+from shared.settings import (
+    READS,
+    Settings,
+    SettingsError,
+    SettingsWarning,
+    load_settings,
+    read_by,
+    setting_names,
+)
 from tests.certificates import authority
 from tests.support import repo_root
 
@@ -121,3 +130,84 @@ def test_the_labs_knobs_are_no_settings_of_the_product() -> None:
     with pytest.raises(SettingsError, match="DISPATCH_STRATEGY='eventually' is invalid"):
         load_knobs(lab_only)
     assert not knobs_set({}) and knobs_set({"WORKER_SKIP_RETRY_MISSING_USER": "true"})
+
+
+@pytest.mark.parametrize(
+    ("process", "name", "value"),
+    [
+        ("api", "WORKER_THREADS", "eight"),
+        ("api", "SMTP_TLS", "maybe"),
+        ("api", "MAIL_FROM", "nobody"),
+        ("relay", "API_PORT", "70000"),
+        ("worker", "CONSOLE_OPERATORS", "ops:short"),
+        ("migrate", "RELAY_BATCH_SIZE", "0"),
+    ],
+)
+def test_a_bad_value_of_a_setting_another_process_reads_is_left_at_its_default(
+    process: str, name: str, value: str
+) -> None:
+    with pytest.warns(
+        SettingsWarning, match=rf"^{name}\b.* is invalid: .*; signup {process} does not read it$"
+    ):
+        settings = load_settings({name: value, "API_MAX_BODY_BYTES": "2048"}, process=process)
+    assert getattr(settings, name.lower()) == getattr(Settings(), name.lower())
+    assert settings.api_max_body_bytes == 2048  # the valid ones are read all the same
+    with pytest.raises(SettingsError, match=rf"^{name}"):
+        load_settings({name: value})  # a tool that runs every process reads them all
+
+
+@pytest.mark.parametrize(
+    ("process", "name", "value"),
+    [
+        ("api", "API_PORT", "x"),
+        ("api", "CONSOLE_OPERATORS", "ops:short"),
+        ("relay", "RECONCILE_BATCH_SIZE", "0"),
+        ("worker", "SMTP_TLS", "maybe"),
+        ("worker", "PUBLIC_BASE_URL", "example.com"),
+        ("migrate", "DATABASE_URL", "mysql://localhost/signup"),
+        ("migrate", "LOG_LEVEL", "loud"),
+    ],
+)
+def test_a_bad_value_of_a_setting_the_process_reads_stops_it(process: str, name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=rf"^{name}"):
+        load_settings({name: value}, process=process)
+
+
+def settings_read_in(paths: list[Path]) -> set[str]:
+    """The settings fields named as an attribute (``settings.x``, ``s.x``) anywhere in ``paths``."""
+    fields = set(Settings.__struct_fields__)
+    return {
+        node.attr
+        for path in paths
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in fields
+    }
+
+
+# Where each process's own code is; shared/ is checked apart.
+PROCESS_CODE = {
+    "api": ["services/api", "services/admin"],
+    "relay": ["services/relay"],
+    "worker": ["services/worker"],
+    "migrate": ["signup_cli/commands.py", "shared/migrate.py"],
+}
+
+
+@pytest.mark.parametrize("process", sorted(READS))
+def test_a_process_reads_no_setting_it_does_not_validate(process: str) -> None:
+    root = repo_root()
+    paths = [
+        p for place in PROCESS_CODE[process] for p in sorted((root / place).rglob("*.py")) or [root / place]
+    ]
+    reads = read_by(process)
+    assert paths and {field for field in settings_read_in(paths) if not reads(field)} == set()
+
+
+def test_shared_code_reads_what_every_process_validates_or_says_who_reads_it() -> None:
+    # shared/broker.py builds Dramatiq's Retries middleware for relay and worker alike.
+    root = repo_root()
+    modules = [p for p in sorted((root / "shared").glob("*.py")) if p.name != "settings.py"]
+    for path in modules:
+        users = ("relay", "worker") if path.name == "broker.py" else tuple(READS)
+        unread = {f for f in settings_read_in([path]) for user in users if not read_by(user)(f)}
+        assert unread == set(), path.name
