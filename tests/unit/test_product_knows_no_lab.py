@@ -25,9 +25,6 @@ LAB_ONLY = re.compile(
     r"|task_process_in|fault_commit|fault_rollback|injected.?(rollback|fault)|(?-i:\bFaults\b)",
     re.IGNORECASE,
 )
-# The console script names the lab's commands (``signup lab``, ``bench``, ``soak``) so that it can run
-# them; it imports none of their modules.
-COMMAND_TABLE = ROOT / "signup_cli" / "main.py"
 
 
 def lab_imports(path: Path) -> list[tuple[int, str]]:
@@ -38,12 +35,7 @@ def lab_imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module.split(".")[0] == "lab":
                 found.append((node.lineno, node.module))
-        elif (
-            path != COMMAND_TABLE
-            and isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and node.value.startswith("lab.")
-        ):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("lab."):
             found.append((node.lineno, node.value))  # importlib.import_module("lab…") and the like
     return found
 
