@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import time
 import unicodedata
 import uuid
@@ -43,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lab.harness.database import unpublished_rows
 from lab.harness.polling import wait_for, wait_until
-from lab.harness.processes import Process, free_port, port_open, proc_stats, signup_process
+from lab.harness.processes import Process, free_port, port_open, proc_stats, run_signup, signup_process
 from lab.harness.queues import (
     QueuedMessages,
     held_by_workers,
@@ -80,6 +79,7 @@ __all__ = [
     "nothing_pending",
     "port_open",
     "queued_messages",
+    "run_signup",
     "wait_for",
     "wait_until",
 ]
@@ -124,12 +124,16 @@ def running_in_groups(groups: set[int]) -> list[int]:
     return [pid for pid, _, pgid, state in _proc_stats() if pgid in groups and state != "Z"]
 
 
-def start_signup(*args: str, env: Mapping[str, str], log_dir: Path, lab: bool = False) -> Process:
+def start_signup(
+    *args: str, env: Mapping[str, str], log_dir: Path, lab: bool = False, cwd: Path | None = None
+) -> Process:
     """Start ``signup ARGS`` through the one launcher (``lab.harness.processes``), with ``env`` over the
     current environment, in a process group of its own, logging to a file of its own in ``log_dir``; with
     ``lab``, through ``lab.strategies``, which reads the lab's knobs (an injected fault) from ``env``."""
     name = f"signup-{args[0]}-{time.monotonic_ns()}"
-    process = signup_process(*args, env={**os.environ, **env}, log_dir=log_dir, log_name=name, lab=lab)
+    process = signup_process(
+        *args, env={**os.environ, **env}, log_dir=log_dir, log_name=name, lab=lab, cwd=cwd
+    )
     process.start()
     return process
 
@@ -369,21 +373,14 @@ async def received(sink: SmtpSink) -> list[Delivery]:
 
 
 def signup_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``signup ARGS`` run to its end on ``settings``' database and Redis, through the launcher."""
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "LOG_FORMAT": "json",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "signup_cli.main", *args],
-        env=env,
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_signup(*args, env=env)
 
 
 # --- The link in a delivered email ------------------------------------------------------------------------

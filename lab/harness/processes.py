@@ -77,10 +77,19 @@ def proc_stats() -> dict[int, list[str]]:
 class Process:
     """One command in its own process group, its stdout and stderr appended to ``log_path``."""
 
-    def __init__(self, name: str, argv: list[str], *, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
         self.name = name
         self.argv = argv
         self.env = env
+        self.cwd = cwd
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -108,7 +117,13 @@ class Process:
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def kill(self) -> None:
@@ -168,10 +183,28 @@ class Process:
 
 
 def signup_process(
-    command: str, *args: str, env: dict[str, str], log_dir: Path, lab: bool = False, log_name: str = ""
+    command: str,
+    *args: str,
+    env: dict[str, str],
+    log_dir: Path,
+    lab: bool = False,
+    log_name: str = "",
+    cwd: Path | None = None,
 ) -> Process:
     """``signup <command> <args>`` run with this interpreter, so it uses the same installed code, logging to
     ``log_dir/<log_name or command>.log``; with ``lab``, ``python -m lab.strategies <command>`` (the API or
     the worker with the lab's knobs)."""
     argv = [sys.executable, "-m", "lab.strategies" if lab else "signup_cli.main", command, *args]
-    return Process(command, argv, log_path=log_dir / f"{log_name or command}.log", env=env)
+    return Process(command, argv, log_path=log_dir / f"{log_name or command}.log", env=env, cwd=cwd)
+
+
+def run_signup(
+    *args: str, env: dict[str, str], timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``signup ARGS`` run to its end with this interpreter, as ``signup_process`` starts it, its output
+    captured: for the commands that end by themselves (``dlq``, ``trace``, ``lab``, ``bench``). Raises
+    ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
+    argv = [sys.executable, "-m", "signup_cli.main", *args]
+    return subprocess.run(
+        argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+    )

@@ -9,12 +9,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import RedisServer, missing_service
+from tests.support import RedisServer, missing_service, run_signup
 
 SECTIONS = (
     "latency",
@@ -78,14 +77,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(QUICK_LIMIT_S + 60)]
 
 def bench(out: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``signup bench --quick ARGS --out-dir OUT`` as a real process, within ``QUICK_LIMIT_S``."""
-    return subprocess.run(
-        [sys.executable, "-m", "signup_cli.main", "bench", "--quick", *args, "--out-dir", str(out)],
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=QUICK_LIMIT_S,
-        check=False,
-    )
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return run_signup("bench", "--quick", *args, "--out-dir", str(out), env=env, timeout=QUICK_LIMIT_S)
 
 
 def number(value: object, *, signed: bool = False) -> bool:

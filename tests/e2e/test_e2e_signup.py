@@ -7,8 +7,6 @@ Also checks that one signup's log lines in all three services share its trace id
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,7 @@ import sqlalchemy as sa
 
 from shared.database import outbox, verify_emails
 from shared.settings import Settings
-from tests.support import Services, SmtpSink, link_of, nothing_pending, ready, repo_root, wait_for
+from tests.support import Services, SmtpSink, link_of, nothing_pending, ready, run_signup, wait_for
 
 USERS = 200
 
@@ -108,15 +106,9 @@ async def test_two_hundred_signups_two_hundred_emails_each_verified(services, se
         ("worker", "verification email sent"),
     ):
         assert event in events_of(services, name, "trace-7"), name
-    trace = subprocess.run(
-        [sys.executable, "-m", "signup_cli.main", "trace", "user7"],
-        env=services.env,
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    traced = run_signup("trace", "user7", env=services.env, timeout=30)
+    assert traced.returncode == 0, traced.stderr
+    trace = traced.stdout
     for step in (
         "user created",
         "outbox send_verify_email created",

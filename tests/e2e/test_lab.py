@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.compare.cells import QUICK_CELLS, full_plan, quick_plan
-from tests.support import RedisServer, missing_service, repo_root
+from tests.support import RedisServer, missing_service, repo_root, run_signup
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +23,7 @@ def lab_report(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> d
     # The lab creates one database per cell on the server of DATABASE_URL.
     # TMPDIR: the service logs the lab keeps go to the test's directory, not /tmp.
     env = {**os.environ, "DATABASE_URL": database_url, "TMPDIR": str(out_dir)}
-    completed = subprocess.run(
-        [sys.executable, "-m", "signup_cli.main", "lab", "--quick", "--out-dir", str(out_dir)],
-        cwd=repo_root(),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    completed = run_signup("lab", "--quick", "--out-dir", str(out_dir), env=env, timeout=240, cwd=repo_root())
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert {"lab.md", "lab.json", "lab.png"} <= {p.name for p in Path(out_dir).iterdir()}
     assert list(Path(out_dir).glob("signup-lab-*/outbox-normal/api.log")), "service logs are kept"

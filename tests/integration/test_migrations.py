@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
+from pathlib import Path
 
 import asyncpg
 
 from lab.harness.database import drop_database, with_database
 from shared.keys import code_digest
-from tests.support import PG_ADMIN_URL
+from tests.support import PG_ADMIN_URL, Process, start_signup
 
 
-def run_migrate(url: str, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "DATABASE_URL": url}
-    return subprocess.Popen(
-        [sys.executable, "-m", "signup_cli.main", "migrate", *extra],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def run_migrate(url: str, *extra: str, log_dir: Path) -> Process:
+    """``signup migrate EXTRA`` on ``url``, started."""
+    return start_signup("migrate", *extra, env={"DATABASE_URL": url}, log_dir=log_dir)
+
+
+async def ended(process: Process, *, timeout: float = 120) -> int:
+    """``process``'s exit code once it has ended by itself."""
+    return await asyncio.to_thread(process.wait, timeout)
 
 
 async def tables(url: str) -> set[str]:
@@ -35,25 +32,24 @@ async def tables(url: str) -> set[str]:
         await connection.close()
 
 
-async def test_concurrent_migrations_then_downgrade_and_upgrade_again(database_url: str) -> None:
+async def test_concurrent_migrations_then_downgrade_and_upgrade_again(
+    database_url: str, tmp_path: Path
+) -> None:
     name = f"signup_migrate_{uuid.uuid4().hex[:8]}"
     url = with_database(PG_ADMIN_URL, name)
     try:
         # Four migrators race on a database that does not exist yet.
-        processes = [run_migrate(url) for _ in range(4)]
-        outputs = await asyncio.gather(*(asyncio.to_thread(p.communicate, timeout=120) for p in processes))
-        assert [p.returncode for p in processes] == [0] * 4, [out for out, _ in outputs]
+        processes = [run_migrate(url, log_dir=tmp_path) for _ in range(4)]
+        codes = await asyncio.gather(*(ended(p) for p in processes))
+        assert codes == [0] * 4, [p.output()[-2000:] for p in processes]
         assert {"users", "outbox", "verify_emails", "alembic_version"} <= await tables(url)
 
-        again = run_migrate(url)
-        assert again.wait(timeout=60) == 0
+        assert await ended(run_migrate(url, log_dir=tmp_path)) == 0
 
-        down = run_migrate(url, "--downgrade", "--revision", "base")
-        assert down.wait(timeout=60) == 0
+        assert await ended(run_migrate(url, "--downgrade", "--revision", "base", log_dir=tmp_path)) == 0
         assert await tables(url) == {"alembic_version"}
 
-        up = run_migrate(url)
-        assert up.wait(timeout=60) == 0
+        assert await ended(run_migrate(url, log_dir=tmp_path)) == 0
         assert {"users", "outbox", "verify_emails"} <= await tables(url)
     finally:
         await drop_database(PG_ADMIN_URL, name)
@@ -74,13 +70,13 @@ async def test_the_database_is_created_in_utf8_whatever_the_servers_default(data
 
 
 async def test_codes_stored_before_0007_become_their_digests_and_their_links_keep_working(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
     name = f"signup_migrate_{uuid.uuid4().hex[:8]}"
     url = with_database(PG_ADMIN_URL, name)
     code = "c" * 43
     try:
-        assert run_migrate(url, "--revision", "0006_security").wait(timeout=60) == 0
+        assert await ended(run_migrate(url, "--revision", "0006_security", log_dir=tmp_path)) == 0
         connection = await asyncpg.connect(url)
         try:
             await connection.execute(
@@ -93,7 +89,7 @@ async def test_codes_stored_before_0007_become_their_digests_and_their_links_kee
                 code,
                 uuid.uuid4(),
             )
-            assert run_migrate(url).wait(timeout=60) == 0
+            assert await ended(run_migrate(url, log_dir=tmp_path)) == 0
             stored = await connection.fetchval("SELECT code_sha256 FROM verify_emails")
         finally:
             await connection.close()
