@@ -7,7 +7,6 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -240,15 +239,57 @@ async def verify_email(
         raise
 
 
+# A verification is two statements, so that it takes few turns of an event loop that a flood keeps busy:
+# the link's row (locked) with everything it is judged by, then every write at once.
+_NEWER = verify_emails.alias("newer")
+_LINK = (
+    sa.select(
+        verify_emails.c.code_sha256,
+        verify_emails.c.is_used,
+        verify_emails.c.expired_at,
+        verify_emails.c.username,
+        verify_emails.c.email,
+        # Only a newer email that has left counts: until then (or if it never can), this link still works.
+        sa.exists()
+        .where(
+            _NEWER.c.username == verify_emails.c.username,
+            _NEWER.c.id > verify_emails.c.id,
+            _NEWER.c.sent_at.is_not(None),
+        )
+        .label("superseded"),
+        users.c.created_at,
+    )
+    .select_from(verify_emails.outerjoin(users, users.c.username == verify_emails.c.username))
+    .where(verify_emails.c.id == sa.bindparam("email_id"))
+    .with_for_update(of=verify_emails)
+)
+_VERIFY = (
+    # Verifying deletes every other, unverified, account that claimed the address. (No parameter is named
+    # as a column: SQLAlchemy would read it as a value to SET in the UPDATEs.)
+    users.delete()
+    .where(
+        sa.func.lower(users.c.email) == sa.func.lower(sa.bindparam("address")),
+        users.c.username != sa.bindparam("owner"),
+        sa.not_(users.c.is_email_verified),
+    )
+    .add_cte(
+        verify_emails.update()
+        .where(verify_emails.c.id == sa.bindparam("link"))
+        .values(is_used=sa.true())
+        .cte("used"),
+        users.update()
+        .where(users.c.username == sa.bindparam("owner"))
+        .values(is_email_verified=sa.true())
+        .cte("verified"),
+    )
+)
+
+
 async def _verify(
     sessions: async_sessionmaker[AsyncSession], *, email_id: int, secret_code: str, unverified_ttl: timedelta
 ) -> bool:
     async with sessions() as session, session.begin():
-        row = (
-            await session.execute(
-                sa.select(verify_emails).where(verify_emails.c.id == email_id).with_for_update()
-            )
-        ).one_or_none()
+        row = (await session.execute(_LINK, {"email_id": email_id})).one_or_none()
         # The row holds the code's SHA-256 only. compare_digest: the time taken must not tell an attacker
         # how much of a guess was right, nor (comparing against a stand-in) whether the id exists.
         expected = _NO_CODE_DIGEST if row is None else row.code_sha256
@@ -256,38 +297,13 @@ async def _verify(
             raise VerifyEmailNotFound
         if row.is_used:
             return False
-        if await _newer_email_sent(session, row):
+        if row.superseded:
             raise VerifyEmailSuperseded
         now = datetime.now(UTC)
         if row.expired_at <= now:
             raise VerifyEmailExpired
-        created_at = await session.scalar(
-            sa.select(users.c.created_at).where(users.c.username == row.username)
-        )
-        if created_at is None or created_at <= now - unverified_ttl:
+        if row.created_at is None or row.created_at <= now - unverified_ttl:
             raise VerifyEmailExpired  # the unverified claim gave its address up
-        await session.execute(
-            verify_emails.update().where(verify_emails.c.id == email_id).values(is_used=True)
-        )
-        await session.execute(
-            users.update().where(users.c.username == row.username).values(is_email_verified=True)
-        )
-        await session.execute(
-            users.delete().where(
-                sa.func.lower(users.c.email) == sa.func.lower(row.email),
-                users.c.username != row.username,
-                sa.not_(users.c.is_email_verified),
-            )
-        )
+        await session.execute(_VERIFY, {"link": email_id, "owner": row.username, "address": row.email})
     log.info("email verified", username=row.username, verify_email_id=email_id)
     return True
-
-
-async def _newer_email_sent(session: AsyncSession, row: Any) -> bool:
-    # Only a newer email that has left counts: until then (or if it never can), this link still works.
-    newer = sa.exists().where(
-        verify_emails.c.username == row.username,
-        verify_emails.c.id > row.id,
-        verify_emails.c.sent_at.is_not(None),
-    )
-    return bool(await session.scalar(sa.select(newer)))
