@@ -42,7 +42,7 @@ from lab.harness.measure import latency_of
 from lab.harness.rawhttp import RawClient
 from lab.harness.stack import Stack
 
-PROBES_PER_S = 20
+PROBES_PER_S = 40
 TARGET_P99_S = 0.100
 FLOODED = "flooded@example.com"
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Slow: " + b"a" * 1000 + b"\r\n\r\n"

@@ -33,6 +33,9 @@ from shared.telemetry import tracing_enabled
 
 # How long a stopping API gives the resend requests it answered to run (within uvicorn's grace).
 RESEND_DRAIN_S = 3.0
+RESEND_POOL_SIZE = 4
+"""Connections of the resends' pool (and as many again in overflow): each resend holds one for two short
+statements, and those for one address wait for each other on its row lock anyway."""
 
 
 def create_app(
@@ -53,12 +56,16 @@ def create_app(
     # Verification and /readyz have a pool of their own: a flood of signups or resends, which may hold every
     # connection of the shared pool, cannot make a person's click or the orchestrator's probe wait for one.
     reserved_engine = create_engine(settings.database_url, pool_size=settings.api_reserved_pool_size)
+    # Resends run after their answer on a pool of their own, so that a flood of them cannot take the
+    # signups' connections either. It skips the pre-ping's three round trips per checkout, a third of a
+    # resend's: a resend that meets a connection PostgreSQL closed is run again by ResendQueue.
+    resend_engine = create_engine(settings.database_url, pool_size=RESEND_POOL_SIZE, pre_ping=False)
     dispatcher = dispatcher or OutboxDispatcher()
     redis = Redis.from_url(settings.redis_url) if dispatcher.needs_redis else None
     ttl = timedelta(hours=settings.api_idempotency_ttl_hours)
     purge = KeyPurge(sessions, ttl=ttl)
     admission = build_admission(settings)
-    resends = ResendQueue(sessions, settings, limit=settings.api_resend_max_pending)
+    resends = ResendQueue(create_sessionmaker(resend_engine), settings, limit=settings.api_resend_max_pending)
     # Read now, so that an unset secret's warning comes at start, not at the first retry.
     idempotency_secret = server_key(settings.api_idempotency_secret, setting="API_IDEMPOTENCY_SECRET")
     clients = ClientLimits(
@@ -73,6 +80,7 @@ def create_app(
             "sessions": sessions,
             "reserved_engine": reserved_engine,
             "reserved_sessions": create_sessionmaker(reserved_engine),
+            "resend_engine": resend_engine,
             "dispatcher": dispatcher,
             "admission": admission,
             "redis": redis,
@@ -93,6 +101,7 @@ def create_app(
             await redis.aclose()
         await engine.dispose()
         await reserved_engine.dispose()
+        await resend_engine.dispose()
 
     return Litestar(
         route_handlers=[

@@ -174,7 +174,7 @@ async def test_every_outcome_runs_the_same_statements(client, db) -> None:
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    engine = client.app.state.engine.sync_engine
+    engine = client.app.state.resend_engine.sync_engine
     seen = []
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
@@ -190,3 +190,19 @@ async def test_every_outcome_runs_the_same_statements(client, db) -> None:
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
     assert len(seen[0]) >= 2 and all(run == seen[0] for run in seen)
+
+
+async def test_a_resend_that_meets_a_connection_postgresql_closed_runs_again(client, db) -> None:
+    # The resends' pool checks no connection out with a ping: one whose server process has gone fails its
+    # first statement, and the resend queue runs the request again on a fresh one.
+    await sign_up(client, db)
+    await resend(client, "nobody@example.com")  # leaves a connection in the resends' pool
+    async with db.connect() as connection:
+        await connection.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert (await resend(client)).status_code == 202
+    assert len(await resend_events(db)) == 1
