@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -64,15 +63,14 @@ async def test_concurrent_relays_enqueue_each_event_exactly_once(settings, relay
     assert_each_once(settings, event_ids)
 
 
-async def test_idle_relay_publishes_a_new_row_within_a_second_via_notify(settings, log_tee):
+async def test_idle_relay_publishes_a_new_row_on_its_notify_not_its_poll(settings, log_tee):
     async with running_relay(settings, relay_poll_interval_ms=60_000):
         await wait_for(lambda: listener_pid(settings), timeout=5, what="the LISTEN connection")
         warm_up = await settle(settings)
         start = len(log_tee.lines)
-        started = time.monotonic()
         [event_id] = await add_rows(settings, 1)
-        await wait_for(lambda: all_published(settings), timeout=1.0, what="publish via NOTIFY")
-        assert time.monotonic() - started < 1.0
+        # Well within the minute the relay would otherwise sleep until its next poll.
+        await wait_for(lambda: all_published(settings), timeout=20, what="publish via NOTIFY")
     assert_each_once(settings, [warm_up, event_id])
     lines = [json.loads(line) for line in log_tee.lines[start:] if '"relay.' in line]
     [event_line] = [line for line in lines if line["event"] == "relay.event_published"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import threading
-import time
 
 from signup_cli.dev import child_environment, supervise
 from signup_cli.supervise import Child, LogStream
@@ -79,9 +78,7 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_timeout() -> None:
     children = start(out, worker=STUBBORN)
     stop = threading.Event()
     stop.set()
-    started = time.monotonic()
     assert supervise(children, stop=stop, stream=LogStream(out), until_all_exit=False, timeout=0.5) == 0
-    assert time.monotonic() - started < 10
     assert running_in_groups({children[0].pgid}) == []
     assert "worker did not stop within" in out.getvalue()
 
