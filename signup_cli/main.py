@@ -19,8 +19,9 @@ from importlib.metadata import entry_points
 from shared.settings import READS, Settings, SettingsError, SettingsWarning, load_settings
 from signup_cli.supervise import stop_with_supervisor
 
-# subcommand → "module:function"; the function takes (settings, args) and returns an exit code.
+# The entry-point group where other packages (the lab) register commands: lab/commands.py says how.
 COMMAND_GROUP = "signup.commands"
+# subcommand → "module:function"; the function takes (settings, args) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("signup_cli.commands:migrate", "create the database if missing and upgrade it to head"),
     "api": ("services.api.main:run", "serve the HTTP API"),
