@@ -160,8 +160,6 @@ class StreamsBroker(Broker):
         self.stopping = threading.Event()
         """Set when a worker on this broker starts to stop: its consumers then poll instead of blocking."""
         self.consumers: list[StreamConsumer] = []
-        self.reread: set[str] = set()
-        """Queues whose consumer failed: the next one first reads again what this process was delivered."""
         self.last_beat_ms = 0
         self.beat_lock = threading.Lock()
         self.add_middleware(_StopBlocking())
@@ -241,7 +239,6 @@ class StreamsBroker(Broker):
         try:
             return StreamConsumer(self, queue_name, prefetch=prefetch, timeout_ms=timeout)
         except REDIS_DOWN as exc:
-            self.reread.add(queue_name)
             raise ConnectionClosed(exc) from None
 
     def flush(self, queue_name: str) -> None:
@@ -426,9 +423,9 @@ class StreamConsumer(Consumer):
     """Delivers one queue's messages to Dramatiq's worker; see ``StreamsBroker``.
 
     It keeps at most ``prefetch`` messages delivered and not yet acknowledged. Every Redis failure is a
-    ``ConnectionClosed``: Dramatiq's consumer thread then starts a fresh consumer, which first reads again
-    what this process was delivered and never acknowledged (Redis keeps it in the group's pending list),
-    and its worker threads retry an ack until Redis answers.
+    ``ConnectionClosed``: Dramatiq's consumer thread then starts a fresh consumer. Every consumer first reads
+    again what this process was delivered and never acknowledged (Redis keeps it in the group's pending
+    list), whatever ended its predecessor, and its worker threads retry an ack until Redis answers.
     """
 
     def __init__(self, broker: StreamsBroker, queue_name: str, *, prefetch: int, timeout_ms: int) -> None:
@@ -447,10 +444,11 @@ class StreamConsumer(Consumer):
         """The eta (or None) of each message delivered and not yet acknowledged, by entry id."""
         self.lock = threading.Lock()
         self.freed = threading.Event()
-        self.history: str | None = "0" if queue_name in broker.reread else None
-        """Where the re-read of what this process was delivered and did not acknowledge is, after a failed
-        consumer (its messages in memory may be gone with it); None once it is done, or without one."""
-        broker.reread.discard(queue_name)
+        self.history: str | None = "0"
+        """Where the re-read of what this process was delivered and did not acknowledge is; None once it is
+        done. Every consumer begins with it: one that replaces a failed one must read again what Dramatiq
+        dropped from memory with it (a delayed message whose hand-over met Redis down, say), which Redis
+        still lists as delivered to this live process, so that no one else would ever take it."""
         self.next_claim_ms = 0
         self.group_ready = False
         broker.consumers.append(self)
@@ -461,7 +459,6 @@ class StreamConsumer(Consumer):
                 self._fetch()
             return self.buffer.popleft() if self.buffer else None
         except REDIS_DOWN as exc:
-            self.broker.reread.add(self.queue_name)
             raise ConnectionClosed(exc) from None
 
     def _fetch(self) -> None:

@@ -353,6 +353,40 @@ def test_a_consumer_after_a_connection_failure_reads_again_what_its_process_held
         broker.close()
 
 
+class DiesAtHandOver(dramatiq.Middleware):
+    """Kills Redis just as the delay queue's consumer hands a message that came due to its queue: the
+    moment a 10,000-signup soak met by chance (a SIGKILL of Redis at the eta of a retry's backoff), made
+    certain here through Dramatiq's public ``before_enqueue`` hook. The enqueue then fails on a real dead
+    Redis."""
+
+    def __init__(self, redis_server: RedisServer) -> None:
+        self.redis_server = redis_server
+        self.killed = threading.Event()
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        if not self.killed.is_set() and "eta" not in message.options and message.args == ("due",):
+            self.redis_server.kill()
+            self.killed.set()
+
+
+def test_a_delayed_message_whose_hand_over_met_redis_down_still_comes(
+    broker_settings, restartable_redis: RedisServer
+) -> None:
+    """Dramatiq's consumer thread takes a due message out of its memory, fails to enqueue it, drops its
+    consumer and starts another 3 s later; the failed one could not hand the message back (Redis was down),
+    and this process, alive, keeps beating, so no one else takes it over either. The next consumer must
+    read it again: before, it stayed delivered-and-pending until the worker stopped."""
+    settings = msgspec.structs.replace(broker_settings, redis_url=restartable_redis.url)
+    seen = Seen()
+    with running(settings, seen) as broker:
+        dies = DiesAtHandOver(restartable_redis)
+        broker.add_middleware(dies)
+        delayed = broker.enqueue(message("wake_a", "due"), delay=500)
+        wait_until(dies.killed.is_set, timeout=10, what="the hand-over, and Redis killed")
+        restartable_redis.start()
+        assert seen.wait(delayed.message_id, timeout=30)
+
+
 def test_a_consumer_recreates_its_group_after_redis_lost_its_data(broker_settings) -> None:
     broker = create_broker(broker_settings)
     consumer = broker.consume("wake_a", prefetch=1, timeout=100)
