@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,6 +73,28 @@ def commit_times(api_log: Iterable[str]) -> dict[str, float]:
         if record.get(COMMITTED_FIELD) is True and isinstance(record.get("username"), str):
             times[record["username"]] = datetime.fromisoformat(str(record["timestamp"])).timestamp()
     return times
+
+
+def commit() -> str:
+    """The checkout's commit (short), with "+ local changes" when tracked files differ from it; "unknown"
+    outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" + local changes" if changed.stdout.strip() else "")
 
 
 def machine() -> dict[str, Any]:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.harness.measure import machine
+from lab.harness.measure import commit, machine
 from lab.soak.plan import SoakPlan
 from lab.soak.report import write_report
 from lab.soak.runner import run_soak
@@ -33,13 +33,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     chosen = {name: getattr(args, name) for name in options}
     plan = SoakPlan(**{name: value for name, value in chosen.items() if value is not None})
     work_dir = Path(tempfile.mkdtemp(prefix="signup-soak-"))
-    began, load_before = time.monotonic(), os.getloadavg()
+    began, load_before, at = time.monotonic(), os.getloadavg(), commit()  # what runs: the code at start
     verdict = asyncio.run(run_soak(plan, work_dir=work_dir))
     if args.out:
         host, load_after = machine(), os.getloadavg()
         command = shlex.join(["signup", *sys.argv[1:]])
         run = (
-            f"Run: `{command}`, {(time.monotonic() - began) / 60:.0f} min, on {host['nproc']} CPUs "
+            f"Run: `{command}` at commit {at}, {(time.monotonic() - began) / 60:.0f} min, on "
+            f"{host['nproc']} CPUs "
             f"({host['cpu']}), Python {host['python']}; load average (1 min) {load_before[0]:.2f} before, "
             f"{load_after[0]:.2f} after."
         )

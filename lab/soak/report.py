@@ -184,4 +184,11 @@ When the load ends, every service is running again; the soak waits until each ou
   soak lost 1 email of 114). The present broker hands a dead process's messages to a live one by its
   heartbeat, and a consumer re-reads its process's unacknowledged messages after any connection failure;
   the soak still restarts Redis after the last kill to show that nothing is stranded.
+- Fixed: a 10,000-signup soak (2026-12-07, commit 60f670e) lost 1 email of 11,528. A retry's backoff came
+  due just as Redis was SIGKILLed: Dramatiq's consumer thread took the message out of its in-memory delay
+  queue, failed to enqueue it, and dropped its consumer, which could not hand the message back. The error
+  came from the thread, not from the consumer, so nothing asked the next consumer to read the process's
+  pending messages again; the message stayed pending for the live worker in Redis (so reconciliation left
+  it) until the worker stopped. Every consumer now begins with that re-read
+  (tests/integration/test_broker.py kills Redis at the hand-over).
 """
