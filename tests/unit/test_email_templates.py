@@ -11,11 +11,13 @@ import email.policy
 import re
 import unicodedata
 from datetime import timedelta
+from email.headerregistry import HeaderRegistry
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 
 import pytest
 
+from services.worker.emails import POLICY
 from shared.settings import load_settings
 from tests.support import KINDS, LANGUAGES, LINK, NAMES, SETTINGS, parts, render
 
@@ -138,3 +140,16 @@ def test_the_recipient_is_as_written_where_the_server_takes_smtputf8() -> None:
     raw = utf8.as_bytes(policy=email.policy.SMTPUTF8)  # as aiosmtplib flattens it for such an address
     parsed = email.message_from_string(raw.decode(), policy=email.policy.default)
     assert parsed["To"].addresses[0].addr_spec == written
+
+
+def test_each_header_class_is_built_once_and_every_part_is_built_under_the_same_policy() -> None:
+    """The email package's registry makes a new class for every header it parses; the worker's keeps the
+    first, and every part of an email is built with it."""
+    registry = POLICY.header_factory
+    assert isinstance(registry, HeaderRegistry)
+    assert registry["Subject"] is registry["subject"]
+    assert registry["Content-Type"] is registry["content-type"]
+    message = render("verify_email", "de")
+    assert all(part.policy is POLICY for part in message.walk())
+    assert type(message["Subject"]) is registry["subject"]
+    assert type(render("signup_notice", "en")["From"]) is type(message["From"])
