@@ -182,7 +182,7 @@ When the load ends, every service is running again; the soak waits until each ou
   by a SIGKILLed worker waited for a maintenance pass that almost never ran, and a worker whose Redis
   restarted dropped the messages it held while Redis still listed them as held by a live worker (a short
   soak lost 1 email of 114). The present broker hands a dead process's messages to a live one by its
-  heartbeat, and a consumer re-reads its process's unacknowledged messages after any connection failure;
+  heartbeat, and every new consumer re-reads its process's unacknowledged messages (see the next item);
   the soak still restarts Redis after the last kill to show that nothing is stranded.
 - Fixed: a 10,000-signup soak (2026-12-07, commit 60f670e) lost 1 email of 11,528. A retry's backoff came
   due just as Redis was SIGKILLed: Dramatiq's consumer thread took the message out of its in-memory delay
