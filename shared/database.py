@@ -210,7 +210,7 @@ def create_engine(
 
     ``pre_ping`` lets a process survive a PostgreSQL restart: a dead pooled connection is replaced instead
     of failing the next request, for three round trips on every checkout. A caller that retries on a
-    connection that died pooled (the worker's actors) turns it off.
+    connection that died pooled (the worker's actors, the API's resends) turns it off.
     """
     return create_async_engine(
         sqlalchemy_url(database_url),
