@@ -41,18 +41,25 @@ def test_every_declared_command_resolves_to_its_function() -> None:
     assert {"lab", "bench", "soak"} <= set(done.stdout.split())  # found through their entry points
 
 
-def test_a_development_command_without_its_tools_says_so_in_one_line() -> None:
-    # As in the runtime image, which has neither aiosmtpd (the mailsink's server) nor lab/.
+@pytest.mark.parametrize(
+    ("hidden", "argv"),
+    [
+        ("aiosmtpd", ["mailsink"]),  # the mailsink's server, a development dependency
+        ("lab", ["bench", "--only", "slow"]),  # registered in pyproject.toml's entry points, lab/ absent
+    ],
+)
+def test_a_development_command_without_its_tools_says_so_in_one_line(hidden: str, argv: list[str]) -> None:
+    # As in the runtime image, which has neither aiosmtpd nor lab/.
     done = fresh_python(
         "import sys",
-        "sys.modules['aiosmtpd'] = None",
+        f"sys.modules[{hidden!r}] = None",
         "from signup_cli.main import main",
-        "sys.exit(main(['mailsink']))",
+        f"sys.exit(main({argv!r}))",
     )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "signup mailsink: needs aiosmtpd, which is not installed here (lab, bench, soak, mailsink and dev "
-        "run from a checkout: uv run signup mailsink)"
+        f"signup {argv[0]}: needs {hidden}, which is not installed here (lab, bench, soak, mailsink and dev "
+        f"run from a checkout: uv run signup {argv[0]})"
     ]
 
 
@@ -89,18 +96,3 @@ def test_a_bad_setting_of_another_process_stops_only_that_one() -> None:
         "signup: ignored: WORKER_THREADS='eight' is invalid: Expected `int`, got `str`; "
         "signup migrate does not read it"
     )
-
-
-def test_a_lab_command_without_the_lab_says_so_in_one_line() -> None:
-    # As in the runtime image: the lab's commands are registered (pyproject.toml) but lab/ is not there.
-    done = fresh_python(
-        "import sys",
-        "sys.modules['lab'] = None",
-        "from signup_cli.main import main",
-        "sys.exit(main(['bench', '--only', 'slow']))",
-    )
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == [
-        "signup bench: needs lab, which is not installed here (lab, bench, soak, mailsink and dev "
-        "run from a checkout: uv run signup bench)"
-    ]
