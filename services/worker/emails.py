@@ -31,17 +31,21 @@ from shared.settings import Settings
 
 
 class _HeaderClasses(HeaderRegistry):
-    """The ``email`` package's header registry, building each header's class once.
+    """The ``email`` package's header registry, building each header's class once and parsing each of the
+    headers every email repeats once.
 
     ``HeaderRegistry`` creates a new class (``type(...)``) for every header it parses, some twenty per
-    email, each one cyclic garbage. The class depends only on the header's name, so the first one is kept;
-    the headers themselves are parsed as before. Building an email is on the way from the commit to the
-    inbox, and the ``email`` package's header parsing was much of it.
+    email, each one cyclic garbage. The class depends only on the header's name, so the first one is kept.
+    The MIME headers of the parts (``Content-Type: text/plain; charset="utf-8"``, ``MIME-Version`` and the
+    like) are the same in every email: each is parsed once and the header object shared, as a message
+    stores it (header objects are immutable; a change replaces one). Building an email is on the way from
+    the commit to the inbox, and the ``email`` package's header parsing was much of it.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._classes: dict[str, type[BaseHeader]] = {}
+        self._parsed: dict[tuple[str, str], BaseHeader] = {}
 
     def __getitem__(self, name: str) -> type[BaseHeader]:
         key = name.lower()
@@ -49,6 +53,22 @@ class _HeaderClasses(HeaderRegistry):
         if header_class is None:
             header_class = self._classes[key] = super().__getitem__(key)
         return header_class
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if name.lower() not in _REPEATED or not isinstance(value, str) or "boundary=" in value:
+            return super().__call__(name, value)
+        header = self._parsed.get((name, value))
+        if header is None:
+            header = super().__call__(name, value)
+            if len(self._parsed) < 64:  # a few values each; a bound all the same
+                self._parsed[name, value] = header
+        return header
+
+
+# The headers whose values repeat from email to email (a multipart's Content-Type differs by its boundary).
+_REPEATED = frozenset(
+    {"content-type", "content-transfer-encoding", "mime-version", "content-language", "auto-submitted"}
+)
 
 
 POLICY: EmailPolicy[EmailMessage] = default_policy.clone(header_factory=_HeaderClasses())
@@ -89,14 +109,6 @@ def recipient(address: str, *, smtputf8: bool) -> str:
     server takes SMTPUTF8, else ``deliverable(address)``. Raises ``PermanentError`` as ``deliverable``."""
     ascii_form = deliverable(address)  # checks the address either way
     return address if smtputf8 else ascii_form
-
-
-@functools.cache
-def _header(name: str, value: str) -> BaseHeader:
-    """The header ``name: value`` parsed once for every email that has it: a message stores a header object
-    of the same name as it is (``EmailPolicy.header_store_parse``)."""
-    header: BaseHeader = POLICY.header_factory(name, value)
-    return header
 
 
 @functools.cache
@@ -148,13 +160,13 @@ def render_email(
     message["Subject"] = templates.get_template(f"{kind}/{language}/subject.txt").render(context).strip()
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = message_id_header(message_id)
-    message["Auto-Submitted"] = _header("Auto-Submitted", "auto-generated")  # RFC 3834: no vacation replies
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
     message.set_content(templates.get_template(f"{kind}/{language}/body.txt").render(context))
     message.add_alternative(
         templates.get_template(f"{kind}/{language}/body.html").render(context), subtype="html"
     )
     # After the parts: setting the content clears Content-* headers.
-    message["Content-Language"] = _header("Content-Language", language)
+    message["Content-Language"] = language
     return message
 
 

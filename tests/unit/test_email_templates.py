@@ -153,3 +153,17 @@ def test_each_header_class_is_built_once_and_every_part_is_built_under_the_same_
     assert all(part.policy is POLICY for part in message.walk())
     assert type(message["Subject"]) is registry["subject"]
     assert type(render("signup_notice", "en")["From"]) is type(message["From"])
+
+
+def test_the_mime_headers_every_email_repeats_are_parsed_once_and_written_as_parsed() -> None:
+    """The parts' ``Content-Type``, ``Content-Transfer-Encoding`` and ``MIME-Version`` are the same in every
+    email: one parsed header object serves them all, and the email reads back as it was built."""
+    first, second = render("verify_email", "de"), render("verify_email", "de", to="zoë@bücher.de")
+    for one, other in zip(list(first.walk())[1:], list(second.walk())[1:], strict=True):
+        assert one["Content-Type"] is other["Content-Type"]
+        assert one["Content-Transfer-Encoding"] is other["Content-Transfer-Encoding"]
+    parsed = email.message_from_bytes(first.as_bytes(), policy=email.policy.default)
+    second.as_bytes()
+    assert first.get_boundary() != second.get_boundary()  # drawn when written, into a header of its own
+    written = [[(name, str(value)) for name, value in part.items()] for part in parsed.walk()]
+    assert written == [[(name, str(value)) for name, value in part.items()] for part in first.walk()]
