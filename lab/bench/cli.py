@@ -45,6 +45,7 @@ from lab.bench.tracing import tracing_section
 from lab.bench.worker import claim_section, worker_section
 from lab.harness.database import admin_url
 from lab.harness.measure import machine
+from lab.harness.processes import run_stoppable
 from lab.harness.stack import Stack
 from services.api.passwords import keep_hash_memory
 from shared.logging import configure_logging
@@ -221,16 +222,22 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         + (f" --rate {args.rate:g}" if args.rate else ""),
         "load_before": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    done = asyncio.run(
-        sections(
-            plan,
-            work_dir=work_dir,
-            pg=pg,
-            say=lambda text: print(f"[{time.monotonic() - began:4.0f}s] {text}", flush=True),
-            only=only,
-            rate=args.rate or None,
+    try:
+        done = run_stoppable(
+            sections(
+                plan,
+                work_dir=work_dir,
+                pg=pg,
+                say=lambda text: print(f"[{time.monotonic() - began:4.0f}s] {text}", flush=True),
+                only=only,
+                rate=args.rate or None,
+            )
         )
-    )
+    except asyncio.CancelledError:
+        print(
+            "signup bench: interrupted; every stack's processes and database were cleaned up", file=sys.stderr
+        )
+        return 130
     meta["load_after"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["duration_s"] = time.monotonic() - began
     doc = write_reports(done, meta, Path(args.out_dir), part=part)

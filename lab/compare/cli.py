@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from lab.compare.experiment import CellResult, run_cell
 from lab.compare.report import markdown, terminal_table, to_json
 from lab.harness.database import admin_url
 from lab.harness.measure import machine
+from lab.harness.processes import run_stoppable
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -39,12 +39,6 @@ async def run_plan(plan: Plan, *, work_dir: Path, pg_admin_url: str) -> list[Cel
     """Every cell, ``plan.concurrency`` at a time; results in the plan's order. A failing cell stops all."""
     began = time.monotonic()
     gate = asyncio.Semaphore(plan.concurrency)
-    # SIGINT/SIGTERM cancel the run, so that every stack's clean-up still runs: no process or database is
-    # left behind (Python's default SIGTERM would exit at once, and a background job ignores SIGINT).
-    main = asyncio.current_task()
-    assert main is not None
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(signum, main.cancel)
 
     def progress(text: str) -> None:
         print(f"[{time.monotonic() - began:5.0f}s] {text}", flush=True)
@@ -80,7 +74,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     print(f"signup lab: {len(plan.cells)} cells, {plan.concurrency} at a time; service logs in {work_dir}")
     started_at, began, load_at_start = datetime.now(UTC), time.monotonic(), os.getloadavg()
     try:
-        results = asyncio.run(
+        results = run_stoppable(
             run_plan(plan, work_dir=work_dir, pg_admin_url=admin_url(settings.database_url))
         )
     except asyncio.CancelledError:

@@ -3,11 +3,13 @@
 ``Process`` starts, stops, kills and restarts a command (the ``signup`` services, redis-server) for the lab,
 the bench, the soak and the tests alike; ``signup_process`` builds the one for a ``signup`` subcommand. Each
 runs in its own process group (``start_new_session``), so that a signal reaches every process it forked and
-nothing outlives the experiment or the test.
+nothing outlives the experiment or the test; ``run_stoppable`` runs an experiment so that SIGINT and
+SIGTERM stop it through that clean-up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -16,7 +18,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -208,3 +214,18 @@ def run_signup(
     return subprocess.run(
         argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGINT and SIGTERM cancel ``main``: every stack's clean-up still runs, so
+    no process or database of the run is left behind. Python's default SIGTERM would exit at once, and a
+    job a shell starts in the background ignores SIGINT. Raises ``asyncio.CancelledError`` when stopped."""
+
+    async def stoppable() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
+        return await main
+
+    return asyncio.run(stoppable())

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from lab.harness.measure import commit, machine
+from lab.harness.processes import run_stoppable
 from lab.soak.plan import SoakPlan
 from lab.soak.report import write_report
 from lab.soak.runner import run_soak
@@ -34,7 +35,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     plan = SoakPlan(**{name: value for name, value in chosen.items() if value is not None})
     work_dir = Path(tempfile.mkdtemp(prefix="signup-soak-"))
     began, load_before, at = time.monotonic(), os.getloadavg(), commit()  # what runs: the code at start
-    verdict = asyncio.run(run_soak(plan, work_dir=work_dir))
+    try:
+        verdict = run_stoppable(run_soak(plan, work_dir=work_dir))
+    except asyncio.CancelledError:
+        print("signup soak: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
     if args.out:
         host, load_after = machine(), os.getloadavg()
         command = shlex.join(["signup", *sys.argv[1:]])
